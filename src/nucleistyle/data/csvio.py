@@ -1,0 +1,361 @@
+"""Kaggle DSB 2018 solution and submission CSV files.
+
+* Solution (ground truth): ``ImageId,EncodedPixels,Height,Width,Usage``, one row per object.
+  ``1 1`` (and an empty EncodedPixels) is a placeholder meaning "no object" — the single row of
+  every stage-2 ``Ignored`` decoy image carries it. Consequence: a real 1-pixel object at the
+  top-left pixel cannot be stored in a solution file (:func:`write_solution` warns).
+* Submission: ``ImageId,EncodedPixels``, one row per predicted nucleus; an image without any
+  nucleus has a single row with an empty EncodedPixels.
+
+Readers use the :mod:`csv` module (quotes, CRLF and LF line endings) and keep each row's line
+number so that errors found later, when RLE rows are decoded, still name file, line and ImageId.
+Writers are atomic (:func:`nucleistyle.utils.atomic_path`) and use LF line endings.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nucleistyle.data.rle import _parse_runs, rle_decode_labels, rle_encode_labels
+from nucleistyle.utils import NucleistyleError, atomic_path
+
+__all__ = [
+    "PLACEHOLDER_RLE",
+    "SOLUTION_HEADER",
+    "SUBMISSION_HEADER",
+    "GroundTruth",
+    "Submission",
+    "read_solution",
+    "read_submission",
+    "select_usage",
+    "write_solution",
+    "write_submission",
+]
+
+log = logging.getLogger(__name__)
+
+SOLUTION_HEADER = ("ImageId", "EncodedPixels", "Height", "Width", "Usage")
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
+PLACEHOLDER_RLE = "1 1"
+
+
+@dataclass
+class GroundTruth:
+    """The ground-truth objects of one image, as read from a solution file.
+
+    Attributes:
+        image_id: the ImageId.
+        height, width: image size in pixels.
+        rles: one RLE string per object, in file order, ``1 1`` placeholders removed.
+        usage: the Usage column (e.g. ``Public``, ``Private``).
+        lines: the 1-based CSV line of each entry of ``rles`` (for error messages).
+        source: the file it was read from ("" when built in memory).
+    """
+
+    image_id: str
+    height: int
+    width: int
+    rles: list[str]
+    usage: str
+    lines: list[int] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return self.height, self.width
+
+    def label_image(self) -> tuple[np.ndarray, int]:
+        """Decode the objects into an int32 label image (row k -> label k + 1).
+
+        Overlapping rows are resolved first-row-wins (rare in the real GT, see data-metric.md §3).
+
+        Returns:
+            ``(labels, n_contested)``: (height, width) int32 array and the number of pixels
+            claimed by more than one row.
+
+        Raises:
+            RLEError: a malformed RLE row (message names file, line and ImageId).
+        """
+        wheres = [self._where(i) for i in range(len(self.rles))]
+        return rle_decode_labels(self.rles, self.shape, where=wheres, allow_overlap=True)
+
+    def _where(self, i: int) -> str:
+        line = f" line {self.lines[i]}" if i < len(self.lines) else f" row {i + 1}"
+        return f"{self.source or 'solution'}{line}, ImageId {self.image_id}"
+
+
+class Submission(dict[str, list[str]]):
+    """``{ImageId: [rle, ...]}`` as read by :func:`read_submission`, plus where each row came from.
+
+    An image whose only row has an empty EncodedPixels maps to ``[]`` (no nucleus).
+
+    Attributes:
+        source: the file path.
+        lines: ``{ImageId: [line, ...]}``, the 1-based CSV line of each RLE.
+    """
+
+    def __init__(self, source: str = "") -> None:
+        super().__init__()
+        self.source = source
+        self.lines: dict[str, list[int]] = {}
+
+    def where(self, image_id: str) -> list[str]:
+        """Error-message context for each RLE row of ``image_id`` (file, line, ImageId)."""
+        return [f"{self.source} line {n}, ImageId {image_id}" for n in self.lines[image_id]]
+
+
+def _rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, row)`` after checking the header exactly; blank lines skipped.
+
+    A UTF-8 byte-order mark and whitespace around cells are tolerated.
+    """
+    try:
+        f = path.open(newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise NucleistyleError(f"{path}: cannot open ({e.strerror})") from e
+    with f:
+        reader = csv.reader(f)
+        try:
+            found = next(reader, None)
+            if found is None or tuple(h.strip() for h in found) != header:
+                raise NucleistyleError(
+                    f"{path}: header must be {','.join(header)!r}, found {','.join(found or [])!r}"
+                )
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise NucleistyleError(
+                        f"{path} line {reader.line_num}: expected {len(header)} columns, "
+                        f"found {len(row)}"
+                    )
+                yield reader.line_num, [cell.strip() for cell in row]
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise NucleistyleError(f"{path} line {reader.line_num}: unreadable CSV ({e})") from e
+
+
+def _positive_int(text: str, what: str, where: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise NucleistyleError(f"{where}: {what} must be a positive integer, found {text!r}")
+    return int(text)
+
+
+def read_solution(
+    path: str | os.PathLike[str], usage: str | None = "auto"
+) -> dict[str, GroundTruth]:
+    """Read a solution (ground-truth) CSV such as ``stage1_solution.csv``.
+
+    Every RLE row is syntax-checked here (sorted, positive, in range) so a bad file fails early;
+    overlaps between rows of one image are resolved later by :meth:`GroundTruth.label_image`.
+
+    Args:
+        path: the CSV file, header exactly ``ImageId,EncodedPixels,Height,Width,Usage``.
+        usage: which rows to keep. ``"auto"``: if any row has Usage ``Private`` keep only the
+            Private rows (stage 2: the 106 scored images; the ``Ignored`` decoys are dropped),
+            otherwise keep every row (stage 1: Usage is not filtered). ``None``: keep every row.
+            Any other string: keep the rows with exactly that Usage.
+
+    Returns:
+        ``{ImageId: GroundTruth}`` in file order. An image whose kept rows are all placeholders
+        (``1 1`` or empty) is kept with zero objects (logged as a warning for Private rows).
+
+    Raises:
+        NucleistyleError: unreadable file, wrong header, wrong column count, Height/Width not a
+            positive integer or not constant per ImageId, Usage not constant per ImageId, a
+            malformed RLE row (RLEError), or a ``usage`` filter that keeps no row. Messages name
+            the file, and the line and ImageId where relevant.
+    """
+    path = Path(path)
+    images: dict[str, GroundTruth] = {}
+    for line, (image_id, rle, h, w, row_usage) in _rows(path, SOLUTION_HEADER):
+        where = f"{path} line {line}, ImageId {image_id}"
+        if not image_id:
+            raise NucleistyleError(f"{path} line {line}: empty ImageId")
+        height = _positive_int(h, "Height", where)
+        width = _positive_int(w, "Width", where)
+        gt = images.get(image_id)
+        if gt is None:
+            gt = images[image_id] = GroundTruth(
+                image_id, height, width, [], row_usage, [], str(path)
+            )
+        elif (height, width) != gt.shape:
+            raise NucleistyleError(
+                f"{where}: size {height}x{width} differs from {gt.height}x{gt.width} earlier"
+            )
+        elif row_usage != gt.usage:
+            raise NucleistyleError(
+                f"{where}: Usage {row_usage!r} differs from {gt.usage!r} on an earlier row"
+            )
+        if rle in ("", PLACEHOLDER_RLE):
+            continue
+        _parse_runs(rle, height * width, where)
+        gt.rles.append(rle)
+        gt.lines.append(line)
+    images = select_usage(images, usage, path)
+    for gt in images.values():
+        if not gt.rles and gt.usage == "Private":
+            log.warning("%s: scored (Private) image %s has no objects", path, gt.image_id)
+    log.info(
+        "%s: %d images, %d objects (usage=%s)",
+        path,
+        len(images),
+        sum(len(gt.rles) for gt in images.values()),
+        usage,
+    )
+    return images
+
+
+def select_usage(
+    images: Mapping[str, GroundTruth],
+    usage: str | None = "auto",
+    path: str | os.PathLike[str] = "solution",
+) -> dict[str, GroundTruth]:
+    """Keep the images of a solution that are scored, by their Usage.
+
+    Args:
+        images: ``{ImageId: GroundTruth}`` as read with ``read_solution(path, usage=None)``.
+        usage: ``"auto"`` (only ``Private`` if any image is Private, else all), ``None`` (all),
+            or one Usage value to keep.
+        path: the file the images came from, for the error message.
+
+    Returns:
+        The kept images, in their original order.
+
+    Raises:
+        NucleistyleError: no image has the requested Usage.
+    """
+    if usage == "auto":
+        usage = "Private" if any(gt.usage == "Private" for gt in images.values()) else None
+    if usage is None:
+        return dict(images)
+    kept = {k: gt for k, gt in images.items() if gt.usage == usage}
+    if not kept:
+        raise NucleistyleError(f"{path}: no rows with Usage {usage!r}")
+    return kept
+
+
+def read_submission(path: str | os.PathLike[str]) -> Submission:
+    """Read a submission CSV (header exactly ``ImageId,EncodedPixels``).
+
+    RLE rows are not decoded here (that needs the image size from the solution); the line of
+    every row is kept in :attr:`Submission.lines` so that decoding errors can name it.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        :class:`Submission` (a ``dict[str, list[str]]``) in file order; an empty EncodedPixels
+        row contributes no RLE, so an image with only that row maps to ``[]``.
+
+    Raises:
+        NucleistyleError: unreadable file, wrong header (extra columns included), a row with the
+            wrong number of columns, or an empty ImageId.
+    """
+    path = Path(path)
+    sub = Submission(str(path))
+    for line, (image_id, rle) in _rows(path, SUBMISSION_HEADER):
+        if not image_id:
+            raise NucleistyleError(f"{path} line {line}: empty ImageId")
+        rles = sub.setdefault(image_id, [])
+        lines = sub.lines.setdefault(image_id, [])
+        if rle:
+            rles.append(rle)
+            lines.append(line)
+    return sub
+
+
+def _check_image_id(image_id: str, path: Path) -> None:
+    if not image_id or any(c in image_id for c in ',"\r\n'):
+        raise NucleistyleError(
+            f'{path}: invalid ImageId {image_id!r} (empty, or has , " or newline)'
+        )
+
+
+def _check_labels(labels: np.ndarray, image_id: str, path: Path) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise NucleistyleError(
+            f"{path}: ImageId {image_id}: expected a 2-D integer label image, "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise NucleistyleError(f"{path}: ImageId {image_id}: negative labels")
+    return labels
+
+
+def _encode(labels: np.ndarray, image_id: str, path: Path) -> list[str]:
+    """RLE rows of one label image, validated as a scorer would validate them."""
+    labels = _check_labels(labels, image_id, path)
+    rles = list(rle_encode_labels(labels).values())
+    # a label image cannot give unsorted or overlapping runs; decoding the rows back (sorted,
+    # disjoint, in range, rows disjoint) is cheap and keeps an encoder bug out of the file
+    rle_decode_labels(rles, labels.shape, where=f"{path}, ImageId {image_id}")
+    return rles
+
+
+def write_submission(path: str | os.PathLike[str], predictions: Mapping[str, np.ndarray]) -> None:
+    """Write a submission CSV from predicted label images, atomically.
+
+    Args:
+        path: output file.
+        predictions: ``{ImageId: labels}``, each an (H, W) integer label image (0 = background,
+            any other value one nucleus, labels need not be sequential). Rows follow the mapping's
+            order; nuclei in ascending label order; an image without nuclei gets one row with an
+            empty EncodedPixels.
+
+    Raises:
+        NucleistyleError: an invalid ImageId or label image; nothing is written then.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(SUBMISSION_HEADER)
+        for image_id, labels in predictions.items():
+            _check_image_id(image_id, path)
+            rles = _encode(labels, image_id, path)
+            writer.writerows([image_id, rle] for rle in rles or [""])
+    log.info("wrote %s (%d images)", path, len(predictions))
+
+
+def write_solution(
+    path: str | os.PathLike[str], ground_truth: Mapping[str, np.ndarray], usage: str = "Public"
+) -> None:
+    """Write a solution (ground-truth) CSV from label images, atomically.
+
+    Args:
+        path: output file.
+        ground_truth: ``{ImageId: labels}``, (H, W) integer label images, one row per object in
+            ascending label order. An image without objects gets one placeholder row (empty
+            EncodedPixels), read back as zero objects.
+        usage: the Usage column for every row (``Public``, ``Private``, ``Ignored``…).
+
+    Raises:
+        NucleistyleError: an invalid ImageId, usage or label image; nothing is written then.
+    """
+    path = Path(path)
+    if not usage or any(c in usage for c in ',"\r\n'):
+        raise NucleistyleError(f"{path}: invalid Usage {usage!r}")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(SOLUTION_HEADER)
+        for image_id, labels in ground_truth.items():
+            _check_image_id(image_id, path)
+            rles = _encode(labels, image_id, path)
+            if PLACEHOLDER_RLE in rles:
+                log.warning(
+                    "%s: ImageId %s has a 1-pixel object at the top-left pixel; its RLE '1 1' "
+                    "is the placeholder and will read back as no object",
+                    path,
+                    image_id,
+                )
+            h, w = labels.shape
+            writer.writerows([image_id, rle, h, w, usage] for rle in rles or [""])
+    log.info("wrote %s (%d images, usage %s)", path, len(ground_truth), usage)

@@ -1,0 +1,1 @@
+"""Report figures and tables (matplotlib, Agg backend; nothing here needs a display)."""

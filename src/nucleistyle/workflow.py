@@ -1,0 +1,134 @@
+"""Configuration checks shared by the Snakemake workflow and the command line.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys, types,
+ranges, defaults and descriptions. :func:`validate_config` fills in defaults and turns the first
+violation into one line naming the key, so a bad value stops the workflow before any job runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from nucleistyle.utils import NucleistyleError
+
+__all__ = ["SCHEMA_PATH", "check_config", "export_library_path", "load_config", "validate_config"]
+
+SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills each missing property with its schema default before checking it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Iterator:
+        if isinstance(instance, MutableMapping):
+            for name, sub in properties.items():
+                if "$ref" in sub:
+                    sub = validator._resolver.lookup(sub["$ref"]).contents
+                if "default" in sub and name not in instance:
+                    instance[name] = _copy(sub["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _parse_cli_strings(node: Any) -> Any:
+    """Parse the YAML scalars that nested ``snakemake --config`` values leave as text.
+
+    Snakemake reads nested ``--config`` values with YAML's BaseLoader, which keeps every scalar a
+    string; numbers, booleans and null are restored here so that the schema sees their real types.
+    """
+    if isinstance(node, MutableMapping):
+        for key, value in node.items():
+            node[key] = _parse_cli_strings(value)
+    elif isinstance(node, list):
+        node[:] = [_parse_cli_strings(value) for value in node]
+    elif isinstance(node, str):
+        try:
+            parsed = yaml.safe_load(node)
+        except yaml.YAMLError:
+            return node
+        if parsed is None or isinstance(parsed, bool | int | float):
+            return parsed
+    return node
+
+
+def validate_config(config: MutableMapping[str, Any], basedir: str | os.PathLike[str]) -> None:
+    """Check ``config`` against the schema in place, filling in defaults.
+
+    Args:
+        config: the configuration mapping (Snakemake's ``config``), modified in place.
+        basedir: the repository root holding ``workflow/schemas/config.schema.yaml``.
+
+    Raises:
+        NucleistyleError: one line naming the offending key, e.g.
+            ``config key data.synthetic.n_train: 3 is less than the minimum of 10``.
+    """
+    _parse_cli_strings(config)
+    schema = yaml.safe_load((Path(basedir) / SCHEMA_PATH).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.path))
+    )
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        message = error.message.replace("\n", " ")
+        raise NucleistyleError(f"config key {_key(error)}: {message}")
+
+
+def export_library_path(basedir: str | os.PathLike[str]) -> None:
+    """Prepend ``<basedir>/src`` to ``PYTHONPATH``: every job imports this checkout's library.
+
+    Jobs inherit the controller's environment (locally, and on SLURM through ``--export=ALL``),
+    so rule scripts find ``nucleistyle`` in any environment without installing it there.
+    """
+    src = str(Path(basedir, "src").resolve())
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
+
+
+def check_config(config: MutableMapping[str, Any]) -> None:
+    """Checks that need more than the schema (run after :func:`validate_config`).
+
+    Raises:
+        NucleistyleError: naming the key, e.g. a local source without ``data.local.path``.
+    """
+    data = config["data"]
+    if data["source"] == "local":
+        path = data["local"]["path"]
+        if not path:
+            raise NucleistyleError("config key data.local.path: required when data.source is local")
+        if not Path(path, "stage1_train").is_dir():
+            raise NucleistyleError(
+                f"config key data.local.path: {path} has no stage1_train/ folder "
+                "(expected an extracted BBBC038 copy: stage1_train/, stage1_test/, solution CSVs)"
+            )
+    if data["source"] == "synthetic" and data["test_sets"] != ["stage1_test"]:
+        raise NucleistyleError(
+            "config key data.test_sets: the synthetic source provides stage1_test only"
+        )
+
+
+def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file, validate it and fill in defaults (for library and CLI use)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise NucleistyleError(f"cannot read config {path}: {exc}".replace("\n", " ")) from exc
+    validate_config(config, basedir)
+    check_config(config)
+    return config

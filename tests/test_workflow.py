@@ -1,0 +1,224 @@
+"""The Snakemake workflow: format, lint, dry-runs of every configuration and profile, config errors,
+and tiny end-to-end runs (synthetic data; BBBC038 through a file:// mirror of the real sample)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
+    "*.egg-info", ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
+TINY = ["data={synthetic: {n_train: 15, n_test_per_modality: 2}}"]
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def workflow_copy(tmp_path: Path) -> Path:
+    """The workflow's files in a fresh folder, as in a clean clone (no results, no resources)."""
+    dest = tmp_path / "repo"
+    shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
+    return dest
+
+
+def test_snakefmt_leaves_the_workflow_unchanged():
+    result = subprocess.run(
+        [Path(sys.executable).with_name("snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "config.demo.yaml"])
+def test_snakemake_lint_finds_nothing(configfile):
+    result = snakemake("--lint", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_dry_run_of_the_real_experiment_downloads_fixes_and_scores_both_stages(tmp_path):
+    result = snakemake("-n", cwd=workflow_copy(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rules = ["download_bbbc038", "extract_bbbc038", "download_annotation_fixes"]
+    rules += ["apply_annotation_fixes", "segment_classical", "score_submission", "tabulate_scores"]
+    for rule in rules:
+        assert rule in result.stdout, rule
+    assert "stage2_test_final" in result.stdout
+    assert "synthesize_dataset" not in result.stdout
+
+
+def test_dry_run_of_the_demo_profile_synthesizes_instead_of_downloading(tmp_path):
+    result = snakemake("-n", "--profile", "profiles/demo", cwd=workflow_copy(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "synthesize_dataset" in result.stdout
+    assert "download_bbbc038" not in result.stdout
+
+
+def test_dry_run_of_the_slurm_profile_parses_profile_and_resources(tmp_path):
+    copy = workflow_copy(tmp_path)
+    result = snakemake(
+        "-n", "--profile", "profiles/slurm", "--configfile", "config.demo.yaml", cwd=copy
+    )
+    assert result.returncode == 0, result.stderr
+    assert "segment_classical" in result.stdout
+
+
+def test_dry_run_of_a_local_copy_needs_no_download(tmp_path):
+    local = tmp_path / "bbbc038"
+    for name in ("stage1_train", "stage1_test"):
+        (local / name).mkdir(parents=True)
+    (local / "stage1_solution.csv").write_text("ImageId,EncodedPixels,Height,Width,Usage\n")
+    result = snakemake(
+        "-n",
+        "--config",
+        f"data={{source: local, local: {{path: {local}}}, test_sets: [stage1_test]}}",
+        cwd=workflow_copy(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "download_bbbc038" not in result.stdout
+    assert "segment_classical" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data={synthetic: {n_train: 3}}", "data.synthetic.n_train"),
+        ("data={source: kaggle}", "data.source"),
+        ("classical={sigma: -1}", "classical.sigma"),
+        ("data={bbbc038: {base_url: ftp://x/}}", "data.bbbc038.base_url"),
+        ("data={sorce: synthetic}", "data"),
+        ("data={source: local}", "data.local.path"),
+        ("seed=-4", "seed"),
+    ],
+)
+def test_an_invalid_config_value_stops_before_any_job_naming_the_key(tmp_path, override, key):
+    copy = workflow_copy(tmp_path)
+    result = snakemake(
+        "--cores", "1", "--configfile", "config.demo.yaml", "--config", override, cwd=copy
+    )
+    assert result.returncode != 0
+    assert f"config key {key}" in result.stderr
+    assert not (copy / "results").exists()
+    assert not (copy / "resources").exists()
+
+
+def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tmp_path):
+    copy = workflow_copy(tmp_path)
+    run = snakemake("--profile", "profiles/demo", "--config", *TINY, cwd=copy)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    scores = pd.read_csv(copy / "results/score/scores.csv")
+    modalities = pd.read_csv(copy / "resources/synthetic/modalities.csv")
+    test_modalities = set(modalities.loc[modalities["set"] == "stage1_test", "modality"])
+    assert set(scores["group"]) == test_modalities | {"all"}
+    assert scores["score"].between(0, 1).all()
+    overall = json.loads((copy / "results/score/classical/stage1_test/summary.json").read_text())
+    per_image = pd.read_csv(copy / "results/score/classical/stage1_test/per_image.csv")
+    assert overall["n_images"] == len(per_image) == 2 * len(test_modalities)
+    assert overall["score"] == pytest.approx(per_image["score"].mean())
+
+    report = snakemake("--profile", "profiles/demo", "--config", *TINY,
+                       "--report", "results/report.html", cwd=copy)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (copy / "results/report.html").read_text()
+    assert "scores_by_modality.png" in html and "dataset_summary.csv" in html
+
+    # nothing to do on a second run: outputs are complete and up to date
+    again = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=copy)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _zip_folder(zip_path: Path, root: Path, folders: list[Path], prefix: str = "") -> None:
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for folder in folders:
+            for file in sorted(folder.rglob("*.png")):
+                archive.write(file, prefix + str(file.relative_to(root)))
+
+
+def test_bbbc038_source_runs_through_a_file_mirror_with_fixes(tmp_path, shared_bbbc038):
+    """Download, safe unzip, digest record, annotation fixes, classical segmentation and scoring
+    of real BBBC038 images served from a file:// mirror."""
+    from nucleistyle.data.bbbc038 import list_images, load_sample
+    from nucleistyle.data.csvio import write_solution
+
+    copy = workflow_copy(tmp_path)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    fixed_root = shared_bbbc038 / "stage1_train"
+    original_root = shared_bbbc038 / "stage1_train_original"
+    pre_fix = sorted(p.name for p in original_root.iterdir())
+    others = sorted(p.name for p in fixed_root.iterdir() if p.name not in pre_fix)[:4]
+    test_ids = sorted(p.name for p in fixed_root.iterdir())[-3:]
+
+    # original release: the two pre-fix images plus four unchanged ones, at the zip's top level
+    with zipfile.ZipFile(mirror / "stage1_train.zip", "w") as archive:
+        for image_id in pre_fix:
+            for file in sorted((original_root / image_id).rglob("*.png")):
+                archive.write(file, str(file.relative_to(original_root)))
+        for image_id in others:
+            for file in sorted((fixed_root / image_id).rglob("*.png")):
+                archive.write(file, str(file.relative_to(fixed_root)))
+    # the fixes repository archive, GitHub layout
+    with zipfile.ZipFile(tmp_path / "fixes.zip", "w") as archive:
+        for image_id in pre_fix + others:
+            for file in sorted((fixed_root / image_id).rglob("*.png")):
+                archive.write(
+                    file,
+                    f"kaggle-dsbowl-2018-dataset-fixes-abc/stage1_train/{file.relative_to(fixed_root)}",
+                )
+    # a test set (images only) and its solution
+    with zipfile.ZipFile(mirror / "stage1_test.zip", "w") as archive:
+        for image_id in test_ids:
+            image = fixed_root / image_id / "images" / f"{image_id}.png"
+            archive.write(image, f"{image_id}/images/{image_id}.png")
+    truth = {
+        r.image_id: load_sample(r).labels for r in list_images(fixed_root) if r.image_id in test_ids
+    }
+    write_solution(mirror / "stage1_solution.csv", truth)
+
+    overlay = {
+        "data": {
+            "source": "bbbc038",
+            "test_sets": ["stage1_test"],
+            "bbbc038": {
+                "base_url": f"file://{mirror}/",
+                "content_digest": {"stage1_train": None},
+                "fixes": {"url": f"file://{tmp_path / 'fixes.zip'}", "content_digest": None},
+            },
+        }
+    }
+    (copy / "mirror.yaml").write_text(yaml.safe_dump(overlay))
+    run = snakemake("--cores", "2", "--configfile", "mirror.yaml", cwd=copy)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    manifest = pd.read_csv(copy / "results/acquire/annotation_fixes.tsv", sep="\t")
+    assert sorted(manifest["ImageId"]) == pre_fix
+    assert (manifest["masks_added"] == 1).all()
+    record = json.loads((copy / "resources/bbbc038/raw/stage1_train.json").read_text())
+    assert record["n_images"] == 6
+    summary = json.loads((copy / "results/score/classical/stage1_test/summary.json").read_text())
+    assert summary["n_images"] == 3 and 0 < summary["score"] <= 1
+    fixed_masks = {
+        p.name
+        for p in (copy / "resources/bbbc038/fixed/stage1_train" / pre_fix[0] / "masks").iterdir()
+    }
+    assert fixed_masks == {p.name for p in (fixed_root / pre_fix[0] / "masks").iterdir()}
+    assert np.isfinite(summary["score"])

@@ -1,0 +1,110 @@
+# Stage 1 — acquire the images: BBBC038 from its site or a mirror (download, verify, safe unzip,
+# community annotation fixes), or the built-in synthetic multi-modality data set.
+
+
+rule download_bbbc038:
+    output:
+        "resources/bbbc038/downloads/{bbbc_file}",
+    log:
+        "logs/download_bbbc038/{bbbc_file}.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=500,
+        runtime=120,
+    params:
+        url=get_download_url,
+        sha256=get_download_sha256,
+    script:
+        "../../scripts/download.py"
+
+
+rule extract_bbbc038:
+    input:
+        archive="resources/bbbc038/downloads/{bbbc_set}.zip",
+        code=lib("data/acquire.py"),
+    output:
+        images=directory("resources/bbbc038/raw/{bbbc_set}"),
+        record="resources/bbbc038/raw/{bbbc_set}.json",
+    log:
+        "logs/extract_bbbc038/{bbbc_set}.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        digest=get_content_digest,
+    script:
+        "../../scripts/extract_set.py"
+
+
+rule download_annotation_fixes:
+    output:
+        "resources/bbbc038/downloads/annotation_fixes.zip",
+    log:
+        "logs/download_annotation_fixes.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=500,
+        runtime=60,
+    params:
+        url=config["data"]["bbbc038"]["fixes"]["url"],
+        sha256=config["data"]["bbbc038"]["fixes"]["sha256"],
+    script:
+        "../../scripts/download.py"
+
+
+rule apply_annotation_fixes:
+    input:
+        original="resources/bbbc038/raw/stage1_train",
+        archive="resources/bbbc038/downloads/annotation_fixes.zip",
+        code=lib("data/acquire.py"),
+    output:
+        images=directory("resources/bbbc038/fixed/stage1_train"),
+        manifest=report(
+            "results/acquire/annotation_fixes.tsv",
+            caption="../report/annotation_fixes.rst",
+            category="1. Data",
+        ),
+    log:
+        "logs/apply_annotation_fixes.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        digest=config["data"]["bbbc038"]["fixes"]["content_digest"],
+    script:
+        "../../scripts/apply_fixes.py"
+
+
+rule synthesize_dataset:
+    input:
+        code=lib("data/synthetic.py", "data/bbbc038.py", "data/csvio.py"),
+    output:
+        train=directory("resources/synthetic/stage1_train"),
+        test=directory("resources/synthetic/stage1_test"),
+        solution="resources/synthetic/stage1_solution.csv",
+        modalities="resources/synthetic/modalities.csv",
+    log:
+        "logs/synthesize_dataset.log",
+    benchmark:
+        "benchmarks/synthesize_dataset.tsv"
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        synthetic=config["data"].get("synthetic", {}),
+    script:
+        "../../scripts/synthesize_dataset.py"

@@ -1,0 +1,134 @@
+# Helpers shared by all stages: config validation, data-source wiring, input functions.
+# No rules here (snakemake --lint forbids mixing functions and rules).
+
+import os
+import sys
+from pathlib import Path
+
+# Rule scripts import the library from this checkout's src/, whatever environment (venv,
+# per-stage conda env, SLURM job) runs them, since jobs inherit the PYTHONPATH set here.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from nucleistyle.workflow import check_config, export_library_path, validate_config
+
+export_library_path(workflow.basedir)
+
+validate_config(config, workflow.basedir)
+check_config(config)
+
+# Paper models are added by later stages; the classical reference segmenter is always there.
+MODELS = ["classical"]
+TEST_SETS = list(config["data"]["test_sets"])
+BBBC038_SETS = ["stage1_train", "stage1_test", "stage2_test_final"]
+BBBC038_FILES = [
+    "stage1_train.zip",
+    "stage1_test.zip",
+    "stage2_test_final.zip",
+    "stage1_solution.csv",
+    "stage2_solution_final.csv",
+]
+SOLUTIONS = {
+    "stage1_test": "stage1_solution.csv",
+    "stage2_test_final": "stage2_solution_final.csv",
+}
+SOURCE = config["data"]["source"]
+SYNTHETIC = "resources/synthetic"
+RAW = "resources/bbbc038/raw"
+DOWNLOADS = "resources/bbbc038/downloads"
+
+
+def lib(*modules):
+    """Library modules a rule's script imports, as inputs: editing them reruns the rule."""
+    return [os.path.join(workflow.basedir, "src", "nucleistyle", m) for m in modules]
+
+
+def local_path(*parts):
+    return str(Path(config["data"]["local"]["path"], *parts))
+
+
+def get_train_images(wildcards=None):
+    """The training set in BBBC038 layout (community-fixed when configured)."""
+    if SOURCE == "synthetic":
+        return f"{SYNTHETIC}/stage1_train"
+    if SOURCE == "local":
+        return local_path("stage1_train")
+    if config["data"]["bbbc038"]["fixes"]["apply"]:
+        return "resources/bbbc038/fixed/stage1_train"
+    return f"{RAW}/stage1_train"
+
+
+def get_test_images(wildcards):
+    if SOURCE == "synthetic":
+        return f"{SYNTHETIC}/{wildcards.testset}"
+    if SOURCE == "local":
+        return local_path(wildcards.testset)
+    return f"{RAW}/{wildcards.testset}"
+
+
+def get_solution(wildcards):
+    name = SOLUTIONS[wildcards.testset]
+    if SOURCE == "synthetic":
+        return f"{SYNTHETIC}/{name}"
+    if SOURCE == "local":
+        return local_path(name)
+    return f"{DOWNLOADS}/{name}"
+
+
+def get_groups(wildcards):
+    """ImageId -> group table for per-modality scores: the true modality of synthetic images,
+    otherwise the training cluster nearest to each test image."""
+    if SOURCE == "synthetic":
+        return {"groups": f"{SYNTHETIC}/modalities.csv"}
+    return {"groups": f"results/cluster/{wildcards.testset}_assignments.csv"}
+
+
+def get_group_column(wildcards):
+    return "modality" if SOURCE == "synthetic" else "name"
+
+
+def get_cluster_truth(wildcards):
+    """Known modalities (synthetic data) to measure the clustering against."""
+    if SOURCE == "synthetic":
+        return {"truth": f"{SYNTHETIC}/modalities.csv"}
+    return {}
+
+
+def get_cluster_config(wildcards):
+    return {**config["cluster"], "seed": config["seed"]}
+
+
+def get_download_url(wildcards):
+    return config["data"]["bbbc038"]["base_url"] + wildcards.bbbc_file
+
+
+def get_download_sha256(wildcards):
+    return config["data"]["bbbc038"]["sha256"].get(wildcards.bbbc_file)
+
+
+def get_content_digest(wildcards):
+    return config["data"]["bbbc038"]["content_digest"].get(wildcards.bbbc_set)
+
+
+def get_dataset_summary_inputs(wildcards):
+    inputs = {"train": get_train_images()}
+    if SOURCE == "synthetic":
+        inputs["groups"] = f"{SYNTHETIC}/modalities.csv"
+    return inputs
+
+
+def get_all_scores(wildcards):
+    return expand(
+        "results/score/{model}/{testset}/summary.json", model=MODELS, testset=TEST_SETS
+    )
+
+
+def get_final_outputs():
+    outputs = [
+        "results/report/dataset_summary.csv",
+        "results/report/fig2a_clusters_pca.png",
+        "results/report/examples.png",
+        "results/score/scores.csv",
+        "results/score/scores_by_modality.png",
+    ]
+    if SOURCE == "bbbc038" and config["data"]["bbbc038"]["fixes"]["apply"]:
+        outputs.append("results/acquire/annotation_fixes.tsv")
+    return outputs

@@ -1,0 +1,52 @@
+# Scoring with the official DSB 2018 metric (mean over IoU thresholds 0.50:0.95 of TP/(TP+FP+FN)),
+# overall and per modality.
+
+
+rule score_submission:
+    input:
+        unpack(get_groups),
+        solution=get_solution,
+        submission="results/predict/{model}/{testset}/submission.csv",
+        code=lib("metrics.py", "data/csvio.py", "data/rle.py"),
+    output:
+        per_image="results/score/{model}/{testset}/per_image.csv",
+        summary="results/score/{model}/{testset}/summary.json",
+    log:
+        "logs/score_submission/{model}/{testset}.log",
+    benchmark:
+        "benchmarks/score_submission/{model}/{testset}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        group_column=get_group_column,
+    script:
+        "../../scripts/score_submission.py"
+
+
+rule tabulate_scores:
+    input:
+        summaries=get_all_scores,
+        code=lib("report/figures.py"),
+    output:
+        table=report(
+            "results/score/scores.csv",
+            caption="../report/scores.rst",
+            category="3. Scores",
+        ),
+        chart=report(
+            "results/score/scores_by_modality.png",
+            caption="../report/scores_by_modality.rst",
+            category="3. Scores",
+        ),
+    log:
+        "logs/tabulate_scores.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/tabulate_scores.py"
