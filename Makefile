@@ -27,6 +27,7 @@ test: $(STAMP)
 ## bench: speed benchmarks, each a ratio against a baseline measured in the same run
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
+	$(BIN)/python bench/bench_cluster.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)

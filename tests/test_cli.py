@@ -94,3 +94,32 @@ def test_synthesize_then_classical_then_score_runs_on_users_files(tmp_path, caps
     assert main(["score", str(data / "stage1_solution.csv"), str(submission), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_images"] == 5 and 0.0 < out["score"] <= 1.0
+
+
+def test_cluster_writes_assignments_for_a_flat_folder(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["synthesize", str(data), "--n-train", "20", "--n-test-per-modality", "1",
+                 "--size", "64"]) == 0  # fmt: skip
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for png in sorted((data / "stage1_train").glob("*/images/*.png")):
+        (flat / png.name).write_bytes(png.read_bytes())
+    out = tmp_path / "assignments.csv"
+    assert main(["cluster", str(flat), "--k", "3", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 20 and {"ImageId", "cluster"} <= set(table.columns)
+    assert set(table["ImageId"]) == {p.stem for p in flat.iterdir()}
+    assert sorted(table["cluster"].unique()) == [0, 1, 2]
+
+
+def test_cluster_with_more_clusters_than_images_fails_with_one_line(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(flat / f"im{i}.png")
+    assert main(["cluster", str(flat), "--k", "6", "--out", str(tmp_path / "a.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "6" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a.csv").exists()

@@ -135,11 +135,18 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tmp_path):
     assert overall["n_images"] == len(per_image) == 2 * len(test_modalities)
     assert overall["score"] == pytest.approx(per_image["score"].mean())
 
+    quality = pd.read_csv(copy / "results/report/cluster_quality.csv").set_index("metric")["value"]
+    assert quality["k"] == 6 and quality["largest_cluster_share"] > 0.5
+    assert {"ari_vs_true_modality", "silhouette"} <= set(quality.index)
+    enhanced = pd.read_csv(copy / "results/cluster/clahe.csv")
+    assert enhanced["enhanced"].any() and not enhanced["enhanced"].all()
+
     report = snakemake("--profile", "profiles/demo", "--config", *TINY,
                        "--report", "results/report.html", cwd=copy)  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     html = (copy / "results/report.html").read_text()
-    assert "scores_by_modality.png" in html and "dataset_summary.csv" in html
+    for name in ("scores_by_modality.png", "dataset_summary.csv", "fig2a_clusters_pca.png"):
+        assert name in html, name
 
     # nothing to do on a second run: outputs are complete and up to date
     again = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=copy)

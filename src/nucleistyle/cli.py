@@ -74,6 +74,20 @@ def _classical(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from nucleistyle.cluster import ClusterConfig, cluster_dataset
+
+    cfg = ClusterConfig(k=args.k, seed=args.seed, n_init=args.n_init)
+    table = cluster_dataset(
+        args.images_dir, args.out, cfg, workers=args.workers, model_json=args.model
+    )
+    sizes = table.groupby(["cluster", "name"]).size()
+    print(f"{len(table)} images in {cfg.k} clusters -> {args.out}")
+    for (cluster, name), n in sizes.items():
+        print(f"  {cluster} {name:<16} {n:>6}  ({n / len(table):.1%})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleistyle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -113,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test-per-modality", type=int, default=6)
     p.add_argument("--size", type=int, default=128, help="image height and width (px)")
     p.set_defaults(func=_synthesize)
+
+    p = sub.add_parser("cluster", help="group images into modalities: K-means on HSV features")
+    p.add_argument(
+        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder"
+    )
+    p.add_argument("--k", type=int, default=6, help="number of clusters (default: 6)")
+    p.add_argument("--out", required=True, metavar="ASSIGNMENTS.csv", help="ImageId, cluster, ...")
+    p.add_argument(
+        "--model", metavar="MODEL.json", help="also save the model (to assign new images)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-init", type=int, default=20, help="K-means restarts (default: 20)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_cluster)
 
     p = sub.add_parser(
         "classical", help="segment a folder with the classical threshold + watershed baseline"

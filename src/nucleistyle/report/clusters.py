@@ -10,9 +10,6 @@ import logging
 import os
 from collections.abc import Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -20,6 +17,7 @@ from matplotlib.lines import Line2D
 
 from nucleistyle.cluster import cluster_quality
 from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.report import save_figure
 from nucleistyle.utils import atomic_path
 
 __all__ = [
@@ -33,13 +31,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
-DPI = 90
-
-
-def _save(fig: plt.Figure, out_png: PathLike) -> None:
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
 
 
 def _colour(cluster: int) -> tuple[float, ...]:
@@ -115,7 +106,7 @@ def plot_pca(
     bars.set_xlim(0, sizes.max() * 1.35)
     bars.set(xlabel="images", title=f"class distribution (n = {sizes.sum()})")
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_cluster_examples(
@@ -146,7 +137,7 @@ def plot_cluster_examples(
             ax.imshow(read_image(paths[members.iloc[col]])[0])
         axes[row, 0].set_ylabel(f"{label}\nn = {len(members)}", fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_silhouette(table: pd.DataFrame, out_png: PathLike, k: int | None = None) -> None:
@@ -168,7 +159,7 @@ def plot_silhouette(table: pd.DataFrame, out_png: PathLike, k: int | None = None
         ax.axvline(k, color="0.3", ls=":", lw=1.5)
         ax.set_title(f"K-means model selection (configured k = {k})", fontsize=10)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_clahe_examples(
@@ -207,7 +198,7 @@ def plot_clahe_examples(
                 f"{stage}: cluster {row.cluster}, median V {v:.2f}", fontsize=7
             )
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def cluster_tables(

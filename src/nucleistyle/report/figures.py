@@ -12,9 +12,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -22,6 +19,7 @@ from skimage.segmentation import find_boundaries
 
 from nucleistyle.data.bbbc038 import list_images, load_sample
 from nucleistyle.metrics import read_groups
+from nucleistyle.report import save_figure
 from nucleistyle.utils import atomic_path
 
 __all__ = [
@@ -124,7 +122,7 @@ def plot_examples(
                     loc="left",
                 )
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _with_contours(
@@ -135,12 +133,6 @@ def _with_contours(
     out = image.copy()
     out[find_boundaries(labels, mode="inner")] = colour
     return out
-
-
-def _save(fig: plt.Figure, out_png: PathLike, dpi: int = 90) -> None:
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
 
 
 def tabulate_scores(summaries: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
@@ -202,4 +194,4 @@ def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
         ax.set_title(testset, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
