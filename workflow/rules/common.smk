@@ -132,3 +132,30 @@ def get_final_outputs():
     if SOURCE == "bbbc038" and config["data"]["bbbc038"]["fixes"]["apply"]:
         outputs.append("results/acquire/annotation_fixes.tsv")
     return outputs
+
+
+def config_hash(section, ignore=()):
+    """Short hash of a config section: a checkpoint is only resumed under the same settings."""
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in section.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def get_gan_config(wildcards):
+    return {**config["gan"], "n_domains": config["cluster"]["k"], "seed": config["seed"]}
+
+
+def get_gan_checkpoint(wildcards):
+    """Per-configuration checkpoint; a larger iteration budget resumes the same one."""
+    return f"results/gan/checkpoints/{config_hash(get_gan_config(wildcards), ignore=('iterations',))}.pt"
+
+
+def get_mem_mb_train(wildcards, attempt):
+    return 8000 * attempt
+
+
+def get_runtime_train(wildcards, attempt):
+    """Minutes; a job killed at its wall time resumes from its checkpoint with more time."""
+    return 720 * attempt

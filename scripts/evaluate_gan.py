@@ -1,0 +1,14 @@
+"""Rule evaluate_gan: structure preservation and style accuracy per source/target domain pair."""
+
+from nucleistyle.gan.evaluate import evaluate_transfer
+from nucleistyle.utils import setup_logging
+
+setup_logging(snakemake.log[0])
+evaluate_transfer(
+    snakemake.input.images,
+    snakemake.input.assignments,
+    snakemake.input.model,
+    snakemake.input.cluster_model,
+    snakemake.output.table,
+    seed=snakemake.params.seed,
+)

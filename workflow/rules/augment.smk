@@ -1,0 +1,51 @@
+# Stage 4 — the style-augmented training set: a fraction of the training images restyled to a
+# random other domain with a random attribute; content fixed, masks inherited unchanged.
+
+
+rule augment_dataset:
+    input:
+        images="results/cluster/enhanced/stage1_train",
+        assignments="results/cluster/assignments.csv",
+        model="results/gan/model.pt",
+        code=lib("gan/augment.py", "gan/stylize.py"),
+    output:
+        images=directory("results/augment/stage1_train"),
+        manifest="results/augment/manifest.csv",
+    log:
+        "logs/augment_dataset.log",
+    benchmark:
+        "benchmarks/augment_dataset.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        fraction=config["augment"]["fraction"],
+        seed=config["seed"],
+    script:
+        "../../scripts/augment_dataset.py"
+
+
+rule plot_augmented:
+    input:
+        images="results/augment/stage1_train",
+        manifest="results/augment/manifest.csv",
+        code=lib("report/gan.py"),
+    output:
+        gallery=report(
+            "results/report/augmented_gallery.png",
+            caption="../report/augmented_gallery.rst",
+            category="4. Augmented training set",
+        ),
+    log:
+        "logs/plot_augmented.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../../scripts/plot_augmented.py"
