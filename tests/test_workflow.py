@@ -120,10 +120,31 @@ def test_an_invalid_config_value_stops_before_any_job_naming_the_key(tmp_path, o
     assert not (copy / "resources").exists()
 
 
-def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tmp_path):
-    copy = workflow_copy(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A finished tiny demo run (synthetic data) in a fresh copy of the workflow."""
+    copy = workflow_copy(tmp_path_factory.mktemp("tiny"))
     run = snakemake("--profile", "profiles/demo", "--config", *TINY, cwd=copy)
     assert run.returncode == 0, run.stderr[-3000:]
+    return copy
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the job-stats table a dry-run prints (empty if nothing to do)."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split() == ["job", "count"]]
+    jobs: dict[str, int] = {}
+    for line in lines[starts[0] + 1 :] if starts else []:
+        name, count = line.split()
+        if name == "total":
+            break
+        if count.isdigit():  # skip the ----- rule under the header
+            jobs[name] = int(count)
+    return jobs
+
+
+def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tiny_demo):
+    copy = tiny_demo
 
     scores = pd.read_csv(copy / "results/score/scores.csv")
     modalities = pd.read_csv(copy / "resources/synthetic/modalities.csv")
@@ -153,11 +174,42 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def _zip_folder(zip_path: Path, root: Path, folders: list[Path], prefix: str = "") -> None:
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        for folder in folders:
-            for file in sorted(folder.rglob("*.png")):
-                archive.write(file, prefix + str(file.relative_to(root)))
+def test_changing_a_stage_config_reruns_that_stage_and_what_follows_only(tiny_demo):
+    result = snakemake(
+        "-n",
+        "--profile",
+        "profiles/demo",
+        "--config",
+        *TINY,
+        "classical={sigma: 1.5}",
+        cwd=tiny_demo,
+    )
+    assert planned_jobs(result.stdout) == {
+        "segment_classical": 1, "score_submission": 1, "tabulate_scores": 1, "all": 1
+    }  # fmt: skip
+
+
+def test_changing_a_stage_code_reruns_that_stage_and_what_follows_only(tiny_demo):
+    module = tiny_demo / "src" / "nucleistyle" / "cluster.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a change\n")
+        result = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=tiny_demo)
+    finally:
+        module.write_text(original)
+    jobs = planned_jobs(result.stdout)
+    assert {"cluster_images", "assign_clusters", "enhance_images", "plot_clusters"} & set(jobs)
+    assert "synthesize_dataset" not in jobs and "segment_classical" not in jobs
+
+
+def test_forcerun_reruns_the_named_rule_and_its_dependents(tiny_demo):
+    dry_run = ("-n", "--profile", "profiles/demo", "--config", *TINY)
+    jobs = planned_jobs(snakemake(*dry_run, "-R", "cluster_images", cwd=tiny_demo).stdout)
+    assert jobs["cluster_images"] == jobs["enhance_images"] == jobs["plot_clusters"] == 1
+    assert "synthesize_dataset" not in jobs and "segment_classical" not in jobs
+    only = snakemake(*dry_run, "--forcerun", "segment_classical", cwd=tiny_demo)
+    expected = {"segment_classical", "score_submission", "tabulate_scores", "all"}
+    assert set(planned_jobs(only.stdout)) == expected
 
 
 def test_bbbc038_source_runs_through_a_file_mirror_with_fixes(tmp_path, shared_bbbc038):
