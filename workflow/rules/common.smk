@@ -144,7 +144,11 @@ def config_hash(section, ignore=()):
 
 
 def get_gan_config(wildcards):
-    return {**config["gan"], "n_domains": config["cluster"]["k"], "seed": config["seed"]}
+    return {
+        **config["gan"],
+        "n_domains": config["cluster"]["k"],
+        "seed": config["seed"],
+    }
 
 
 def get_gan_checkpoint(wildcards):
