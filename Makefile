@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_cluster.py
+	$(BIN)/python bench/bench_tta.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)
