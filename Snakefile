@@ -20,7 +20,9 @@ wildcard_constraints:
     testset="|".join(["stage1_test", "stage2_test_final"]),
     bbbc_set="|".join(BBBC038_SETS),
     bbbc_file="|".join(f.replace(".", r"\.") for f in BBBC038_FILES),
-    model="[a-z0-9_]+",
+    model="[a-z0-9_-]+",
+    baseline="deep_retina|mirzaev",
+    arm="none|style|jitter|oversample",
 
 
 include: "workflow/rules/acquire.smk"

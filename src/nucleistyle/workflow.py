@@ -121,6 +121,11 @@ def check_config(config: MutableMapping[str, Any]) -> None:
         raise NucleistyleError(
             "config key data.test_sets: the synthetic source provides stage1_test only"
         )
+    from nucleistyle.segment.configs import get_config  # no torch: cheap at parse time
+
+    segment = config["segment"]
+    for baseline in segment["baselines"]:
+        get_config(baseline, {**segment["common"], **segment[baseline]})
 
 
 def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ rule plot_augmented:
     log:
         "logs/plot_augmented.log",
     conda:
-        "../../envs/report.yaml"
+        "../../envs/torch.yaml"
     resources:
         mem_mb=2000,
         runtime=20,

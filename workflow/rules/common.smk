@@ -13,9 +13,13 @@ from nucleistyle.workflow import check_config, export_library_path, validate_con
 export_library_path(workflow.basedir)
 
 validate_config(config, workflow.basedir)
-check_config(config)
+check_config(config)  # includes checking the segmenter settings: errors before any job
 
-# Paper models are added by later stages; the classical reference segmenter is always there.
+SEGMENT = config["segment"]
+SEGMENTERS = [f"{b}-{a}" for b in SEGMENT["baselines"] for a in SEGMENT["arms"]]
+# The classical reference segmenter is always scored. The GAN, augmentation, segmenter and
+# prediction rule files (gan/augment/segment/predict.smk) join the DAG, and SEGMENTERS this list,
+# once their stages are complete (issues 4 and 5).
 MODELS = ["classical"]
 TEST_SETS = list(config["data"]["test_sets"])
 BBBC038_SETS = ["stage1_train", "stage1_test", "stage2_test_final"]
@@ -163,3 +167,35 @@ def get_mem_mb_train(wildcards, attempt):
 def get_runtime_train(wildcards, attempt):
     """Minutes; a job killed at its wall time resumes from its checkpoint with more time."""
     return 720 * attempt
+
+
+def get_segmenter_overrides(wildcards):
+    """segment.common, then segment.<baseline>, then the global seed (see segment/configs.py)."""
+    return {**SEGMENT["common"], **SEGMENT[wildcards.baseline], "seed": config["seed"]}
+
+
+def get_segmenter_checkpoint(wildcards):
+    """Per-configuration checkpoint; a larger iteration/epoch budget resumes the same one."""
+    key = config_hash(
+        {**get_segmenter_overrides(wildcards), "arm": wildcards.arm},
+        ignore=("iterations", "epochs"),
+    )
+    return f"results/segment/{wildcards.baseline}-{wildcards.arm}/checkpoints/{key}.pt"
+
+
+def get_segmenter_train_dirs(wildcards):
+    """The original training set, plus the style-augmented images for the "style" arm."""
+    dirs = [get_train_images()]
+    if wildcards.arm == "style":
+        dirs.append("results/augment/stage1_train")
+    return dirs
+
+
+def get_segmenter_extra_inputs(wildcards):
+    if wildcards.arm == "oversample":
+        return {"assignments": "results/cluster/assignments.csv"}
+    return {}
+
+
+def get_segmenter_histories(wildcards):
+    return [f"results/segment/{model}/history.tsv" for model in SEGMENTERS]

@@ -1,0 +1,16 @@
+"""Rule train_segmenter: one Mask R-CNN baseline on one training arm (resumes after a kill)."""
+
+from nucleistyle.segment.configs import get_config
+from nucleistyle.segment.engine import train_segmenter
+from nucleistyle.utils import setup_logging
+
+setup_logging(snakemake.log[0])
+train_segmenter(
+    list(snakemake.input.train_dirs),
+    snakemake.output.model,
+    get_config(snakemake.wildcards.baseline, snakemake.params.segment),
+    checkpoint=snakemake.params.checkpoint,
+    history_tsv=snakemake.output.history,
+    arm=snakemake.wildcards.arm,
+    assignments_csv=snakemake.input.get("assignments"),
+)

@@ -1,0 +1,640 @@
+"""The two Mask R-CNN baselines as configuration: Deep Retina and Mirzaev.
+
+Every default below is a fact from ``research/baselines.md`` (cited by section as ``§1.3`` etc.:
+§1 is Deep Retina, §2 Mirzaev, §5 the mapping onto torchvision) or a stated substitution for
+this re-implementation. :func:`get_config` starts from a baseline's defaults and applies the
+overrides of the config file (sections ``segment.common`` and ``segment.<baseline>``).
+
+Example:
+    >>> cfg = get_config("deep_retina", {"backbone": "resnet18", "iterations": 200})
+    >>> cfg.model.box_score_thresh, cfg.post.dilation, cfg.total_iterations(100)
+    (0.9, 1, 200)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nucleistyle.utils import NucleistyleError
+
+__all__ = [
+    "ARMS",
+    "BACKBONES",
+    "BASELINES",
+    "PAPER_WEIGHTS",
+    "AugmentConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PostConfig",
+    "PrepConfig",
+    "SegmenterConfig",
+    "config_from_fingerprint",
+    "flatten",
+    "get_config",
+]
+
+BASELINES = ("deep_retina", "mirzaev")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+ARMS = ("none", "style", "jitter", "oversample")
+PAPER_WEIGHTS = {"deep_retina": "coco", "mirzaev": "imagenet"}
+"""What each solution started from (§1.6 COCO Mask R-CNN, §2.6 ImageNet ResNet-50); the
+defaults are ``"none"`` because this machine cannot download weights (env.md §1)."""
+
+_SECTIONS = ("model", "prep", "augment", "optim", "post")
+
+
+def _fail(key: str, rule: str, value: Any) -> NucleistyleError:
+    return NucleistyleError(f"config key segment.{key} must be {rule}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_range(key: str, value: Any, low: float, high: float = math.inf) -> None:
+    if not (_is_number(value) and low <= value <= high):
+        raise _fail(key, f"a number in [{low}, {high}]", value)
+
+
+def _check_int(key: str, value: Any, low: int) -> None:
+    if not (_is_int(value) and value >= low):
+        raise _fail(key, f"an integer >= {low}", value)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _fail(key, f"one of {choices}", value)
+
+
+def _check_interval(key: str, value: Any, low: float) -> None:
+    if not (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(_is_number(v) for v in value)
+        and low <= value[0] <= value[1]
+    ):
+        raise _fail(key, f"a pair [lo, hi] with {low} <= lo <= hi", value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Mask R-CNN hyper-parameters (torchvision ``MaskRCNN`` arguments, §5).
+
+    Attributes:
+        trainable_layers: Backbone stages trained (5 = all, Matterport ``layers="all"``, §1.6
+            and §2.6); only matters with pretrained weights (from scratch everything trains).
+        anchor_sizes: One square anchor side (px) per pyramid level P2..P6 (§1.3, §2.3: 8-128).
+        aspect_ratios: Anchor aspect ratios at every level (§1.3: 0.5, 1, 2).
+        rpn_batch_size_per_image: Anchors sampled per image for the RPN loss (§1.3: 256,
+            §2.3: 320).
+        rpn_pre_nms_top_n_train: Proposals kept per pyramid level before NMS, training
+            (Matterport's 6000 is over all levels; §5 suggests ~2000 per level).
+        rpn_pre_nms_top_n_test: The same at inference.
+        rpn_post_nms_top_n_train: Proposals kept after NMS, training (§1.3: 2000, §2.3: 2048).
+        rpn_post_nms_top_n_test: The same at inference (§1.3: 1000, §2.3: 2048).
+        rpn_nms_thresh: RPN NMS IoU (§1.3, §2.3: 0.7).
+        box_batch_size_per_image: ROIs sampled per image for the heads (TRAIN_ROIS_PER_IMAGE,
+            §1.3: 600, §2.3: 512).
+        box_positive_fraction: Positive share of those ROIs (ROI_POSITIVE_RATIO 0.33).
+        box_score_thresh: Minimum detection score (§1.3: 0.9, §2.3: 0.75).
+        box_nms_thresh: Detection NMS IoU (§1.3: 0.2, §2.3: 0.3).
+        box_detections_per_img: Maximum detections per image (§1.3: 512, §2.3: 400).
+        image_mean: Per-channel mean subtracted from [0, 1] RGB. torchvision's ImageNet values
+            (§5: keep them with torchvision weights; Matterport subtracted its mean pixel only).
+        image_std: Per-channel divisor after the mean (ImageNet values, see ``image_mean``).
+        head_norm: Batch norm after each layer of the box head (2 x 1024 fully connected) and
+            the mask head (4 convolutions), as in Matterport's heads (§5: BN inside the two
+            1024 "FC" layers; the mask head's convolutions likewise). torchvision's v1 heads
+            have none; from scratch it makes training converge much faster (measured, see
+            the demo settings). False gives torchvision's plain heads.
+    """
+
+    trainable_layers: int = 5
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_batch_size_per_image: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    box_batch_size_per_image: int = 600
+    box_positive_fraction: float = 0.33
+    box_score_thresh: float = 0.9
+    box_nms_thresh: float = 0.2
+    box_detections_per_img: int = 512
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    head_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head_norm, bool):
+            raise _fail("model.head_norm", "true or false", self.head_norm)
+        if not 0 <= self.trainable_layers <= 5 or not _is_int(self.trainable_layers):
+            raise _fail("model.trainable_layers", "an integer in [0, 5]", self.trainable_layers)
+        if len(self.anchor_sizes) != 5 or not all(_is_int(s) and s > 0 for s in self.anchor_sizes):
+            raise _fail("model.anchor_sizes", "5 positive integers (P2..P6)", self.anchor_sizes)
+        if not self.aspect_ratios or not all(_is_number(r) and r > 0 for r in self.aspect_ratios):
+            raise _fail("model.aspect_ratios", "positive numbers", self.aspect_ratios)
+        for name in (
+            "rpn_batch_size_per_image",
+            "rpn_pre_nms_top_n_train",
+            "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_train",
+            "rpn_post_nms_top_n_test",
+            "box_batch_size_per_image",
+            "box_detections_per_img",
+        ):
+            _check_int(f"model.{name}", getattr(self, name), 1)
+        for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh"):
+            _check_range(f"model.{name}", getattr(self, name), 0.0, 1.0)
+        _check_range("model.box_nms_thresh", self.box_nms_thresh, 0.0, 1.0)
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(_is_number(v) for v in value):
+                raise _fail(f"model.{name}", "3 numbers", value)
+        if min(self.image_std) <= 0:
+            raise _fail("model.image_std", "3 positive numbers", self.image_std)
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """How images are sized for the network (training and inference).
+
+    Attributes:
+        policy: ``"zoom_crop"`` (Deep Retina, §1.2/§1.5: random zoom so the short side is >=
+            ``size``, random ``size`` x ``size`` crop; inference at native size, upscaled only
+            when the short side is < ``size``) or ``"fit_longest"`` (Mirzaev, §2.2: longest side
+            resized to ``size`` at training and inference, zero padded to ``size`` x ``size``).
+        size: The side length above (px; both solutions 512).
+        pad_multiple: zoom_crop inference pads H and W to a multiple of this (§1.2: pad64);
+            fit_longest pads to ``size`` instead.
+        min_enlarge: zoom_crop: upper zoom bound is ``max(min_enlarge, s_min * zoom)`` with
+            ``s_min = size / short side`` (§1.5 step 1: 1.2).
+        zoom: zoom_crop: see ``min_enlarge`` (§1.5 step 1: 1.5).
+        aspect: zoom_crop: the width (p = 0.5) or else the height scale is multiplied by
+            U(1, aspect) (§1.5 step 1: 1.3).
+        crop: fit_longest: random crop side before the resize (§2.5: 256, p = 0.5).
+        crop_p: fit_longest: probability of that crop (§2.5: 0.5).
+        fill_holes: Fill holes of every training mask (§2.2 Mirzaev yes, §1.2 Deep Retina no).
+        max_instances: At most this many instances per training sample, randomly subsampled
+            (MAX_GT_INSTANCES, §1.3 and §2.3: 256).
+    """
+
+    policy: str = "zoom_crop"
+    size: int = 512
+    pad_multiple: int = 64
+    min_enlarge: float = 1.2
+    zoom: float = 1.5
+    aspect: float = 1.3
+    crop: int = 256
+    crop_p: float = 0.5
+    fill_holes: bool = False
+    max_instances: int = 256
+
+    def __post_init__(self) -> None:
+        _check_choice("prep.policy", self.policy, ("zoom_crop", "fit_longest"))
+        _check_int("prep.size", self.size, 32)
+        _check_int("prep.pad_multiple", self.pad_multiple, 1)
+        _check_int("prep.crop", self.crop, 16)
+        _check_int("prep.max_instances", self.max_instances, 1)
+        for name in ("min_enlarge", "zoom", "aspect"):
+            _check_range(f"prep.{name}", getattr(self, name), 1.0)
+        _check_range("prep.crop_p", self.crop_p, 0.0, 1.0)
+        if not isinstance(self.fill_holes, bool):
+            raise _fail("prep.fill_holes", "true or false", self.fill_holes)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; probabilities per sample, angles in degrees.
+
+    Attributes:
+        hflip: Probability of a horizontal flip (§1.5, §2.5: 0.5).
+        vflip: Probability of a vertical flip (§1.5, §2.5: 0.5).
+        rot90: ``"any"`` (k uniform in 0..3, §1.5), ``"pm1"`` (p = 0.5, k = +-1, §2.5) or
+            ``"none"``.
+        rotate_p: Probability of a free rotation, nearest-neighbour, zero corners (§1.5: 0.5).
+        rotate_deg: Its angle range +-deg (§1.5: 10).
+        channel_shift: Each RGB channel + U(-v, v) on the 0-255 scale, clipped to the image's
+            range, every sample (§1.5: 15; Mirzaev none).
+        affine_p: Probability of a scale + rotation warp about the centre with reflected
+            borders, relabelled by connected components (§2.5: 0.5; Deep Retina none).
+        affine_scale: Its isotropic scale range (§2.5: 0.5-2).
+        affine_deg: Its angle range +-deg (§2.5: 15).
+        jitter_p: Arm ``jitter`` only: probability of a strong colour jitter, the share of
+            images the GAN restyles (seed paper §2.3: half of the training images).
+        jitter_hue: Hue shift U(-v, v) in turns (0.5 = any hue).
+        jitter_saturation: Saturation factor range; grey images get an added saturation
+            U(0, ``jitter_tint``) first so that they can become coloured.
+        jitter_tint: See ``jitter_saturation``.
+        jitter_value: Brightness (HSV value) factor range.
+        jitter_invert: Probability (given a jitter) of inverting the intensities, which turns
+            dark-field fluorescence into bright-field-like images and back.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: str = "any"
+    rotate_p: float = 0.5
+    rotate_deg: float = 10.0
+    channel_shift: float = 15.0
+    affine_p: float = 0.0
+    affine_scale: tuple[float, float] = (0.5, 2.0)
+    affine_deg: float = 15.0
+    jitter_p: float = 0.5
+    jitter_hue: float = 0.5
+    jitter_saturation: tuple[float, float] = (0.5, 1.5)
+    jitter_tint: float = 0.4
+    jitter_value: tuple[float, float] = (0.6, 1.4)
+    jitter_invert: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "rotate_p", "affine_p", "jitter_p", "jitter_invert"):
+            _check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
+        _check_choice("augment.rot90", self.rot90, ("any", "pm1", "none"))
+        for name in ("rotate_deg", "affine_deg", "channel_shift"):
+            _check_range(f"augment.{name}", getattr(self, name), 0.0, 180.0)
+        _check_range("augment.jitter_hue", self.jitter_hue, 0.0, 0.5)
+        _check_range("augment.jitter_tint", self.jitter_tint, 0.0, 1.0)
+        for name in ("affine_scale", "jitter_saturation", "jitter_value"):
+            _check_interval(f"augment.{name}", getattr(self, name), 0.0)
+        if self.affine_scale[0] <= 0:
+            raise _fail("augment.affine_scale", "positive", self.affine_scale)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    The schedule is piecewise constant: ``lr * lr_factors[k]`` after the k-th milestone, where
+    milestones are fractions of the total iterations, so it scales with the budget the user sets
+    (iterations or epochs).
+
+    Attributes:
+        optimizer: ``"sgd"`` (§1.6: momentum 0.9) or ``"adam"`` (§2.6: amsgrad).
+        lr: Base learning rate (§1.6: 1e-3, §2.6: 1e-4).
+        momentum: SGD momentum (§1.6: 0.9).
+        amsgrad: Adam's AMSGrad variant (§2.6: yes).
+        weight_decay: L2 penalty; 1e-4 (§5: Matterport's form is far weaker; 1e-4 is the usual
+            modern choice).
+        grad_clip: Gradient norm clipped per parameter tensor (Keras clipnorm 5, §1.6, §2.6);
+            0 disables.
+        milestones: Fractions of the total where the LR drops (§1.6 step 1: epochs 30 and 50 of
+            75; §2.6: 25 and 50 of 75).
+        lr_factors: LR multipliers before, between and after the milestones (§1.6: 1, 0.1,
+            1/30; §2.6: 1, 0.1, 0.01).
+        warmup_iters: Linear warm-up from ``lr / 1000`` over this many iterations (torchvision
+            references; none in either solution, useful from scratch).
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    amsgrad: bool = False
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    milestones: tuple[float, ...] = (30 / 75, 50 / 75)
+    lr_factors: tuple[float, ...] = (1.0, 0.1, 1 / 30)
+    warmup_iters: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.optimizer", self.optimizer, ("sgd", "adam"))
+        _check_range("optim.lr", self.lr, 1e-12, 10.0)
+        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
+        _check_range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("optim.grad_clip", self.grad_clip, 0.0)
+        _check_int("optim.warmup_iters", self.warmup_iters, 0)
+        if not isinstance(self.amsgrad, bool):
+            raise _fail("optim.amsgrad", "true or false", self.amsgrad)
+        if list(self.milestones) != sorted(self.milestones) or not all(
+            _is_number(m) and 0 < m < 1 for m in self.milestones
+        ):
+            raise _fail("optim.milestones", "increasing fractions in (0, 1)", self.milestones)
+        if len(self.lr_factors) != len(self.milestones) + 1 or not all(
+            _is_number(f) and f > 0 for f in self.lr_factors
+        ):
+            raise _fail(
+                "optim.lr_factors",
+                "one positive factor more than there are milestones",
+                self.lr_factors,
+            )
+
+    def lr_at(self, iteration: int, total: int) -> float:
+        """The learning rate of 0-based ``iteration`` out of ``total``."""
+        phase = sum(iteration >= m * total for m in self.milestones)
+        lr = self.lr * self.lr_factors[phase]
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
+            lr *= 1e-3 * (1 - alpha) + alpha
+        return lr
+
+    def phase_start(self, total: int) -> int:
+        """First iteration of the last LR phase."""
+        return math.ceil(self.milestones[-1] * total) if self.milestones else 0
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    """Post-processing of detections into a label image (see :mod:`.postprocess`).
+
+    Steps, per instance in descending score order: binarise at ``mask_threshold``; drop if
+    <= ``min_area`` px; fill holes; closing; dilation; remove pixels taken by better instances;
+    drop if more than ``max_lost`` of the area was taken, or (``drop_fragmented``) if what is
+    left is in several 8-connected pieces; drop if <= ``min_area`` px.
+
+    Attributes:
+        mask_threshold: Mask probability threshold (§1.3: 0.5, §2.3: 0.35).
+        min_area: Instances of at most this many px are dropped (§2.7: 10; §1.7: none = 0).
+        fill_holes: Fill holes of each mask (§2.7 yes).
+        closing: Binary closing with a 3x3 cross (§2.7 yes).
+        dilation: Binary dilations with a 3x3 cross (§1.7a: 1 px).
+        max_lost: Drop an instance that lost more than this share of its area to better ones
+            (§1.7a: 0.7; 1.0 never).
+        drop_fragmented: Drop an instance left in several pieces (§2.7 yes).
+        fallback_canvas: If the prediction has fewer than 2 foreground px, predict again with
+            the image pasted into a canvas this many times larger and crop back (§2.7: 4;
+            0 = off).
+    """
+
+    mask_threshold: float = 0.5
+    min_area: int = 0
+    fill_holes: bool = False
+    closing: bool = False
+    dilation: int = 1
+    max_lost: float = 0.7
+    drop_fragmented: bool = False
+    fallback_canvas: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("post.mask_threshold", self.mask_threshold, 0.0, 1.0)
+        _check_range("post.max_lost", self.max_lost, 0.0, 1.0)
+        _check_int("post.min_area", self.min_area, 0)
+        _check_int("post.dilation", self.dilation, 0)
+        _check_int("post.fallback_canvas", self.fallback_canvas, 0)
+        if self.fallback_canvas == 1:
+            raise _fail("post.fallback_canvas", "0 (off) or >= 2", self.fallback_canvas)
+        for name in ("fill_holes", "closing", "drop_fragmented"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(f"post.{name}", "true or false", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything that defines a trained segmenter (stored in its checkpoints and model file).
+
+    Attributes:
+        baseline: ``"deep_retina"`` or ``"mirzaev"``.
+        backbone: ``resnet18`` / ``resnet34`` (CPU demo), ``resnet50`` (default: the closest
+            torchvision model with COCO weights, §5.1) or ``resnet101`` (both originals,
+            §1.3 and §2.3), each with an FPN.
+        weights: ``"none"`` (from scratch), ``"imagenet"`` (backbone only, as Mirzaev §2.6),
+            ``"coco"`` (ResNet-50 Mask R-CNN without its class-specific layers, as Deep
+            Retina §1.6) or the path of a local weights file (a torchvision detection or
+            ResNet state dict, or a segmenter model file).
+        iterations: Training iterations (batches); exclusive with ``epochs``.
+        epochs: Training length in passes over the training images (an epoch is
+            ceil(images / batch_size) iterations, §1.4 and §2.4); both solutions ran 75
+            (§1.6 step 1, §2.6).
+        batch_size: Images per iteration (§1.6, §2.6: 2).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on CUDA and bf16-capable CPUs), ``fp32``, ``bf16``.
+        checkpoint_every: Iterations between checkpoints.
+        log_every: Iterations between progress lines and history rows.
+        seed: Seed of the weights, the sampling order and every augmentation.
+        workers: DataLoader worker processes preparing samples (0 = in the training process).
+        val_fraction: Share of the (first) training folder held out for validation, stratified
+            by image type (§2.4 Mirzaev: 0.1; §1.4 Deep Retina: 0, no split).
+        val_every: Iterations between validation losses (None: once per epoch).
+        split_seed: Seed of the validation split (§2.4: 11).
+        selection: Which weights become the model: ``"last"`` (§1.4) or ``"best_val"``, the
+            lowest validation loss within the last LR phase (§2.6: best-val checkpoint of the
+            last ``train()`` call).
+        model: See :class:`ModelConfig`.
+        prep: See :class:`PrepConfig`.
+        augment: See :class:`AugmentConfig`.
+        optim: See :class:`OptimConfig`.
+        post: See :class:`PostConfig`.
+    """
+
+    baseline: str = "deep_retina"
+    backbone: str = "resnet50"
+    weights: str = "none"
+    iterations: int | None = None
+    epochs: float | None = 75
+    batch_size: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_every: int = 100
+    log_every: int = 20
+    seed: int = 0
+    workers: int = 0
+    val_fraction: float = 0.0
+    val_every: int | None = None
+    split_seed: int = 11
+    selection: str = "last"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("baseline", self.baseline, BASELINES)
+        _check_choice("backbone", self.backbone, BACKBONES)
+        if not isinstance(self.weights, str) or not self.weights:
+            raise _fail("weights", "none, imagenet, coco or a file path", self.weights)
+        if (self.iterations is None) == (self.epochs is None):
+            raise NucleistyleError(
+                "config keys segment.iterations and segment.epochs: set exactly one, got "
+                f"iterations={self.iterations!r}, epochs={self.epochs!r}"
+            )
+        if self.iterations is not None:
+            _check_int("iterations", self.iterations, 1)
+        if self.epochs is not None:
+            _check_range("epochs", self.epochs, 1e-9)
+        for name in ("batch_size", "checkpoint_every", "log_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("seed", "workers", "split_seed"):
+            _check_int(name, getattr(self, name), 0)
+        if self.val_every is not None:
+            _check_int("val_every", self.val_every, 1)
+        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        _check_choice("selection", self.selection, ("last", "best_val"))
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        if self.selection == "best_val" and self.val_fraction == 0:
+            raise _fail("selection", "last when val_fraction is 0", self.selection)
+
+    def total_iterations(self, n_train: int) -> int:
+        """The iteration budget for ``n_train`` training images."""
+        if self.iterations is not None:
+            return self.iterations
+        assert self.epochs is not None
+        return max(1, math.ceil(self.epochs * math.ceil(n_train / self.batch_size)))
+
+    def epoch_iterations(self, n_train: int) -> int:
+        """Iterations per epoch (one pass over ``n_train`` images)."""
+        return max(1, math.ceil(n_train / self.batch_size))
+
+
+# Baseline defaults that differ from the dataclass defaults (which are Deep Retina's).
+_MIRZAEV: dict[str, Any] = {
+    "val_fraction": 0.1,  # §2.4: 90/10 split stratified by modality, seed 11
+    "selection": "best_val",  # §2.6: best val loss, last phase
+    "model": {
+        "rpn_batch_size_per_image": 320,  # §2.3
+        "rpn_post_nms_top_n_train": 2048,  # §2.3
+        "rpn_post_nms_top_n_test": 2048,  # §2.3, §2.7
+        "box_batch_size_per_image": 512,  # §2.3
+        "box_score_thresh": 0.75,  # §2.3, §2.7
+        "box_nms_thresh": 0.3,  # §2.3, §2.7
+        "box_detections_per_img": 400,  # §2.3
+    },
+    "prep": {"policy": "fit_longest", "fill_holes": True},  # §2.2
+    "augment": {
+        "rot90": "pm1",  # §2.5 step 4
+        "rotate_p": 0.0,  # no free rotation besides the affine warp (§2.5)
+        "channel_shift": 0.0,  # §2.5: no colour augmentation
+        "affine_p": 0.5,  # §2.5 step 1
+    },
+    "optim": {
+        "optimizer": "adam",  # §2.6: Adam, amsgrad, clipnorm 5
+        "amsgrad": True,
+        "lr": 1e-4,
+        "milestones": (25 / 75, 50 / 75),  # §2.6: 1e-4 / 1e-5 / 1e-6 for 25 epochs each
+        "lr_factors": (1.0, 0.1, 0.01),
+    },
+    "post": {  # §2.7
+        "mask_threshold": 0.35,
+        "min_area": 10,
+        "fill_holes": True,
+        "closing": True,
+        "dilation": 0,
+        "max_lost": 1.0,
+        "drop_fragmented": True,
+        "fallback_canvas": 4,
+    },
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {"deep_retina": {}, "mirzaev": _MIRZAEV}
+
+
+_SECTION_CLASSES = {
+    "model": ModelConfig,
+    "prep": PrepConfig,
+    "augment": AugmentConfig,
+    "optim": OptimConfig,
+    "post": PostConfig,
+}
+
+
+def _tuples(value: Any) -> Any:
+    """YAML lists become tuples (the dataclasses are frozen and hashable)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = _SECTION_CLASSES[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise NucleistyleError(
+            f"unknown config key segment.{name}.{unknown[0]} (known: {', '.join(sorted(known))})"
+        )
+    return cls(**{k: _tuples(v) for k, v in values.items()})
+
+
+def get_config(baseline: str, overrides: Mapping[str, Any] | None = None) -> SegmenterConfig:
+    """The configuration of ``baseline`` with the config file's ``overrides`` applied.
+
+    Args:
+        baseline: ``"deep_retina"`` or ``"mirzaev"``.
+        overrides: Top-level fields of :class:`SegmenterConfig` (``backbone``, ``weights``,
+            ``iterations``, ``epochs``, ``batch_size``, ...) and, under the keys ``model``,
+            ``prep``, ``augment``, ``optim`` and ``post``, mappings of section fields. Setting
+            ``iterations`` clears the default ``epochs`` and vice versa; a key set to None
+            keeps the default.
+
+    Returns:
+        The frozen configuration.
+
+    Raises:
+        NucleistyleError: unknown baseline or key, or an invalid value (the message names
+            the key as ``segment.<section>.<field>``).
+
+    Example:
+        >>> get_config("mirzaev", {"optim": {"lr": 3e-4}, "epochs": 10}).optim.lr
+        0.0003
+    """
+    if baseline not in BASELINES:
+        raise NucleistyleError(f"unknown segmentation baseline {baseline!r} (known: {BASELINES})")
+    overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    top_known = {f.name for f in dataclasses.fields(SegmenterConfig)} - {"baseline"}
+    unknown = sorted(set(overrides) - top_known)
+    if unknown:
+        raise NucleistyleError(
+            f"unknown config key segment.{unknown[0]} (known: {', '.join(sorted(top_known))})"
+        )
+    defaults = _DEFAULTS[baseline]
+    values: dict[str, Any] = {"baseline": baseline}
+    for key in top_known - set(_SECTIONS):
+        if key in overrides:
+            values[key] = _tuples(overrides[key])
+        elif key in defaults:
+            values[key] = defaults[key]
+    if "iterations" in overrides and "epochs" not in overrides:
+        values["epochs"] = None
+    for name in _SECTIONS:
+        section = overrides.get(name, {})
+        if not isinstance(section, Mapping):
+            raise _fail(name, "a mapping of fields", section)
+        values[name] = _build_section(name, {**defaults.get(name, {}), **section})
+    return SegmenterConfig(**values)
+
+
+def config_from_fingerprint(data: Mapping[str, Any]) -> SegmenterConfig:
+    """Rebuild a :class:`SegmenterConfig` from what ``engine.fingerprint`` stored.
+
+    Raises:
+        NucleistyleError: a key this version does not know (a model from another version).
+    """
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in data.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            if section not in sections:
+                raise NucleistyleError(f"unknown stored config key segment.{key}")
+            sections[section][name] = value
+        else:
+            top[key] = value
+    known = {f.name for f in dataclasses.fields(SegmenterConfig)} - set(_SECTIONS)
+    unknown = sorted(set(top) - known)
+    if unknown:
+        raise NucleistyleError(f"unknown stored config key segment.{unknown[0]}")
+    built = {name: _build_section(name, values) for name, values in sections.items()}
+    return SegmenterConfig(**{k: _tuples(v) for k, v in top.items()}, **built)
+
+
+def flatten(cfg: SegmenterConfig) -> dict[str, Any]:
+    """``{"baseline": ..., "model.box_score_thresh": ..., ...}`` with lists for tuples."""
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                flat[f"{f.name}.{sub.name}"] = plain(getattr(value, sub.name))
+        else:
+            flat[f.name] = plain(value)
+    return flat

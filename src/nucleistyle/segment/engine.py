@@ -1,0 +1,474 @@
+"""Training engine in the style of torchvision's ``references/detection/engine.py``.
+
+:func:`train_one_epoch` runs iterations with bf16 autocast (when configured), per-tensor
+gradient clipping and a per-iteration learning rate, logging smoothed losses;
+:func:`evaluate` gives the validation losses (Mirzaev's model selection, §2.6);
+:func:`train_segmenter` ties it together: data, model, optimiser, checkpoints with resume and
+the final model file.
+
+Checkpoints (written atomically, loaded with ``weights_only=True``) hold the model, the
+optimiser, the iteration, the loss history, the RNG states, the best validation weights so
+far and the configuration fingerprint; a rerun after a crash or SIGKILL continues from the last
+one. The learning rate is a pure function of (iteration, total), so no scheduler state is
+needed; the total may grow on resume (the schedule's milestones then move with it).
+
+Example:
+    >>> cfg = get_config("deep_retina", {"iterations": 300})  # doctest: +SKIP
+    >>> train_segmenter(["train"], "model.pt", cfg, checkpoint="ckpt.pt")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nucleistyle.segment.configs import SegmenterConfig, flatten
+from nucleistyle.segment.dataset import (
+    DrawDataset,
+    check_arm,
+    cluster_weights,
+    images_digest,
+    list_training_records,
+    load_items,
+    read_assignments,
+    split_validation,
+    training_config_summary,
+    validation_samples,
+)
+from nucleistyle.segment.model import build_model
+from nucleistyle.segment.transforms import eval_pipeline, training_pipeline
+from nucleistyle.torchutils import (
+    LossHistory,
+    autocast,
+    check_finite,
+    get_rng_state,
+    load_checkpoint,
+    log_environment,
+    resolve_precision,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
+from nucleistyle.utils import NucleistyleError
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MetricLogger",
+    "SmoothedValue",
+    "evaluate",
+    "fingerprint",
+    "make_optimizer",
+    "train_one_epoch",
+    "train_segmenter",
+]
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+MODEL_FORMAT = "nucleistyle-segmenter-1"
+# Keys that may change between a checkpoint and its resumption: the budget and where/how the
+# run executes, not what is learnt.
+RESUMABLE_KEYS = (
+    "iterations",
+    "epochs",
+    "device",
+    "precision",
+    "checkpoint_every",
+    "log_every",
+    "workers",
+    "val_every",
+)
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+
+class SmoothedValue:
+    """A series of values with a windowed mean and a global mean (torchvision references)."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.values: collections.deque[float] = collections.deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, value: float) -> None:
+        self.values.append(value)
+        self.total += value
+        self.count += 1
+
+    @property
+    def avg(self) -> float:
+        return sum(self.values) / max(len(self.values), 1)
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class MetricLogger:
+    """Named :class:`SmoothedValue` meters and a one-line summary."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.meters: dict[str, SmoothedValue] = collections.defaultdict(
+            lambda: SmoothedValue(window)
+        )
+
+    def update(self, **values: float) -> None:
+        for name, value in values.items():
+            self.meters[name].update(float(value))
+
+    def averages(self) -> dict[str, float]:
+        return {name: meter.avg for name, meter in self.meters.items()}
+
+    def __str__(self) -> str:
+        return "  ".join(f"{name} {meter.avg:.4g}" for name, meter in self.meters.items())
+
+
+def fingerprint(
+    cfg: SegmenterConfig, arm: str, train_ids: Sequence[str], val_ids: Sequence[str]
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the flat config, the arm and the data."""
+    return {
+        **flatten(cfg),
+        "data.arm": arm,
+        "data.train_images": images_digest(train_ids),
+        "data.val_images": images_digest(val_ids),
+    }
+
+
+def make_optimizer(model: nn.Module, cfg: SegmenterConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (Deep Retina, §1.6) or Adam/AMSGrad (Mirzaev, §2.6) over the
+    trainable parameters; the learning rate is set per iteration by the engine."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, amsgrad=o.amsgrad, weight_decay=o.weight_decay)
+
+
+def _clip_per_tensor(params: Iterable[torch.Tensor], max_norm: float) -> None:
+    """Keras ``clipnorm``: scale each gradient tensor to norm <= ``max_norm`` (§1.6, §2.6)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
+
+
+def _to_device(batch: Batch, device: torch.device) -> tuple[list, list]:
+    images = [image.to(device, non_blocking=True) for image, _ in batch]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for _, t in batch]
+    return images, targets
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    cfg: SegmenterConfig,
+    start: int,
+    stop: int,
+    total: int,
+    history: LossHistory,
+    metrics: MetricLogger,
+    checkpoint: PathLike | None = None,
+) -> None:
+    """Train iterations ``start`` .. ``stop - 1`` (an epoch, or the part up to a checkpoint).
+
+    Every ``cfg.log_every`` iterations the losses and seconds per iteration, averaged over the
+    ``metrics`` window, and the current learning rate are logged and appended to ``history``
+    (row ``iteration`` = iterations done).
+
+    Raises:
+        TrainingDiverged: a loss became NaN or infinite (the last checkpoint is kept).
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = tqdm(
+        range(start, stop), desc="train", unit="it", disable=None, file=sys.stderr, leave=False
+    )
+    tic = time.perf_counter()
+    for iteration in progress:
+        images, targets = _to_device(next(batches), device)
+        lr = cfg.optim.lr_at(iteration, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, dtype):
+            loss_dict = model(images, targets)
+        losses = sum(loss_dict.values())
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        check_finite({"loss": float(losses.detach()), **values}, iteration + 1, checkpoint)
+        optimizer.zero_grad(set_to_none=True)
+        losses.backward()
+        if cfg.optim.grad_clip > 0:
+            _clip_per_tensor(params, cfg.optim.grad_clip)
+        optimizer.step()
+        now = time.perf_counter()
+        metrics.update(loss=float(losses.detach()), **values, sec_per_it=now - tic)
+        tic = now
+        done = iteration + 1
+        if done % cfg.log_every == 0 or done == total:
+            averages = metrics.averages()
+            history.append(done, {**averages, "lr": lr})
+            log.info("iteration %d/%d  %s  lr %.3g", done, total, metrics, lr)
+            progress.set_postfix(loss=f"{averages['loss']:.3f}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    samples: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    batch_size: int,
+) -> dict[str, float]:
+    """Mean losses over ``samples`` (validation, §2.4), without updating anything.
+
+    The model runs in training mode (torchvision returns losses only then) with its batch-norm
+    layers in eval mode, so running statistics are not touched.
+
+    Returns:
+        ``{"val_loss": total, "val_loss_mask": ..., ...}`` averaged over batches.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    sums: dict[str, float] = collections.defaultdict(float)
+    batches = 0
+    for first in range(0, len(samples), batch_size):
+        images, targets = _to_device(list(samples[first : first + batch_size]), device)
+        with autocast(device, dtype):
+            loss_dict = model(images, targets)
+        sums["val_loss"] += float(sum(loss_dict.values()))
+        for key, value in loss_dict.items():
+            sums[f"val_{key}"] += float(value)
+        batches += 1
+    model.train()
+    return {key: value / max(batches, 1) for key, value in sums.items()}
+
+
+def _collate(batch: Batch) -> Batch:
+    return list(batch)
+
+
+def _batches(dataset: DrawDataset, start: int, batch_size: int, workers: int) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=range(start * batch_size, len(dataset)),
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_segmenter(
+    train_dirs: Sequence[PathLike],
+    out_model: PathLike,
+    cfg: SegmenterConfig,
+    checkpoint: PathLike | None = None,
+    history_tsv: PathLike | None = None,
+    arm: str = "none",
+    assignments_csv: PathLike | None = None,
+) -> Path:
+    """Train one segmenter and write its model file.
+
+    Args:
+        train_dirs: BBBC038-layout folders with masks: the original training set first, then
+            (arm ``style``) the GAN-restyled folder(s); ImageIds must be distinct.
+        out_model: The model file (weights + configuration), written atomically; load it with
+            :func:`nucleistyle.segment.predict.load_segmenter`.
+        cfg: The configuration (:func:`~.configs.get_config`).
+        checkpoint: Checkpoint file: resumed from when it exists (its configuration and data
+            must match, except the budget and run settings), rewritten every
+            ``cfg.checkpoint_every`` iterations and at the end.
+        history_tsv: Where to write the loss history (iteration, smoothed losses, lr,
+            sec_per_it, and val_* columns on validation rows).
+        arm: ``none``, ``style`` (extra folders), ``jitter`` (strong colour jitter) or
+            ``oversample`` (clusters of ``assignments_csv`` drawn equally often).
+        assignments_csv: Cluster table (ImageId, cluster): needed for ``oversample``; if given,
+            the validation split is stratified by cluster.
+
+    Returns:
+        ``out_model`` as a Path.
+
+    Raises:
+        NucleistyleError: bad training data (an image without masks, a mask of the wrong size,
+            an empty set: each naming the file), a checkpoint from another configuration
+            (naming the file and key), unavailable pretrained weights.
+        TrainingDiverged: a non-finite loss.
+    """
+    check_arm(arm, assignments_csv, len(train_dirs))
+    device = select_device(cfg.device, "segment.device")
+    dtype = resolve_precision(cfg.precision, device, "segment.precision")
+    environment = log_environment(device, dtype, cfg.seed)
+    items = load_items(list_training_records(train_dirs), cfg.prep.fill_holes)
+    clusters = read_assignments(assignments_csv) if assignments_csv is not None else None
+    train_idx, val_idx = split_validation(items, cfg.val_fraction, cfg.split_seed, clusters)
+    train_items = [items[i] for i in train_idx]
+    val_items = [items[i] for i in val_idx]
+    weights = None
+    if arm == "oversample":
+        assert clusters is not None and assignments_csv is not None
+        weights = cluster_weights([it.image_id for it in train_items], clusters, assignments_csv)
+    total = cfg.total_iterations(len(train_items))
+    log.info("%s, arm %s", training_config_summary(cfg, len(train_items), len(val_items)), arm)
+    expected = fingerprint(
+        cfg, arm, [it.image_id for it in train_items], [it.image_id for it in val_items]
+    )
+
+    seed_everything(cfg.seed)
+    resume = checkpoint is not None and Path(checkpoint).exists()
+    model = build_model(cfg, pretrained=not resume).to(device)
+    optimizer = make_optimizer(model, cfg)
+    start, history, best = 0, LossHistory(), None
+    if resume:
+        assert checkpoint is not None
+        state = load_checkpoint(checkpoint, expected, ignore=RESUMABLE_KEYS)
+        start = int(state["iteration"])
+        if start > total:
+            raise NucleistyleError(
+                f"checkpoint {checkpoint} is at iteration {start}, beyond the budget of {total} "
+                "iterations (raise segment.iterations / epochs or delete the checkpoint)"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = LossHistory(state["history"])
+        best = state.get("best")
+        log.info("resumed from %s at iteration %d of %d", checkpoint, start, total)
+
+    dataset = DrawDataset(
+        train_items,
+        training_pipeline(cfg, arm),
+        total * cfg.batch_size,
+        cfg.seed,
+        cfg.prep.max_instances,
+        weights,
+    )
+    batches = _batches(dataset, start, cfg.batch_size, cfg.workers)
+    val_samples = validation_samples(val_items, eval_pipeline(cfg), cfg.prep.max_instances)
+    val_every = cfg.val_every or cfg.epoch_iterations(len(train_items))
+    last_phase = cfg.optim.phase_start(total)
+    metrics = MetricLogger(window=cfg.log_every)  # history rows: means over log_every iterations
+    if resume:  # last, after everything that draws from the global generators (DataLoader)
+        set_rng_state(state["rng"])
+
+    def save(iteration: int) -> None:
+        if checkpoint is None:
+            return
+        save_checkpoint(
+            checkpoint,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration,
+                "config": expected,
+                "history": history.state(),
+                "rng": get_rng_state(),
+                "best": best,
+            },
+        )
+        log.info("checkpoint %s at iteration %d", checkpoint, iteration)
+
+    iteration = start
+    while iteration < total:
+        stop = min(
+            total,
+            (iteration // cfg.checkpoint_every + 1) * cfg.checkpoint_every,
+            (iteration // val_every + 1) * val_every,
+        )
+        train_one_epoch(
+            model,
+            optimizer,
+            batches,
+            device,
+            dtype,
+            cfg,
+            iteration,
+            stop,
+            total,
+            history,
+            metrics,
+            checkpoint,
+        )
+        iteration = stop
+        if val_samples and (iteration % val_every == 0 or iteration == total):
+            scores = evaluate(model, val_samples, device, dtype, cfg.batch_size)
+            history.append(iteration, scores)
+            log.info("iteration %d validation: val_loss %.4f", iteration, scores["val_loss"])
+            if (
+                cfg.selection == "best_val"
+                and iteration > last_phase
+                and math.isfinite(scores["val_loss"])
+                and (best is None or scores["val_loss"] < best["val_loss"])
+            ):
+                best = {
+                    "iteration": iteration,
+                    "val_loss": scores["val_loss"],
+                    "model": _state_on_cpu(model),
+                }
+        if iteration % cfg.checkpoint_every == 0 or iteration == total:
+            save(iteration)
+
+    selected = total
+    final_state = _state_on_cpu(model)
+    if cfg.selection == "best_val":
+        if best is None:
+            log.warning("no validation in the last LR phase: keeping the last weights")
+        else:
+            selected, final_state = int(best["iteration"]), copy.copy(best["model"])
+            log.info("selected iteration %d (val_loss %.4f)", selected, best["val_loss"])
+    save_checkpoint(
+        out_model,
+        {
+            "format": MODEL_FORMAT,
+            "model": final_state,
+            "config": flatten(cfg),
+            "arm": arm,
+            "iterations": total,
+            "selected_iteration": selected,
+            "train_images": [it.image_id for it in train_items],
+            "val_images": [it.image_id for it in val_items],
+            "environment": {k: str(v) for k, v in environment.items()},
+        },
+    )
+    if history_tsv is not None:
+        history.write_tsv(history_tsv)
+    log.info("wrote %s", out_model)
+    return Path(out_model)
+
+
+def read_model_file(path: PathLike) -> Mapping[str, Any]:
+    """Load a model file written by :func:`train_segmenter` (``weights_only=True``).
+
+    Raises:
+        NucleistyleError: unreadable, or not a segmenter model file.
+    """
+    state = load_checkpoint(path)
+    if state.get("format") != MODEL_FORMAT:
+        raise NucleistyleError(
+            f"{path} is not a segmenter model file (format {state.get('format')!r}, "
+            f"expected {MODEL_FORMAT!r}); a training checkpoint is not a model"
+        )
+    return state

@@ -1,0 +1,285 @@
+"""torchvision Mask R-CNN built from a :class:`~.configs.SegmenterConfig` (baselines.md §5).
+
+Two classes (background, nucleus); one anchor size per FPN level (8..128) x 3 aspect ratios;
+RPN / ROI sample counts and detection thresholds from the config. Sizing is done by the
+baselines' own preparation (:mod:`.transforms`, :mod:`.predict`), so the model's transform only
+normalises and pads (:class:`PreparedTransform`): torchvision's default would rescale every
+image to 800-1333 px, which is both wrong for these baselines and 3-6x slower on a CPU.
+
+Pretrained weights (``cfg.weights``): ``coco`` (torchvision's ResNet-50 Mask R-CNN without the
+class-specific layers, like Deep Retina's COCO start, §1.6), ``imagenet`` (backbone only, like
+Mirzaev, §2.6), a local file, or ``none``. With pretrained weights the backbone's batch norm is
+frozen (Matterport TRAIN_BN=False); from scratch it is trainable, as torchvision does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights, MaskRCNNHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import misc as misc_nn_ops
+
+from nucleistyle.segment.configs import SegmenterConfig
+from nucleistyle.utils import NucleistyleError
+
+__all__ = ["PreparedTransform", "build_model", "keep_geometry_in_float32", "read_weights_file"]
+
+log = logging.getLogger(__name__)
+
+_IMAGENET = {
+    "resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": resnet.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1,
+    "resnet101": resnet.ResNet101_Weights.IMAGENET1K_V1,
+}
+
+
+class PreparedTransform(GeneralizedRCNNTransform):
+    """torchvision's transform without the resize: normalise, then zero-pad the batch
+    (bottom/right) to a multiple of ``size_divisible``. Images arrive already sized."""
+
+    def __init__(
+        self, image_mean: list[float], image_std: list[float], size_divisible: int
+    ) -> None:
+        super().__init__(1, 1, image_mean, image_std, size_divisible=size_divisible)
+
+    def resize(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return image, target
+
+
+class HeadBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm of the box head; a training batch of 0 or 1 ROIs uses the running statistics
+    (plain BatchNorm1d raises on one value per channel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] <= 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
+class HeadBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm of the mask head; an empty batch (no positive ROI) passes through instead
+    of turning the running statistics into NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return x
+        return super().forward(x)
+
+
+class NormMLPHead(nn.Module):
+    """Matterport's box head: two 1024-wide fully connected layers, each followed by batch norm
+    and ReLU (§5). Layer names match torchvision's ``TwoMLPHead`` (fc6, fc7), so COCO weights
+    still load into the linear layers."""
+
+    def __init__(self, in_channels: int, representation_size: int = 1024) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels, representation_size)
+        self.bn6 = HeadBatchNorm1d(representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.bn7 = HeadBatchNorm1d(representation_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn6(self.fc6(x.flatten(start_dim=1))))
+        return F.relu(self.bn7(self.fc7(x)))
+
+
+def _offline_error(what: str, url: str, exc: Exception) -> NucleistyleError:
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    return NucleistyleError(
+        f"cannot download the {what} weights from {url} ({reason}): this machine seems "
+        f"offline; put the file into {hub}/ or set segment weights to a local file, or none"
+    )
+
+
+def _download(weights: Any, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as exc:  # URLError is an OSError; so are DNS and connection failures
+        raise _offline_error(what, weights.url, exc) from exc
+
+
+def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (``weights_only=True``): a plain state dict, or a
+    segmenter model / checkpoint file (its ``"model"`` entry).
+
+    Raises:
+        NucleistyleError: missing or unreadable file, or one without tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NucleistyleError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign files raise several types
+        raise NucleistyleError(
+            f"cannot load weights file {path}: {str(exc).splitlines()[0]}"
+        ) from exc
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not any(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise NucleistyleError(f"weights file {path} holds no state dict")
+    return dict(state)
+
+
+def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every tensor whose name and shape match (class-specific layers differ in shape
+    and are skipped, as Matterport's ``exclude=[mrcnn_class_logits, ...]``, §1.6)."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise NucleistyleError(f"weights {source}: no tensor matches this model's layers")
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(state) - set(usable))
+    log.info(
+        "loaded %d/%d tensors from %s (%d not matching, e.g. %s)",
+        len(usable),
+        len(own),
+        source,
+        len(skipped),
+        ", ".join(skipped[:3]) or "-",
+    )
+
+
+def _backbone_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a ResNet classifier state dict (``conv1.weight``...) to ``backbone.body.*``."""
+    if any(k.startswith("backbone.") for k in state):
+        return dict(state)
+    return {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def _as_float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return type(value)((k, _as_float32(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(_as_float32(v) for v in value)
+    return value
+
+
+def _float32_outputs(module: nn.Module, inputs: Any, output: Any) -> Any:
+    return _as_float32(output)
+
+
+def keep_geometry_in_float32(model: MaskRCNN) -> None:
+    """Make bf16 autocast safe for box geometry (forward hooks; the state dict is unchanged).
+
+    Under autocast, torchvision's anchors take the feature maps' dtype and ``BoxCoder.decode``
+    casts boxes to the dtype of the regression output, so proposals and detections would be
+    computed in bf16, whose 8-bit mantissa rounds a coordinate near 500 px to 4 px. Casting the
+    FPN features and the heads' outputs back to fp32 keeps every coordinate in fp32 while the
+    convolutions and linear layers still run in bf16 (autocast re-casts their inputs).
+    """
+    for module in (
+        model.backbone,
+        model.rpn.head,
+        model.roi_heads.box_predictor,
+        model.roi_heads.mask_predictor,
+    ):
+        module.register_forward_hook(_float32_outputs)
+
+
+def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
+    """The Mask R-CNN of ``cfg``.
+
+    Args:
+        cfg: The configuration.
+        pretrained: Load ``cfg.weights`` (False: same architecture, random weights; used
+            when a trained model's weights are loaded next).
+
+    Returns:
+        The model (train mode, on the CPU).
+
+    Raises:
+        NucleistyleError: COCO weights for a backbone other than ResNet-50 (torchvision has
+            none), weights that cannot be downloaded (one line, saying the machine seems
+            offline), or an unusable weights file.
+    """
+    m = cfg.model
+    frozen_bn = cfg.weights != "none"  # torchvision: FrozenBatchNorm2d iff pretrained
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    if cfg.weights == "coco" and cfg.backbone != "resnet50":
+        raise NucleistyleError(
+            f"config key segment.weights: torchvision has COCO Mask R-CNN weights for resnet50 "
+            f"only, not {cfg.backbone}; use imagenet or a weights file"
+        )
+    backbone_weights = _IMAGENET[cfg.backbone] if cfg.weights == "imagenet" else None
+    if backbone_weights is not None and pretrained:
+        # download through our wrapper first, so that an offline machine gets one clear line
+        _download(backbone_weights, f"imagenet {cfg.backbone}")
+    backbone = resnet_fpn_backbone(
+        backbone_name=cfg.backbone,
+        weights=backbone_weights if pretrained else None,
+        norm_layer=norm_layer,
+        trainable_layers=m.trainable_layers if frozen_bn else 5,
+    )
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in m.anchor_sizes),
+        aspect_ratios=(tuple(m.aspect_ratios),) * len(m.anchor_sizes),
+    )
+    pad = cfg.prep.pad_multiple if cfg.prep.policy == "zoom_crop" else cfg.prep.size
+    heads = {}
+    if m.head_norm:
+        heads = {
+            "box_head": NormMLPHead(backbone.out_channels * 7 * 7),
+            "mask_head": MaskRCNNHeads(
+                backbone.out_channels, [256] * 4, 1, norm_layer=HeadBatchNorm2d
+            ),
+        }
+    model = MaskRCNN(
+        backbone,
+        num_classes=2,
+        min_size=cfg.prep.size,
+        max_size=cfg.prep.size,
+        image_mean=list(m.image_mean),
+        image_std=list(m.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        rpn_nms_thresh=m.rpn_nms_thresh,
+        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        box_batch_size_per_image=m.box_batch_size_per_image,
+        box_positive_fraction=m.box_positive_fraction,
+        box_score_thresh=m.box_score_thresh,
+        box_nms_thresh=m.box_nms_thresh,
+        box_detections_per_img=m.box_detections_per_img,
+        **heads,
+    )
+    model.transform = PreparedTransform(list(m.image_mean), list(m.image_std), pad)
+    keep_geometry_in_float32(model)
+    # torchvision initialises the 1x1 mask logits conv with fan-out Kaiming (std 1 for 2 output
+    # channels), which starts the mask loss at 2-3 instead of log 2; Detectron2's std 0.001
+    # starts it at log 2. Pretrained weights never cover this class-specific layer.
+    logits = model.roi_heads.mask_predictor.mask_fcn_logits
+    nn.init.normal_(logits.weight, std=0.001)
+    nn.init.zeros_(logits.bias)
+    if not pretrained or cfg.weights in ("none", "imagenet"):
+        return model
+    if cfg.weights == "coco":
+        state = _download(MaskRCNN_ResNet50_FPN_Weights.COCO_V1, "coco resnet50 Mask R-CNN")
+        _load_matching(model, state, "COCO Mask R-CNN")
+    else:
+        _load_matching(model, _backbone_state(read_weights_file(cfg.weights)), cfg.weights)
+    return model

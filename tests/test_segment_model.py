@@ -1,0 +1,351 @@
+"""Mask R-CNN baselines with a network: build, train, resume, predict (tiny CPU settings)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
+from nucleistyle.data.csvio import read_submission
+from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.metrics import score_files
+from nucleistyle.segment import engine
+from nucleistyle.segment.configs import get_config
+from nucleistyle.segment.engine import train_segmenter
+from nucleistyle.segment.model import PreparedTransform, build_model
+from nucleistyle.segment.predict import Detections, load_segmenter, predict_folder
+from nucleistyle.utils import NucleistyleError
+
+torch.set_num_threads(2)  # the CPU is shared
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough for a CPU test (about 0.3 s per iteration at 64 px), same code paths as the
+# real settings.
+TINY = {
+    "backbone": "resnet18",
+    "iterations": 2,
+    "checkpoint_every": 1,
+    "log_every": 1,
+    "prep": {"size": 64, "crop": 32},
+    "model": {
+        "rpn_pre_nms_top_n_train": 200,
+        "rpn_pre_nms_top_n_test": 200,
+        "rpn_post_nms_top_n_train": 100,
+        "rpn_post_nms_top_n_test": 100,
+        "box_batch_size_per_image": 32,
+        "box_detections_per_img": 50,
+    },
+}
+
+
+def tiny(baseline: str = "deep_retina", **overrides: object):
+    return get_config(baseline, {**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("segment") / "demo"
+    generate(SyntheticConfig(n_train=10, n_test_per_modality=1, height=64, width=64), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(demo: Path) -> dict[str, Path]:
+    """Deep Retina trained for 2 iterations, with checkpoint and history."""
+    out = demo.parent / "dr"
+    paths = {"model": out / "model.pt", "checkpoint": out / "ckpt.pt", "history": out / "h.tsv"}
+    train_segmenter(
+        [demo / "stage1_train"],
+        paths["model"],
+        tiny(),
+        checkpoint=paths["checkpoint"],
+        history_tsv=paths["history"],
+    )
+    return paths
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "resnet101"])
+def test_model_builds_for_each_backbone_with_the_baseline_settings(backbone: str) -> None:
+    cfg = get_config("mirzaev", {"backbone": backbone})
+    model = build_model(cfg)
+    heads, rpn = model.roi_heads, model.rpn
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.75, 0.3, 400)
+    assert heads.fg_bg_sampler.batch_size_per_image == 512
+    assert heads.fg_bg_sampler.positive_fraction == 0.33
+    assert rpn.fg_bg_sampler.batch_size_per_image == 320
+    assert rpn._post_nms_top_n == {"training": 2048, "testing": 2048}
+    assert rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert rpn.anchor_generator.num_anchors_per_location() == [3] * 5
+    assert isinstance(model.transform, PreparedTransform) and model.transform.size_divisible == 512
+    assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)  # from scratch: trainable
+    if backbone == "resnet18":
+        with torch.no_grad():
+            out = model.eval()([torch.rand(3, 48, 80)])
+        assert set(out[0]) == {"boxes", "labels", "scores", "masks"}
+
+
+def test_training_writes_a_loadable_model_and_a_finite_history(trained: dict[str, Path]) -> None:
+    state = torch.load(trained["model"], weights_only=True)
+    assert state["format"] == engine.MODEL_FORMAT and state["iterations"] == 2
+    assert state["config"]["model.box_score_thresh"] == 0.9
+    history = pd.read_csv(trained["history"], sep="\t")
+    assert history["iteration"].tolist() == [1, 2]
+    losses = history[["loss", "loss_mask", "loss_classifier", "loss_objectness"]].to_numpy()
+    assert np.isfinite(losses).all() and (losses > 0).all()
+    assert torch.load(trained["checkpoint"], weights_only=True)["iteration"] == 2
+
+
+def test_a_checkpoint_from_another_configuration_names_file_and_key(
+    trained: dict[str, Path], demo: Path, tmp_path: Path
+) -> None:
+    other = tiny(model={**TINY["model"], "box_score_thresh": 0.8})
+    with pytest.raises(NucleistyleError, match=r"ckpt\.pt .*model\.box_score_thresh = 0\.9"):
+        train_segmenter(
+            [demo / "stage1_train"], tmp_path / "m.pt", other, checkpoint=trained["checkpoint"]
+        )
+    with pytest.raises(NucleistyleError, match=r"ckpt\.pt .*data\.arm = 'none'"):
+        train_segmenter(
+            [demo / "stage1_train"],
+            tmp_path / "m.pt",
+            tiny(),
+            checkpoint=trained["checkpoint"],
+            arm="jitter",
+        )
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_checkpoint_is_not_a_model(trained: dict[str, Path]) -> None:
+    with pytest.raises(NucleistyleError, match=r"ckpt\.pt is not a segmenter model file"):
+        load_segmenter(trained["checkpoint"], device="cpu")
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny(iterations=3)
+    train_segmenter(
+        [demo / "stage1_train"],
+        tmp_path / "straight.pt",
+        cfg,
+        history_tsv=tmp_path / "straight.tsv",
+    )
+    real_save = engine.save_checkpoint
+
+    def crash_after_second(path, state) -> None:
+        real_save(path, state)
+        if state.get("iteration") == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_segmenter(
+            [demo / "stage1_train"],
+            tmp_path / "resumed.pt",
+            cfg,
+            checkpoint=tmp_path / "ckpt.pt",
+            history_tsv=tmp_path / "resumed.tsv",
+        )
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    train_segmenter(
+        [demo / "stage1_train"],
+        tmp_path / "resumed.pt",
+        cfg,
+        checkpoint=tmp_path / "ckpt.pt",
+        history_tsv=tmp_path / "resumed.tsv",
+    )
+    straight = torch.load(tmp_path / "straight.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)["model"]
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+    a = pd.read_csv(tmp_path / "straight.tsv", sep="\t").drop(columns="sec_per_it")
+    b = pd.read_csv(tmp_path / "resumed.tsv", sep="\t").drop(columns="sec_per_it")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_sigkill_then_rerun_continues_from_the_checkpoint(demo: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    script = textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from nucleistyle.segment.configs import get_config
+        from nucleistyle.segment.engine import train_segmenter
+        cfg = get_config("deep_retina", {{**{TINY!r}, "iterations": 1000}})
+        train_segmenter([{str(demo / "stage1_train")!r}], {str(tmp_path / "m.pt")!r}, cfg,
+                        checkpoint={str(ckpt)!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists():
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    done = torch.load(ckpt, weights_only=True)["iteration"]
+    assert 1 <= done < 1000 and not (tmp_path / "m.pt").exists()
+    train_segmenter(
+        [demo / "stage1_train"],
+        tmp_path / "m.pt",
+        tiny(iterations=done + 1),
+        checkpoint=ckpt,
+        history_tsv=tmp_path / "h.tsv",
+    )
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    assert history["iteration"].tolist() == list(range(1, done + 2))
+    assert torch.load(ckpt, weights_only=True)["iteration"] == done + 1
+
+
+def _write_odd_sizes(root: Path) -> dict[str, tuple[int, int]]:
+    sizes = {"wide": (40, 72), "tall": (90, 50)}
+    rng = np.random.default_rng(0)
+    for image_id, (h, w) in sizes.items():
+        write_sample(root, image_id, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    return sizes
+
+
+@pytest.mark.parametrize("baseline", ["deep_retina", "mirzaev"])
+def test_predict_folder_writes_a_submission_and_label_pngs_of_the_input_size(
+    baseline: str, trained: dict[str, Path], demo: Path, tmp_path: Path
+) -> None:
+    if baseline == "deep_retina":
+        model = trained["model"]
+    else:  # 1 iteration, 10 % validation split, best-val selection
+        model = train_segmenter(
+            [demo / "stage1_train"],
+            tmp_path / "mz.pt",
+            tiny("mirzaev", iterations=1),
+            history_tsv=tmp_path / "mz.tsv",
+        )
+        assert "val_loss" in pd.read_csv(tmp_path / "mz.tsv", sep="\t").columns
+    n = predict_folder(
+        model, demo / "stage1_test", tmp_path / "sub.csv", tmp_path / "labels", device="cpu"
+    )
+    test_ids = [r.image_id for r in list_images(demo / "stage1_test")]
+    assert n == len(test_ids) == 5
+    assert sorted(read_submission(tmp_path / "sub.csv")) == sorted(test_ids)
+    _, summary = score_files(demo / "stage1_solution.csv", tmp_path / "sub.csv")
+    assert 0.0 <= summary["score"] <= 1.0 and summary["missing"] == []
+    sizes = _write_odd_sizes(tmp_path / "odd")
+    predict_folder(
+        model, tmp_path / "odd", tmp_path / "odd.csv", tmp_path / "odd_labels", device="cpu"
+    )
+    for image_id, size in sizes.items():
+        with Image.open(tmp_path / "odd_labels" / f"{image_id}.png") as im:
+            assert im.mode == "I;16" and (im.height, im.width) == size
+
+
+@pytest.mark.parametrize("baseline", ["deep_retina", "mirzaev"])
+def test_raw_detections_are_in_input_coordinates(
+    baseline: str, trained: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny(baseline)
+    path = tmp_path / "m.pt"
+    engine.save_checkpoint(
+        path,
+        {
+            "format": engine.MODEL_FORMAT,
+            "config": engine.flatten(cfg),
+            "model": build_model(cfg).state_dict(),
+        },
+    )
+    seg = load_segmenter(path, device="cpu")
+    seg.model.roi_heads.score_thresh = 0.0  # an untrained model: keep every detection
+    images = [np.full((40, 72, 3), 90, np.uint8), np.full((90, 50, 3), 30, np.uint8)]
+    dets = seg.raw(images)
+    for image, det in zip(images, dets, strict=True):
+        h, w = image.shape[:2]
+        assert det.image_size == (h, w) and len(det) > 0
+        assert det.boxes[:, [0, 2]].max() <= w + 1e-3 and det.boxes[:, [1, 3]].max() <= h + 1e-3
+        assert det.soft_masks().shape == (len(det), h, w)
+        assert (np.diff(det.scores) <= 0).all()
+        labels = seg.postprocess(det.instances(0.5))
+        assert labels.shape == (h, w) and labels.dtype == np.int32
+    assert seg.predict(images[1]).shape == (90, 50)  # with Mirzaev's fallback canvas too
+
+
+def test_soft_masks_match_torchvision_paste() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.random((4, 28, 28)).astype(np.float32)
+    boxes = np.array(
+        [[3.2, 4.7, 20.1, 15.5], [0, 0, 5, 5], [30.5, 10, 49.9, 39.0], [-3, 2, 10, 44]], np.float32
+    )
+    det = Detections(boxes, np.linspace(1, 0.5, 4).astype(np.float32), probs, (40, 50))
+    expected = paste_masks_in_image(
+        torch.from_numpy(probs)[:, None], torch.from_numpy(boxes), (40, 50), padding=1
+    )[:, 0].numpy()
+    np.testing.assert_allclose(det.soft_masks(), expected, atol=1e-6)
+
+
+def test_offline_pretrained_weights_fail_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    for weights, backbone in (("imagenet", "resnet18"), ("coco", "resnet50")):
+        cfg = get_config("deep_retina", {"weights": weights, "backbone": backbone})
+        with pytest.raises(NucleistyleError) as info:
+            build_model(cfg)
+        message = str(info.value)
+        assert "\n" not in message and "offline" in message and "download.pytorch.org" in message
+    with pytest.raises(NucleistyleError, match="COCO Mask R-CNN weights for resnet50 only"):
+        build_model(get_config("deep_retina", {"weights": "coco", "backbone": "resnet18"}))
+
+
+def test_a_local_weights_file_initialises_the_backbone(tmp_path: Path) -> None:
+    classifier = torchvision.models.resnet18()
+    torch.save(classifier.state_dict(), tmp_path / "resnet18.pth")
+    cfg = get_config("mirzaev", {"backbone": "resnet18", "weights": str(tmp_path / "resnet18.pth")})
+    model = build_model(cfg)
+    torch.testing.assert_close(model.backbone.body.conv1.weight, classifier.conv1.weight)
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)  # pretrained: frozen BN
+    missing = get_config("mirzaev", {"weights": str(tmp_path / "nope.pth")})
+    with pytest.raises(NucleistyleError, match=r"weights file not found: .*nope\.pth"):
+        build_model(missing)
+
+
+def test_bad_training_data_fails_before_training(demo: Path, tmp_path: Path) -> None:
+    write_sample(tmp_path / "gan", "unlabelled", np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(NucleistyleError, match=r"unlabelled\.png has no masks"):
+        train_segmenter(
+            [demo / "stage1_train", tmp_path / "gan"], tmp_path / "m.pt", tiny(), arm="style"
+        )
+    with pytest.raises(NucleistyleError, match="needs the cluster assignments"):
+        train_segmenter([demo / "stage1_train"], tmp_path / "m.pt", tiny(), arm="oversample")
+    image, _ = read_image(next((demo / "stage1_test").glob("*/images/*.png")))
+    assert image.shape == (64, 64, 3)
+
+
+def test_box_geometry_stays_float32_under_bf16_autocast() -> None:
+    model = build_model(tiny(model={**TINY["model"], "box_score_thresh": 0.0})).eval()
+    images = [torch.rand(3, 96, 96)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        anchors = model.rpn.anchor_generator(batch, list(features.values()))
+        out = model(images)
+    # torchvision would build anchors and decode boxes in bf16 (4-px steps near 500 px)
+    assert anchors[0].dtype == torch.float32 and features["0"].dtype == torch.float32
+    assert out[0]["boxes"].dtype == torch.float32 and out[0]["masks"].dtype == torch.float32

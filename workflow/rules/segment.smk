@@ -1,0 +1,56 @@
+# Stage 5 — two Mask R-CNN baselines (paper §2.4: "Deep Retina" and "Mirzaev") trained on the original
+# training set ("none") and on it plus the style-augmented images ("style"); optional arms "jitter"
+# (strong colour augmentation instead of the GAN) and "oversample" (minority clusters resampled).
+
+
+rule train_segmenter:
+    input:
+        unpack(get_segmenter_extra_inputs),
+        train_dirs=get_segmenter_train_dirs,
+        code=lib(
+            "segment/configs.py",
+            "segment/dataset.py",
+            "segment/engine.py",
+            "segment/model.py",
+            "segment/transforms.py",
+        ),
+    output:
+        model=protected("results/segment/{baseline}-{arm}/model.pt"),
+        history="results/segment/{baseline}-{arm}/history.tsv",
+    log:
+        "logs/train_segmenter/{baseline}-{arm}.log",
+    benchmark:
+        "benchmarks/train_segmenter/{baseline}-{arm}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=get_mem_mb_train,
+        runtime=get_runtime_train,
+    params:
+        segment=get_segmenter_overrides,
+        checkpoint=get_segmenter_checkpoint,
+    script:
+        "../../scripts/train_segmenter.py"
+
+
+rule plot_training:
+    input:
+        histories=get_segmenter_histories,
+        code=lib("report/segment.py"),
+    output:
+        curves=report(
+            "results/report/segmenter_training.png",
+            caption="../report/segmenter_training.rst",
+            category="5. Segmentation training",
+        ),
+    log:
+        "logs/plot_training.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/plot_training.py"
