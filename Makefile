@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_cluster.py
 	$(BIN)/python bench/bench_tta.py
+	$(BIN)/python bench/bench_segment.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)
