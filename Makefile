@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cluster.py
 	$(BIN)/python bench/bench_tta.py
 	$(BIN)/python bench/bench_segment.py
+	$(BIN)/python bench/bench_gan.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)

@@ -1,0 +1,294 @@
+"""The six networks of the multi-domain disentangled GAN (DRIT++ / MDMM, as packaged by HistAuGAN).
+
+Layer by layer as in ``research/gan.md`` §3 (re-implemented from that prose; no upstream code).
+All widths scale with ``base`` (64 in the paper); ``n_domains`` is C, ``attribute_dim`` is 8.
+
+* :class:`ContentEncoder` E_c: image (N, 3, H, W) -> content map z_c (N, 4b, ⌈H/4⌉, ⌈W/4⌉).
+* :class:`AttributeEncoder` E_a: image + domain one-hot -> (μ, log σ²), each (N, 8).
+* :class:`Generator` G: (z_c, z_a, c) -> image in [-1, 1], attribute and domain tiled and
+  concatenated on the channel axis ("concat" variant).
+* :class:`ImageDiscriminator` (two copies, dis1/dis2): PatchGAN real/fake logits + a domain head.
+* :class:`ContentDiscriminator` D_c: domain logits from z_c.
+
+Parameter counts for C = 6, base 64, crop 216 equal gan.md §3.7 exactly (E_c 5,099,136;
+E_a 1,350,224; G 5,563,619; each image D 15,765,120; D_c 10,684,934); ``tests/test_gan_model.py``
+checks them. Deliberate deviations, all without a parameter change:
+
+1. Reflection padding is folded into the convolutions (``padding_mode="reflect"``): same maths
+   and state shapes, one op fewer.
+2. G's "MUNIT LayerNorm" (normalise over C, H, W; per-channel affine) is ``nn.GroupNorm(1, C)``:
+   one fused kernel, biased variance, affine initialised to (1, 0) (MUNIT draws γ ~ U[0, 1)).
+3. D_c ends in a global average pool instead of a reshape that needs a 1x1 map, and a content
+   map smaller than :data:`CONTENT_D_MIN` px is resized up to it first (bilinear): the upstream
+   D_c only works for crops of 209-240 px (DRIT issue #42); at crop 216 nothing changes.
+4. The image discriminator's domain head has kernel ``max(1, crop // 64)`` (3 at 216, as
+   upstream) so that small test crops work; its real/fake head keeps upstream's ``padding=1``
+   (a ring of zero logits; changing it would re-weight the adversarial loss).
+5. The attribute encoder's log-variance is clamped to ``±logvar_clamp`` (HistAuGAN saw ``inf``
+   from ``exp(logvar)``).
+6. G's first residual block (``share``) depends on z_c only; :meth:`Generator.decode` lets the
+   trainer run it once per distinct content instead of once per translation (identical maths).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CONTENT_D_MIN",
+    "AttributeEncoder",
+    "ContentDiscriminator",
+    "ContentEncoder",
+    "Generator",
+    "ImageDiscriminator",
+    "count_parameters",
+    "init_weights",
+    "tile",
+]
+
+CONTENT_D_MIN = 53  # smallest content map the D_c geometry accepts (crop 209, gan.md §3.6)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def init_weights(module: nn.Module) -> None:
+    """Upstream initialisation: conv and transposed-conv weights ~ N(0, 0.02); all else default.
+
+    (HistAuGAN once had std 0.2 here, which made training blow up to ``inf``.)
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+
+def tile(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast (N, K) to (N, K, H, W) with the spatial size of ``like`` (a view, no copy)."""
+    n, k = vector.shape
+    return vector.to(like.dtype).view(n, k, 1, 1).expand(n, k, like.shape[2], like.shape[3])
+
+
+def _conv(cin: int, cout: int, k: int, s: int = 1, p: int = 0, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, s, p, bias=bias, padding_mode="reflect" if p else "zeros")
+
+
+class _ConvLeaky(nn.Sequential):
+    """Reflect-padded conv + LeakyReLU, no norm (upstream "LeakyReLUConv2d"; its norm never ran)."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, p: int, slope: float = 0.01) -> None:
+        super().__init__(_conv(cin, cout, k, s, p), nn.LeakyReLU(slope, inplace=True))
+
+
+class _ConvInsRelu(nn.Sequential):
+    """Reflect-padded conv + InstanceNorm (no affine) + ReLU (upstream "ReLUINSConv2d")."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, p: int) -> None:
+        super().__init__(_conv(cin, cout, k, s, p), nn.InstanceNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    """[conv3, IN, ReLU, conv3, IN] + identity; no activation after the sum ("INSResBlock")."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv(channels, channels, 3, 1, 1),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            _conv(channels, channels, 3, 1, 1),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _UpLayerNorm(nn.Sequential):
+    """ConvTranspose (k3, s2, p1, output_padding 1: x2) + LayerNorm over (C, H, W) + ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1),
+            nn.GroupNorm(1, cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ContentEncoder(nn.Module):
+    """E_c: conv7 (b) -> 2 x [conv3 s2, IN, ReLU] (2b, 4b) -> 4 residual blocks -> noise.
+
+    In training mode std-1 Gaussian noise is added to the output (upstream GaussianNoiseLayer);
+    use ``eval()`` for inference.
+
+    Args:
+        base: Width b (64 upstream); the content map has 4b channels.
+    """
+
+    def __init__(self, base: int = 64) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            _ConvLeaky(3, base, 7, 1, 3),
+            _ConvInsRelu(base, 2 * base, 3, 2, 1),
+            _ConvInsRelu(2 * base, 4 * base, 3, 2, 1),
+            *(ResBlock(4 * base) for _ in range(4)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> (N, 4b, ⌈H/4⌉, ⌈W/4⌉)."""
+        z = self.layers(x)
+        if self.training:
+            z = z + torch.randn_like(z)
+        return z
+
+
+class _BasicBlock(nn.Module):
+    """E_a block: [LReLU .2, conv3 (in->in), LReLU .2, conv3 (in->out), avgpool2] + shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.LeakyReLU(0.2),
+            _conv(cin, cin, 3, 1, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            _conv(cin, cout, 3, 1, 1),
+            nn.AvgPool2d(2),
+        )
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.shortcut(x)
+
+
+class AttributeEncoder(nn.Module):
+    """E_a (VAE, conditioned on the domain): [x; tile(c)] -> (μ, log σ²).
+
+    Args:
+        n_domains: C.
+        base: Width b; blocks b -> 2b -> 3b -> 4b.
+        attribute_dim: Size of z_a (8 upstream).
+        logvar_clamp: log σ² is clamped to [-logvar_clamp, logvar_clamp].
+    """
+
+    def __init__(
+        self, n_domains: int, base: int = 64, attribute_dim: int = 8, logvar_clamp: float = 10.0
+    ) -> None:
+        super().__init__()
+        widths = [base * min(4, n + 1) for n in range(4)]
+        self.logvar_clamp = logvar_clamp
+        self.layers = nn.Sequential(
+            _conv(3 + n_domains, base, 4, 2, 1),
+            *(_BasicBlock(a, b) for a, b in itertools.pairwise(widths)),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc_mu = nn.Linear(widths[-1], attribute_dim)
+        self.fc_logvar = nn.Linear(widths[-1], attribute_dim)
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 3, H, W), domain one-hot (N, C) -> μ, log σ² (N, attribute_dim), float32."""
+        h = self.layers(torch.cat([x, tile(domain, x)], dim=1)).float()
+        logvar = self.fc_logvar(h).clamp(-self.logvar_clamp, self.logvar_clamp)
+        return self.fc_mu(h), logvar
+
+
+class Generator(nn.Module):
+    """G ("concat" variant): z_a enters 4 times, the domain once, both tiled and concatenated.
+
+    share: ResBlock(4b) -> cat[c, z_a] -> 3 x ResBlock(4b + C + A) -> cat z_a -> up x2 (LayerNorm)
+    -> cat z_a -> up x2 -> cat z_a -> ConvTranspose 1x1 -> 3 -> tanh.
+
+    Args:
+        n_domains: C.
+        base: Width b (content map has 4b channels).
+        attribute_dim: A = size of z_a.
+    """
+
+    def __init__(self, n_domains: int, base: int = 64, attribute_dim: int = 8) -> None:
+        super().__init__()
+        a = attribute_dim
+        c0 = 4 * base + n_domains + a
+        c1 = c0 + a
+        c2 = c1 // 2 + a
+        c3 = c2 // 2 + a
+        self.share = ResBlock(4 * base)
+        self.res = nn.Sequential(*(ResBlock(c0) for _ in range(3)))
+        self.up1 = _UpLayerNorm(c1, c1 // 2)
+        self.up2 = _UpLayerNorm(c2, c2 // 2)
+        self.out = nn.ConvTranspose2d(c3, 3, 1)
+
+    def decode(
+        self, shared: torch.Tensor, attribute: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
+        """After ``share``: (N, 4b, h, w), (N, A), (N, C) -> (N, 3, 4h, 4w) in [-1, 1]."""
+        x = self.res(torch.cat([shared, tile(domain, shared), tile(attribute, shared)], dim=1))
+        x = self.up1(torch.cat([x, tile(attribute, x)], dim=1))
+        x = self.up2(torch.cat([x, tile(attribute, x)], dim=1))
+        x = self.out(torch.cat([x, tile(attribute, x)], dim=1))
+        return torch.tanh(x.float())
+
+    def forward(
+        self, content: torch.Tensor, attribute: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
+        """z_c (N, 4b, h, w), z_a (N, A), one-hot (N, C) -> image (N, 3, 4h, 4w), float32."""
+        return self.decode(self.share(content), attribute, domain)
+
+
+class ImageDiscriminator(nn.Module):
+    """dis1 / dis2: 6 x [conv3 s2 + LReLU .01] (b .. 16b), real/fake and domain heads.
+
+    Args:
+        n_domains: C.
+        crop: Training crop; sets the domain head's kernel ``max(1, crop // 64)``.
+        base: Width b.
+    """
+
+    def __init__(self, n_domains: int, crop: int = 216, base: int = 64) -> None:
+        super().__init__()
+        widths = [3, base, 2 * base, 4 * base, 8 * base, 16 * base, 16 * base]
+        self.trunk = nn.Sequential(
+            *(_ConvLeaky(a, b, 3, 2, 1) for a, b in itertools.pairwise(widths))
+        )
+        self.real_fake = nn.Conv2d(widths[-1], 1, 1, padding=1, bias=False)
+        self.domain = nn.Conv2d(widths[-1], n_domains, max(1, crop // 64), bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 3, H, W) -> patch logits (N, h*w) and domain logits (N, C), float32."""
+        h = self.trunk(x)
+        patches = self.real_fake(h).float().flatten(1)
+        domain = self.domain(h).float().mean(dim=(2, 3))
+        return patches, domain
+
+
+class ContentDiscriminator(nn.Module):
+    """D_c: 3 x [conv7 s2 + LReLU] -> conv4 + LReLU -> conv1 -> C logits (global average).
+
+    Args:
+        n_domains: C.
+        base: Width b (content has 4b channels).
+    """
+
+    def __init__(self, n_domains: int, base: int = 64) -> None:
+        super().__init__()
+        c = 4 * base
+        self.layers = nn.Sequential(
+            _ConvLeaky(c, c, 7, 2, 1),
+            _ConvLeaky(c, c, 7, 2, 1),
+            _ConvLeaky(c, c, 7, 2, 1),
+            _ConvLeaky(c, c, 4, 1, 0),
+            nn.Conv2d(c, n_domains, 1),
+        )
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        """z_c (N, 4b, h, w) -> domain logits (N, C), float32; any h, w >= 1."""
+        h, w = content.shape[2:]
+        if min(h, w) < CONTENT_D_MIN:
+            size = (max(h, CONTENT_D_MIN), max(w, CONTENT_D_MIN))
+            content = F.interpolate(content, size=size, mode="bilinear", align_corners=False)
+        return self.layers(content).float().mean(dim=(2, 3))

@@ -1,0 +1,725 @@
+"""Training the multi-domain style-transfer GAN (paper §2.3; ``research/gan.md`` §2, §4, §5).
+
+One **iteration** = ``d_iter - 1`` content-discriminator updates, each on a fresh batch (MDMM's
+``d_iter = 3`` gives 2), then one full update on another batch: the forward pass of §2, the
+image discriminators' step, then one step of E_c, E_a and G. ``iterations`` counts full updates
+(MDMM's ``total_it``); MDMM's 1200 epochs on the DSB clusters are about 118k of them.
+
+Choices made on purpose (the upstream pitfalls of gan.md §10):
+
+* **Single generator step.** All E_c/E_a/G terms are summed and back-propagated once, then the
+  three nets step together (HistAuGAN's fix; MDMM's two-step update raises an in-place error on
+  PyTorch >= 1.5). E_a therefore also receives the latent-regression gradient, as in HistAuGAN.
+* **Batch-size-independent losses** (see :mod:`nucleistyle.gan.losses`): equal to upstream's at
+  batch 2.
+* **Content discriminator at any crop** and a **clamped log-variance** (see
+  :mod:`nucleistyle.gan.networks`).
+* **One learning-rate schedule for all nets**, a pure function of (iteration, config):
+  constant, then linear decay to ~0 (``lr_policy: linear``, MDMM) or x0.1 (``step``, HistAuGAN)
+  from ``decay_start * iterations``. Upstream never decays D_c's rate (a bug, §5); here it decays
+  too. Raising ``iterations`` on resume re-plans the decay.
+* The D_c gradient norm is clipped to ``content_grad_clip`` (5), as upstream.
+
+Runs resume bit-for-bit: a checkpoint holds the six nets, the three Adam optimisers, the global
+and sampler RNG states, the iteration, the loss history and the partial logging window, so on
+the CPU in fp32 a run killed at any point ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nucleistyle.gan import losses as L
+from nucleistyle.gan.data import (
+    DomainSampler,
+    DomainSet,
+    centre_crop,
+    load_domain_set,
+    one_hot,
+    to_tensor,
+)
+from nucleistyle.gan.networks import (
+    AttributeEncoder,
+    ContentDiscriminator,
+    ContentEncoder,
+    Generator,
+    ImageDiscriminator,
+    init_weights,
+)
+from nucleistyle.torchutils import (
+    PRECISIONS,
+    LossHistory,
+    TrainingDiverged,
+    autocast,
+    check_finite,
+    config_fingerprint,
+    get_rng_state,
+    load_checkpoint,
+    log_environment,
+    resolve_precision,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
+from nucleistyle.utils import NucleistyleError, atomic_path, config_from_mapping
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "GENERATOR_SIDE",
+    "MODEL_FORMAT",
+    "RESUME_IGNORES",
+    "GanConfig",
+    "GanNets",
+    "GanTrainer",
+    "attribute_statistics",
+    "lr_factor",
+    "train_gan",
+]
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+CHECKPOINT_FORMAT = "nucleistyle.gan-checkpoint/1"
+MODEL_FORMAT = "nucleistyle.gan/1"
+GENERATOR_SIDE = ("enc_c", "enc_a", "gen")
+# Settings that may change between a run and its resumption: the budget, logging, and where and
+# how it runs. Everything else must match the checkpoint.
+RESUME_IGNORES = (
+    "iterations",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    "precision",
+    "channels_last",
+    "workers",
+    "attribute_source",
+    "stats_images",
+)
+ATTRIBUTE_SOURCES = ("prior", "domain_stats")
+LR_POLICIES = ("linear", "step")
+MIN_CROP = 36  # the image discriminator's six stride-2 reflect-padded convs need >= 2 px
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """GAN hyper-parameters (config section ``gan``); defaults = MDMM / gan.md §4-5.
+
+    Attributes:
+        n_domains: Number of domains C (the cluster k), >= 2.
+        crop: Training crop side (px), a multiple of 4, >= 36 (216 upstream).
+        resize: Side images are resized to before cropping (256 upstream); 0 = native size.
+        flip: Random horizontal flips.
+        batch_size: Images per full update, even (two halves A and B), 2 upstream.
+        iterations: Full updates to train for (MDMM ~118k on DSB); may grow on resume.
+        d_iter: Batches per iteration: ``d_iter - 1`` content-D updates + one full update (3).
+        checkpoint_every: Iterations between checkpoints.
+        log_every: Iterations per logged (averaged) loss-history row.
+        lr: Adam learning rate of E_c, E_a, G and the image discriminators.
+        lr_content: Adam learning rate of the content discriminator (lr / 2.5).
+        betas: Adam betas.
+        weight_decay: Adam (L2) weight decay.
+        lr_policy: ``linear`` decay to ~0 (MDMM) or ``step`` x0.1 (HistAuGAN).
+        decay_start: Fraction of ``iterations`` after which the rate decays.
+        content_grad_clip: Max gradient norm of the content discriminator (0: off).
+        w_cc: Cross-cycle L1.
+        w_content: Content adversarial (E_c side).
+        w_domain: Image adversarial (G side).
+        w_cls: Domain classification, discriminator side (real images).
+        w_cls_g: Domain classification, generator side (fakes).
+        w_recon: Self-reconstruction L1.
+        w_latent: Latent regression L1.
+        w_kl: KL of the attribute code.
+        w_kl_content: L2 of the content code.
+        attribute_dim: Size of the attribute code z_a.
+        base_channels: Network width b (64 upstream; the tests use 4-8).
+        logvar_clamp: |log σ²| bound of the attribute encoder.
+        precision: ``auto`` (bf16 autocast on CUDA / bf16-capable CPUs), ``fp32`` or ``bf16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        channels_last: Run convolutions in channels-last memory format.
+        attribute_source: How :mod:`~nucleistyle.gan.stylize` samples attributes by default:
+            ``prior`` N(0, I), or ``domain_stats`` N(mean_d, diag(std_d²)) of E_a on the
+            training images of the target domain (HistAuGAN).
+        stats_images: Training images per domain used for the attribute statistics (0: all).
+        workers: Image decoding threads.
+        seed: Seeds weights, sampling and noise.
+    """
+
+    n_domains: int = 6
+    crop: int = 216
+    resize: int = 256
+    flip: bool = True
+    batch_size: int = 2
+    iterations: int = 120_000
+    d_iter: int = 3
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    lr: float = 1e-4
+    lr_content: float = 4e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-4
+    lr_policy: str = "linear"
+    decay_start: float = 0.5
+    content_grad_clip: float = 5.0
+    w_cc: float = 10.0
+    w_content: float = 1.0
+    w_domain: float = 1.0
+    w_cls: float = 1.0
+    w_cls_g: float = 5.0
+    w_recon: float = 10.0
+    w_latent: float = 10.0
+    w_kl: float = 0.01
+    w_kl_content: float = 0.01
+    attribute_dim: int = 8
+    base_channels: int = 64
+    logvar_clamp: float = 10.0
+    precision: str = "auto"
+    device: str = "auto"
+    channels_last: bool = False
+    attribute_source: str = "domain_stats"
+    stats_images: int = 0
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        ints = {
+            "n_domains": 2,
+            "crop": MIN_CROP,
+            "resize": 0,
+            "batch_size": 2,
+            "iterations": 0,
+            "d_iter": 1,
+            "checkpoint_every": 1,
+            "log_every": 1,
+            "attribute_dim": 1,
+            "base_channels": 1,
+            "stats_images": 0,
+            "workers": 0,
+            "seed": 0,
+        }
+        for name, minimum in ints.items():
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or value < minimum
+            ):
+                raise NucleistyleError(f"gan.{name} must be an integer >= {minimum}, got {value!r}")
+        if self.crop % 4:
+            raise NucleistyleError(f"gan.crop must be a multiple of 4, got {self.crop}")
+        if self.batch_size % 2:
+            raise NucleistyleError(
+                f"gan.batch_size must be even (two halves A and B), got {self.batch_size}"
+            )
+        if 0 < self.resize < self.crop:
+            raise NucleistyleError(
+                f"gan.resize ({self.resize}) must be 0 or >= gan.crop ({self.crop})"
+            )
+        floats = ["lr", "lr_content", "weight_decay", "content_grad_clip", "logvar_clamp"]
+        floats += [f.name for f in dataclasses.fields(self) if f.name.startswith("w_")]
+        for name in floats:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise NucleistyleError(f"gan.{name} must be a number >= 0, got {value!r}")
+        if self.logvar_clamp <= 0 or self.lr <= 0:
+            raise NucleistyleError("gan.lr and gan.logvar_clamp must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise NucleistyleError(f"gan.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.decay_start <= 1:
+            raise NucleistyleError(f"gan.decay_start must be in [0, 1], got {self.decay_start}")
+        choices = {
+            "lr_policy": LR_POLICIES,
+            "precision": PRECISIONS,
+            "attribute_source": ATTRIBUTE_SOURCES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NucleistyleError(
+                    f"gan.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in ("flip", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise NucleistyleError(f"gan.{name} must be true or false")
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any]) -> GanConfig:
+        """Build from the config section ``gan`` (missing keys take the defaults).
+
+        Raises:
+            NucleistyleError: An unknown key or an invalid value (named).
+        """
+        return config_from_mapping(cls, mapping, "gan")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings as plain data (stored in checkpoints and model files)."""
+        return config_fingerprint(self)
+
+
+def lr_factor(iteration: int, cfg: GanConfig) -> float:
+    """Learning-rate multiplier for the update that follows ``iteration`` completed ones."""
+    start = round(cfg.decay_start * cfg.iterations)
+    if iteration < start:
+        return 1.0
+    if cfg.lr_policy == "step":
+        return 0.1
+    return 1.0 - (iteration - start) / (cfg.iterations - start + 1)
+
+
+class GanNets(nn.Module):
+    """The six networks: enc_c, enc_a, gen (kept for inference), dis1, dis2, dis_c.
+
+    Weights are initialised as upstream (conv ~ N(0, 0.02)) from the global torch generator.
+    """
+
+    def __init__(self, cfg: GanConfig) -> None:
+        super().__init__()
+        c, b, a = cfg.n_domains, cfg.base_channels, cfg.attribute_dim
+        self.enc_c = ContentEncoder(b)
+        self.enc_a = AttributeEncoder(c, b, a, cfg.logvar_clamp)
+        self.gen = Generator(c, b, a)
+        self.dis1 = ImageDiscriminator(c, cfg.crop, b)
+        self.dis2 = ImageDiscriminator(c, cfg.crop, b)
+        self.dis_c = ContentDiscriminator(c, b)
+        init_weights(self)
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module) -> Iterator[None]:
+    """No parameter gradients for ``modules`` in the block (inputs still get theirs)."""
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _swap(t: torch.Tensor) -> torch.Tensor:
+    """Exchange the two halves of a batch (A <-> B)."""
+    h = t.shape[0] // 2
+    return torch.cat([t[h:], t[:h]])
+
+
+def _reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class GanTrainer:
+    """The nets, their optimisers and the update steps (no data or file handling).
+
+    Args:
+        cfg: Hyper-parameters.
+        device: Where to train.
+        dtype: Autocast dtype (None: fp32).
+        checkpoint: Named in the divergence message (the checkpoint that is kept).
+    """
+
+    def __init__(
+        self,
+        cfg: GanConfig,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+        checkpoint: PathLike | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint = checkpoint
+        self.iteration = 0
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.nets = GanNets(cfg).to(device=device, memory_format=self.memory_format)
+        n = self.nets
+
+        def adam(modules: list[nn.Module], lr: float) -> torch.optim.Adam:
+            groups = [{"params": list(m.parameters())} for m in modules]
+            # fused: one kernel per step instead of ~10 per parameter tensor (same update rule)
+            return torch.optim.Adam(
+                groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+            )
+
+        self.optimizers = {
+            "gen": adam([n.enc_c, n.enc_a, n.gen], cfg.lr),
+            "dis": adam([n.dis1, n.dis2], cfg.lr),
+            "dis_c": adam([n.dis_c], cfg.lr_content),
+        }
+        self.base_lr = {"gen": cfg.lr, "dis": cfg.lr, "dis_c": cfg.lr_content}
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.dtype)
+
+    def _inputs(self, images: np.ndarray, domains: np.ndarray) -> tuple[torch.Tensor, ...]:
+        x = to_tensor(images).to(self.device, memory_format=self.memory_format)
+        c = one_hot(domains, self.cfg.n_domains).to(self.device)
+        return x, c
+
+    def _step(self, name: str, loss: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Check every loss is finite (one device sync), then back-propagate and step."""
+        numbers = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+        check_finite(numbers, self.iteration + 1, self.checkpoint)
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if name == "dis_c" and self.cfg.content_grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.nets.dis_c.parameters(), self.cfg.content_grad_clip)
+        optimizer.step()
+
+    def set_lr(self) -> float:
+        """Apply the schedule for the next update; returns the factor."""
+        factor = lr_factor(self.iteration, self.cfg)
+        for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = self.base_lr[name] * factor
+        return factor
+
+    # -- updates ---------------------------------------------------------------------------------
+
+    def content_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
+        """Update D_c on one batch: BCE(D_c(E_c(x)), c); E_c runs without gradients."""
+        x, c = self._inputs(images, domains)
+        with self._autocast():
+            with torch.no_grad():
+                content = self.nets.enc_c(x)
+            loss = L.domain_classification(self.nets.dis_c(content), c)
+        values = {"d_content": loss.detach()}
+        self._step("dis_c", loss, values)
+        return {k: float(v) for k, v in values.items()}
+
+    def full_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
+        """Forward pass of gan.md §2, the dis1/dis2 step, then one E_c/E_a/G step.
+
+        Args:
+            images: uint8 (N, H, W, 3), N even; halves A = [:N/2], B = [N/2:].
+            domains: int (N,).
+
+        Returns:
+            Every loss term as a float (``d_*``: discriminators, the rest: generator side,
+            ``g_total`` the weighted sum).
+
+        Raises:
+            TrainingDiverged: A loss is NaN or infinite (nothing is stepped).
+        """
+        cfg, net = self.cfg, self.nets
+        x, c = self._inputs(images, domains)
+        n = x.shape[0]
+        with self._autocast():
+            content = net.enc_c(x)
+            mu, logvar = net.enc_a(x, c)
+            attribute = _reparameterise(mu, logvar)
+            z_random = torch.randn(n // 2, cfg.attribute_dim, device=self.device).repeat(2, 1)
+            # G's first residual block sees only the content: run it once per real image
+            shared = net.gen.share(content)
+            fakes = net.gen.decode(
+                torch.cat([_swap(shared), shared, _swap(shared)]),
+                torch.cat([attribute, attribute, z_random]),
+                c.repeat(3, 1),
+            )
+            fake_cross, fake_self, fake_random = fakes.split(n)  # cross: B's content, A's style
+            content_cross = net.enc_c(fake_cross.contiguous(memory_format=self.memory_format))
+            mu_fake, logvar_fake = net.enc_a(torch.cat([fake_cross, fake_random]), c.repeat(2, 1))
+            attribute_cross = _reparameterise(mu_fake[:n], logvar_fake[:n])
+            cycle = net.gen(_swap(content_cross), attribute_cross, c)
+            mu_random = mu_fake[n:]
+
+            d_values: dict[str, torch.Tensor] = {}
+            for name, dis, fake in (("d1", net.dis1, fake_cross), ("d2", net.dis2, fake_random)):
+                patches, classes = dis(torch.cat([x, fake.detach()]))
+                d_values[f"{name}_adv"] = L.adversarial(patches[:n], True) + L.adversarial(
+                    patches[n:], False
+                )
+                d_values[f"{name}_cls"] = L.domain_classification(classes[:n], c)
+            d_loss = sum(
+                d_values[f"{k}_adv"] + cfg.w_cls * d_values[f"{k}_cls"] for k in ("d1", "d2")
+            )
+        d_values = {k: v.detach() for k, v in d_values.items()}
+        self._step("dis", d_loss, d_values)
+
+        with _frozen(net.dis1, net.dis2, net.dis_c), self._autocast():
+            patches1, classes1 = net.dis1(fake_cross)
+            patches2, classes2 = net.dis2(fake_random)
+            g_values = {
+                "g_adv1": L.adversarial(patches1, True),
+                "g_adv2": L.adversarial(patches2, True),
+                "g_cls1": L.domain_classification(classes1, c),
+                "g_cls2": L.domain_classification(classes2, c),
+                "g_content": L.domain_classification(net.dis_c(content), 1.0 - c),
+                "cross_cycle": L.l1(cycle, x),
+                "self_recon": L.l1(fake_self, x),
+                "latent": L.latent_regression(mu_random, z_random),
+                "kl": L.kl_attribute(mu, logvar),
+                "kl_content": L.content_l2(content),
+            }
+            weights = {
+                "g_adv1": cfg.w_domain,
+                "g_adv2": cfg.w_domain,
+                "g_cls1": cfg.w_cls_g,
+                "g_cls2": cfg.w_cls_g,
+                "g_content": cfg.w_content,
+                "cross_cycle": cfg.w_cc,
+                "self_recon": cfg.w_recon,
+                "latent": cfg.w_latent,
+                "kl": cfg.w_kl,
+                "kl_content": cfg.w_kl_content,
+            }
+            g_loss = sum(weights[k] * v for k, v in g_values.items())
+        values = {**{k: v.detach() for k, v in g_values.items()}, "g_total": g_loss.detach()}
+        self._step("gen", g_loss, values)
+        return {k: float(v) for k, v in {**d_values, **values}.items()}
+
+    def train_iteration(self, sampler: DomainSampler) -> dict[str, float]:
+        """One iteration: ``d_iter - 1`` content-D updates, then a full update (batches drawn
+        from ``sampler``); advances :attr:`iteration`. Returns the losses (D_c averaged)."""
+        lr = self.set_lr()
+        content = [
+            self.content_step(*sampler.draw())["d_content"] for _ in range(self.cfg.d_iter - 1)
+        ]
+        values = self.full_step(*sampler.draw())
+        if content:
+            values["d_content"] = float(np.mean(content))
+        values["lr_factor"] = lr
+        self.iteration += 1
+        return values
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Weights, optimiser states and the iteration (tensors and plain data only)."""
+        return {
+            "iteration": self.iteration,
+            "nets": self.nets.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        self.nets.load_state_dict(state["nets"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.iteration = int(state["iteration"])
+
+
+@torch.no_grad()
+def attribute_statistics(
+    enc_a: AttributeEncoder,
+    data: DomainSet,
+    crop: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    per_domain: int = 0,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-domain mean and std of the attribute code of the training images.
+
+    Each image is centre-cropped (MDMM's test transform) and encoded with its own domain. The
+    statistics are those of the aggregate posterior, a mixture of N(μ_i, σ_i²): mean = mean(μ),
+    std = sqrt(var(μ) + mean(σ²)), per dimension.
+
+    Args:
+        enc_a: Trained attribute encoder.
+        data: The training set.
+        crop: Crop side.
+        device: Where to run.
+        dtype: Autocast dtype.
+        per_domain: Images used per domain, the first ones by ImageId (0: all).
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``(mean, std)``, float32 tensors of shape (C, attribute_dim), on the CPU.
+    """
+    means, stds = [], []
+    with contextlib.ExitStack() as stack:
+        if enc_a.training:
+            stack.callback(enc_a.train)
+            enc_a.eval()
+        for domain, members in enumerate(data.members):
+            chosen = members if per_domain <= 0 else members[:per_domain]
+            mus, variances = [], []
+            for start in range(0, chosen.size, batch_size):
+                batch = [
+                    centre_crop(data.images[i], crop) for i in chosen[start : start + batch_size]
+                ]
+                x = to_tensor(batch).to(device)
+                c = one_hot([domain] * len(batch), data.n_domains).to(device)
+                with autocast(device, dtype):
+                    mu, logvar = enc_a(x, c)
+                mus.append(mu.float().cpu())
+                variances.append(logvar.float().exp().cpu())
+            mu_all, var_all = torch.cat(mus), torch.cat(variances)
+            means.append(mu_all.mean(0))
+            stds.append((mu_all.var(0, unbiased=False) + var_all.mean(0)).sqrt())
+    return torch.stack(means), torch.stack(stds)
+
+
+def _model_state(
+    trainer: GanTrainer, data: DomainSet, cfg: GanConfig, mean: torch.Tensor, std: torch.Tensor
+) -> dict[str, Any]:
+    nets = {
+        name: {
+            k: v.detach().cpu().contiguous()
+            for k, v in getattr(trainer.nets, name).state_dict().items()
+        }
+        for name in GENERATOR_SIDE
+    }
+    return {
+        "format": MODEL_FORMAT,
+        "config": cfg.fingerprint(),
+        "iteration": trainer.iteration,
+        "nets": nets,
+        "attribute_mean": mean,
+        "attribute_std": std,
+        "domain_names": list(data.names),
+        "cluster_ids": list(range(data.n_domains)),
+        "data_fingerprint": data.fingerprint,
+    }
+
+
+class _Window:
+    """Running sums of the losses between two history rows (part of the checkpoint)."""
+
+    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
+        self.count = int(state["count"]) if state else 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+
+def train_gan(
+    images_dir: PathLike,
+    assignments_csv: PathLike,
+    out_model: PathLike,
+    cfg: GanConfig,
+    checkpoint: PathLike | None = None,
+    history_tsv: PathLike | None = None,
+) -> Path:
+    """Train the GAN on the clustered training images and write the inference model.
+
+    Resumes from ``checkpoint`` when it exists (same configuration and training set except for
+    :data:`RESUME_IGNORES`; ``iterations`` may have grown) and writes it every
+    ``checkpoint_every`` iterations and at the end. A NaN or infinite loss stops the run with
+    :class:`~nucleistyle.torchutils.TrainingDiverged`; the last checkpoint is kept and the
+    history so far is written.
+
+    Args:
+        images_dir: Training images (BBBC038 layout or a flat folder).
+        assignments_csv: Cluster assignment table (ImageId, cluster, name, ...).
+        out_model: The model file (E_c, E_a, G weights, config, per-domain attribute
+            statistics, domain names and cluster ids; ``torch.load(weights_only=True)``-able).
+        cfg: Hyper-parameters.
+        checkpoint: Training checkpoint to resume from and write (None: no checkpoints).
+        history_tsv: Loss history (one row per ``log_every`` iterations, averaged).
+
+    Returns:
+        ``out_model``.
+
+    Raises:
+        NucleistyleError: Bad input (empty folder, image without assignment, a domain without
+            images, a checkpoint of another configuration or training set), each naming the file.
+        TrainingDiverged: A loss became NaN or infinite.
+    """
+    device = select_device(cfg.device, "gan.device")
+    dtype = resolve_precision(cfg.precision, device, "gan.precision")
+    data = load_domain_set(
+        images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers
+    )
+    fingerprint = {**cfg.fingerprint(), "data": data.fingerprint}
+    seed_everything(cfg.seed)
+    trainer = GanTrainer(cfg, device, dtype, checkpoint)
+    sampler = DomainSampler(data, cfg.batch_size, cfg.crop, cfg.flip, cfg.seed)
+    history, window = LossHistory(), _Window()
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, fingerprint, ignore=RESUME_IGNORES)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise NucleistyleError(f"checkpoint {checkpoint} is not a GAN training checkpoint")
+        trainer.load_state(state)
+        sampler.set_state(state["sampler"])
+        set_rng_state(state["rng"])
+        history, window = LossHistory(state["history"]), _Window(state["window"])
+        log.info("resumed from %s at iteration %d", checkpoint, trainer.iteration)
+    log_environment(device, dtype, cfg.seed)
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": fingerprint,
+            **trainer.state(),
+            "sampler": sampler.state(),
+            "rng": get_rng_state(),
+            "history": history.state(),
+            "window": window.state(),
+        }
+        save_checkpoint(checkpoint, state)
+
+    bar = tqdm(
+        total=cfg.iterations, initial=trainer.iteration, desc="gan", disable=None, file=sys.stderr
+    )
+    tic, tic_iteration = time.perf_counter(), trainer.iteration
+    try:
+        while trainer.iteration < cfg.iterations:
+            window.add(trainer.train_iteration(sampler))
+            bar.update()
+            it = trainer.iteration
+            if it % cfg.log_every == 0 or it == cfg.iterations:
+                means = window.means()
+                history.append(it, means)
+                window = _Window()
+                speed = (it - tic_iteration) / (time.perf_counter() - tic)
+                log.info(
+                    "iteration %d/%d  %.2f it/s  %s",
+                    it,
+                    cfg.iterations,
+                    speed,
+                    "  ".join(f"{k} {v:.4g}" for k, v in means.items()),
+                )
+            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                save()
+    except TrainingDiverged:
+        if history_tsv is not None:
+            history.write_tsv(history_tsv)
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None and trainer.iteration > 0 and not Path(checkpoint).exists():
+        save()
+    mean, std = attribute_statistics(
+        trainer.nets.enc_a, data, cfg.crop, device, dtype, cfg.stats_images
+    )
+    with atomic_path(out_model) as tmp:
+        torch.save(_model_state(trainer, data, cfg, mean, std), tmp)
+    if history_tsv is not None:
+        history.write_tsv(history_tsv)
+    log.info("wrote %s (iteration %d)", out_model, trainer.iteration)
+    return Path(out_model)

@@ -1,0 +1,191 @@
+"""GAN figures: Figure 3 (transfer matrix), loss curves, augmented-sample gallery."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
+from PIL import Image
+from skimage.segmentation import find_boundaries
+
+from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
+from nucleistyle.gan.augment import MANIFEST_COLUMNS
+from nucleistyle.gan.data import read_assignments
+from nucleistyle.gan.stylize import load_stylizer
+from nucleistyle.report import save_figure
+from nucleistyle.utils import NucleistyleError
+
+__all__ = ["LOSS_PANELS", "plot_augmented_gallery", "plot_figure3", "plot_losses"]
+
+PathLike = str | os.PathLike[str]
+FIGURE_SIDE = 256  # px of each Figure 3 panel (the training resize)
+LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("discriminators", ("d1_adv", "d2_adv", "d1_cls", "d2_cls", "d_content")),
+    ("generator: adversarial", ("g_adv1", "g_adv2", "g_cls1", "g_cls2", "g_content")),
+    ("reconstruction (L1)", ("cross_cycle", "self_recon", "latent")),
+    ("regularisers", ("kl", "kl_content")),
+)
+
+
+def _square(image: np.ndarray, side: int = FIGURE_SIDE) -> np.ndarray:
+    """Centre square crop resized to ``side`` x ``side`` (bicubic)."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    crop = Image.fromarray(image[y : y + s, x : x + s])
+    return np.asarray(crop.resize((side, side), Image.BICUBIC))
+
+
+def _off(ax: plt.Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def plot_figure3(
+    images_dir: PathLike,
+    assignments_csv: PathLike,
+    model_path: PathLike,
+    out_png: PathLike,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
+    """Figure 3: one original per domain (rows) rendered in every domain (columns).
+
+    Each original is a centre square resized to 256 px (the training scale). Off-diagonal
+    panels use a random attribute of the target domain (the model's attribute source); the
+    diagonal (framed in red) is the self-reconstruction G(E_c(x), E_a(x, c), c).
+
+    Args:
+        images_dir: Training images.
+        assignments_csv: Their clusters.
+        model_path: GAN model.
+        out_png: Output PNG.
+        seed: Seeds the choice of images and attributes.
+        device: Where the GAN runs.
+
+    Raises:
+        NucleistyleError: Unreadable inputs (named).
+    """
+    stylizer = load_stylizer(model_path, device)
+    table = read_assignments(assignments_csv, stylizer.n_domains)
+    by_id = {r.image_id: r for r in list_images(images_dir)}
+    table = table[table["ImageId"].isin(list(by_id))]
+    rng = np.random.default_rng(seed)
+    c = stylizer.n_domains
+    fig, axes = plt.subplots(c, c + 1, figsize=(1.55 * (c + 1), 1.6 * c), squeeze=False)
+    for d in range(c):
+        ids = sorted(table.loc[table["cluster"] == d, "ImageId"])
+        for ax in axes[d]:
+            _off(ax)
+        axes[d, 0].set_ylabel(stylizer.domain_names[d], fontsize=8)
+        if not ids:
+            continue
+        image = _square(read_image(by_id[ids[int(rng.integers(len(ids)))]].image_path)[0])
+        axes[d, 0].imshow(image)
+        for t in range(c):
+            attribute = stylizer.encode_attribute(image, d) if t == d else None
+            styled = stylizer.stylize([image], t, attribute, seed=int(rng.integers(2**31)))[0]
+            ax = axes[d, t + 1]
+            ax.imshow(styled)
+            if t == d:
+                ax.add_patch(
+                    Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=3, ec="red")
+                )
+    axes[0, 0].set_title("original", fontsize=8)
+    for t in range(c):
+        axes[0, t + 1].set_title(f"→ {stylizer.domain_names[t]}", fontsize=8)
+    fig.suptitle(
+        "Style transfer: rows = source domain, columns = target (red: self-recon.)", fontsize=9
+    )
+    fig.tight_layout()
+    save_figure(fig, out_png)
+
+
+def plot_losses(history_tsv: PathLike, out_png: PathLike) -> None:
+    """Loss curves from the training history TSV, one panel per group of terms.
+
+    Raises:
+        NucleistyleError: The file is missing, unreadable or has no rows.
+    """
+    try:
+        history = pd.read_csv(history_tsv, sep="\t")
+    except (OSError, ValueError) as exc:
+        raise NucleistyleError(f"cannot read loss history {history_tsv}: {exc}") from exc
+    if history.empty or "iteration" not in history:
+        raise NucleistyleError(f"loss history {history_tsv} has no rows")
+    fig, axes = plt.subplots(1, len(LOSS_PANELS), figsize=(3.3 * len(LOSS_PANELS), 2.8))
+    window = max(1, len(history) // 50)
+    for ax, (title, names) in zip(axes, LOSS_PANELS, strict=True):
+        for name in names:
+            if name not in history:
+                continue
+            (line,) = ax.plot(history["iteration"], history[name], alpha=0.25, lw=0.8)
+            smooth = history[name].rolling(window, min_periods=1).mean()
+            ax.plot(history["iteration"], smooth, color=line.get_color(), lw=1.3, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    save_figure(fig, out_png)
+
+
+def _contours(image: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    if labels is None:
+        return image
+    out = image.copy()
+    out[find_boundaries(labels, mode="inner")] = (255, 220, 0)
+    return out
+
+
+def plot_augmented_gallery(
+    augmented_dir: PathLike, manifest_csv: PathLike, out_png: PathLike, n: int = 8
+) -> None:
+    """Source images (top) and their stylised copies (bottom) with the inherited mask contours.
+
+    Shows the first ``n`` manifest rows (the manifest's order is random by construction).
+
+    Raises:
+        NucleistyleError: Unreadable manifest or folder, or a manifest without rows.
+    """
+    try:
+        manifest = pd.read_csv(manifest_csv, dtype={"ImageId": str, "source_ImageId": str})
+    except (OSError, ValueError) as exc:
+        raise NucleistyleError(f"cannot read manifest {manifest_csv}: {exc}") from exc
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest]
+    if missing:
+        raise NucleistyleError(f"manifest {manifest_csv}: no column {missing[0]!r}")
+    if manifest.empty:
+        raise NucleistyleError(f"manifest {manifest_csv} has no rows")
+    records = {r.image_id: r for r in list_images(augmented_dir)}
+    rows = manifest.head(n)
+    fig, axes = plt.subplots(2, len(rows), figsize=(2.0 * len(rows), 4.3), squeeze=False)
+    for j, row in enumerate(rows.itertuples(index=False)):
+        record = records.get(row.ImageId)
+        if record is None:
+            raise NucleistyleError(f"{augmented_dir}: no image {row.ImageId} (from {manifest_csv})")
+        sample = load_sample(record)
+        source_path = Path(row.source_image)
+        panels: Sequence[tuple[np.ndarray | None, str]] = (
+            (
+                read_image(source_path)[0] if source_path.is_file() else None,
+                f"{row.source_ImageId[:8]} (cluster {row.source_cluster})",
+            ),
+            (sample.image, f"→ {row.target_name}"),
+        )
+        for i, (image, title) in enumerate(panels):
+            ax = axes[i, j]
+            _off(ax)
+            if image is not None:
+                ax.imshow(_contours(image, sample.labels))
+            ax.set_title(title, fontsize=7)
+    fig.suptitle("Style-augmented samples with inherited masks", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_png)

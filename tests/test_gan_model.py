@@ -1,0 +1,262 @@
+"""GAN networks, losses, configuration, sampler and one training iteration (no files)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nucleistyle.gan import losses as L
+from nucleistyle.gan.data import DomainSampler, DomainSet, one_hot, to_tensor
+from nucleistyle.gan.networks import (
+    AttributeEncoder,
+    ContentDiscriminator,
+    ContentEncoder,
+    Generator,
+    ImageDiscriminator,
+    count_parameters,
+)
+from nucleistyle.gan.trainer import GanConfig, GanNets, GanTrainer, lr_factor
+from nucleistyle.utils import NucleistyleError
+
+# gan.md §3.7, C = 6 domains, crop 216, base 64
+PAPER_COUNTS = {
+    "enc_c": 5_099_136,
+    "enc_a": 1_350_224,
+    "gen": 5_563_619,
+    "dis1": 15_765_120,
+    "dis2": 15_765_120,
+    "dis_c": 10_684_934,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: a second thread only adds overhead
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_parameter_counts_match_gan_md_for_six_domains_at_crop_216() -> None:
+    nets = GanNets(GanConfig(n_domains=6, crop=216))
+    counts = {name: count_parameters(getattr(nets, name)) for name in PAPER_COUNTS}
+    print("parameter counts (C=6, crop 216):", counts, "total", sum(counts.values()))
+    assert counts == PAPER_COUNTS
+    assert sum(counts.values()) == 54_228_153  # "total ≈ 54.2 M"
+
+
+@pytest.mark.parametrize("size", [36, 52, 64, 100])
+def test_shapes_at_several_crop_sizes(size: int) -> None:
+    torch.manual_seed(0)
+    c, b = 3, 4
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    domain = one_hot([0, 2], c)
+    enc_c, enc_a, gen = ContentEncoder(b).eval(), AttributeEncoder(c, b), Generator(c, b)
+    content = enc_c(x)
+    assert content.shape == (2, 4 * b, math.ceil(size / 4), math.ceil(size / 4))
+    mu, logvar = enc_a(x, domain)
+    assert mu.shape == logvar.shape == (2, 8)
+    out = gen(content, mu, domain)
+    assert out.shape == x.shape
+    assert out.abs().max() <= 1
+    patches, classes = ImageDiscriminator(c, size, b)(x)
+    assert patches.shape[0] == 2 and classes.shape == (2, c)
+    assert ContentDiscriminator(c, b)(content).shape == (2, c)
+
+
+@pytest.mark.parametrize("side", [1, 2, 9, 53, 54, 64, 80])
+def test_content_discriminator_accepts_any_content_size(side: int) -> None:
+    logits = ContentDiscriminator(4, base=2)(torch.randn(3, 8, side, side + 3))
+    assert logits.shape == (3, 4)
+    assert torch.isfinite(logits).all()
+
+
+def test_content_discriminator_geometry_at_crop_216_is_upstream() -> None:
+    # 54 -> 25 -> 11 -> 4 -> 1: the global pool sees a single value, as upstream's reshape did
+    net = ContentDiscriminator(6, base=2)
+    h = torch.randn(1, 8, 54, 54)
+    assert net.layers(h).shape[2:] == (1, 1)
+
+
+def test_logvar_is_clamped() -> None:
+    enc = AttributeEncoder(2, base=2, logvar_clamp=3.0)
+    with torch.no_grad():
+        enc.fc_logvar.bias.fill_(100.0)
+    _, logvar = enc(torch.zeros(1, 3, 16, 16), one_hot([1], 2))
+    assert torch.all(logvar == 3.0)
+    with torch.no_grad():
+        enc.fc_logvar.bias.fill_(-100.0)
+    _, logvar = enc(torch.zeros(1, 3, 16, 16), one_hot([1], 2))
+    assert torch.all(logvar == -3.0)
+
+
+def test_loss_values_by_hand() -> None:
+    zeros = torch.zeros(2, 9)
+    # BCE(sigmoid(0), 1) = log 2 per patch; x2 for the two directions
+    assert L.adversarial(zeros, True).item() == pytest.approx(2 * math.log(2))
+    assert L.adversarial(torch.full((1, 4), 50.0), True).item() == pytest.approx(0, abs=1e-12)
+    mu, logvar = torch.zeros(2, 8), torch.zeros(2, 8)
+    assert L.kl_attribute(mu, logvar).item() == 0
+    # KL of N(1, 1) per sample = 0.5 * 8; x2 directions
+    assert L.kl_attribute(torch.ones(2, 8), logvar).item() == pytest.approx(8.0)
+    assert L.latent_regression(torch.ones(2, 8), torch.zeros(2, 8)).item() == 2.0
+    assert L.content_l2(torch.full((1, 2, 3, 3), 3.0)).item() == 9.0
+    target = one_hot([1], 2)
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-2.0))) / 2
+    assert L.domain_classification(torch.tensor([[-2.0, 2.0]]), target).item() == pytest.approx(
+        expected
+    )
+
+
+def test_losses_do_not_scale_with_batch_size() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, classes = torch.randn(1, 36, generator=g), torch.randn(1, 6, generator=g)
+    mu, logvar = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)
+    image, other = torch.rand(1, 3, 8, 8, generator=g), torch.rand(1, 3, 8, 8, generator=g)
+    content, domain = torch.randn(1, 16, 4, 4, generator=g), one_hot([3], 6)
+
+    def twice(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t])
+
+    pairs = [
+        (L.adversarial(logits, True), L.adversarial(twice(logits), True)),
+        (L.adversarial(logits, False), L.adversarial(twice(logits), False)),
+        (
+            L.domain_classification(classes, domain),
+            L.domain_classification(twice(classes), twice(domain)),
+        ),
+        (L.kl_attribute(mu, logvar), L.kl_attribute(twice(mu), twice(logvar))),
+        (L.latent_regression(mu, logvar), L.latent_regression(twice(mu), twice(logvar))),
+        (L.l1(image, other), L.l1(twice(image), twice(other))),
+        (L.content_l2(content), L.content_l2(twice(content))),
+    ]  # fmt: skip
+    for single, double in pairs:
+        assert single.item() == pytest.approx(double.item(), rel=1e-6)
+
+
+def test_config_defaults_are_gan_md() -> None:
+    cfg = GanConfig()
+    assert (cfg.lr, cfg.lr_content, cfg.betas, cfg.weight_decay) == (1e-4, 4e-5, (0.5, 0.999), 1e-4)
+    assert (cfg.w_cc, cfg.w_recon, cfg.w_latent, cfg.w_kl, cfg.w_kl_content) == (
+        10,
+        10,
+        10,
+        0.01,
+        0.01,
+    )
+    assert (cfg.w_content, cfg.w_domain, cfg.w_cls, cfg.w_cls_g) == (1, 1, 1, 5)
+    assert (cfg.crop, cfg.resize, cfg.batch_size, cfg.d_iter, cfg.attribute_dim) == (
+        216,
+        256,
+        2,
+        3,
+        8,
+    )
+    assert GanConfig.from_config({"betas": [0.4, 0.9]}).betas == (0.4, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key"),
+    [
+        ({"batch_size": 3}, "batch_size"),
+        ({"crop": 218}, "crop"),
+        ({"crop": 32}, "crop"),
+        ({"resize": 100}, "resize"),
+        ({"precision": "fp16"}, "precision"),
+        ({"attribute_source": "mean"}, "attribute_source"),
+        ({"w_kl": -1}, "w_kl"),
+        ({"decay_start": 1.5}, "decay_start"),
+        ({"n_domains": 1}, "n_domains"),
+        ({"no_such_key": 1}, "no_such_key"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_key(mapping: dict, key: str) -> None:
+    with pytest.raises(NucleistyleError, match=f"gan.{key}"):
+        GanConfig.from_config(mapping)
+
+
+def test_linear_lr_schedule_decays_from_decay_start() -> None:
+    cfg = GanConfig(iterations=100, decay_start=0.5)
+    assert lr_factor(0, cfg) == lr_factor(49, cfg) == 1.0
+    assert lr_factor(50, cfg) == 1.0
+    assert lr_factor(99, cfg) == pytest.approx(1 - 49 / 51)
+    assert lr_factor(75, GanConfig(iterations=100, lr_policy="step")) == 0.1
+
+
+def _domain_set(sizes: list[int], side: int = 12) -> DomainSet:
+    images, domains = [], []
+    for d, n in enumerate(sizes):
+        for _ in range(n):
+            images.append(np.full((side, side, 3), 10 * len(images), np.uint8))
+            domains.append(d)
+    domains_arr = np.array(domains)
+    return DomainSet(
+        image_ids=tuple(f"img{i}" for i in range(len(images))),
+        images=tuple(images),
+        domains=domains_arr,
+        names=tuple(f"d{k}" for k in range(len(sizes))),
+        members=tuple(np.flatnonzero(domains_arr == k) for k in range(len(sizes))),
+        fingerprint="x",
+    )
+
+
+def test_sampler_draws_each_domain_uniformly_regardless_of_size() -> None:
+    data = _domain_set([20, 3, 1])
+    sampler = DomainSampler(data, batch_size=2, crop=8, seed=0)
+    draws = [sampler.draw() for _ in range(1500)]
+    domains = np.concatenate([d for _, d in draws])
+    share = np.bincount(domains, minlength=3) / domains.size
+    assert np.all(np.abs(share - 1 / 3) < 0.03)
+    # within the 3-image domain, each image ~1/3 of its draws (images differ by grey value)
+    values = np.concatenate([b[:, 0, 0, 0] for b, _ in draws])[domains == 1]
+    counts = np.unique(values, return_counts=True)[1]
+    assert counts.size == 3 and np.all(np.abs(counts / counts.sum() - 1 / 3) < 0.06)
+    batch, _ = draws[0]
+    assert batch.shape == (2, 8, 8, 3) and batch.dtype == np.uint8
+
+
+def test_sampler_is_reproducible_from_its_state() -> None:
+    sampler = DomainSampler(_domain_set([4, 4]), batch_size=2, crop=8, seed=3)
+    sampler.draw()
+    state = sampler.state()
+    first = [sampler.draw()[0] for _ in range(3)]
+    sampler.set_state(state)
+    again = [sampler.draw()[0] for _ in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_to_tensor_scales_to_minus_one_one() -> None:
+    x = to_tensor(np.array([[[[0, 255, 127]]]], np.uint8))
+    assert x.shape == (1, 3, 1, 1)
+    assert x.flatten().tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1])
+
+
+def test_one_training_iteration_updates_all_networks_with_finite_losses() -> None:
+    cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10, device="cpu")
+    torch.manual_seed(0)
+    trainer = GanTrainer(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.nets.state_dict().items()}
+    rng = np.random.default_rng(0)
+    data = _domain_set([2, 2, 2], side=40)
+    data = DomainSet(
+        data.image_ids,
+        tuple(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in data.images),
+        data.domains,
+        data.names,
+        data.members,
+        "x",
+    )
+    values = trainer.train_iteration(DomainSampler(data, 2, 36, seed=0))
+    assert trainer.iteration == 1
+    assert all(math.isfinite(v) for v in values.values())
+    expected = {"d1_adv", "d2_adv", "d1_cls", "d2_cls", "d_content", "g_adv1", "g_adv2", "g_cls1"}
+    expected |= {"g_cls2", "g_content", "cross_cycle", "self_recon", "latent", "kl", "kl_content"}
+    assert expected <= set(values)
+    after = trainer.nets.state_dict()
+    for name in ("enc_c", "enc_a", "gen", "dis1", "dis2", "dis_c"):
+        keys = [k for k in before if k.startswith(name + ".")]
+        changed = [k for k in keys if not torch.equal(before[k], after[k])]
+        assert changed == keys, f"{name}: unchanged {sorted(set(keys) - set(changed))}"

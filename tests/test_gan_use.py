@@ -1,0 +1,215 @@
+"""Using a trained GAN: stylize, the augmented training set, transfer evaluation, figures."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nucleistyle.cluster import ClusterConfig, cluster_dataset
+from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
+from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.gan.augment import MANIFEST_COLUMNS, augment_dataset, augmented_id
+from nucleistyle.gan.evaluate import (
+    EVALUATION_COLUMNS,
+    edge_similarity,
+    evaluate_transfer,
+    foreground_iou,
+)
+from nucleistyle.gan.stylize import load_stylizer, pad_to_multiple
+from nucleistyle.gan.trainer import GanConfig, train_gan
+from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
+from nucleistyle.utils import NucleistyleError
+
+TINY = GanConfig(
+    n_domains=3,
+    crop=36,
+    resize=40,
+    base_channels=4,
+    iterations=4,
+    checkpoint_every=4,
+    log_every=2,
+    precision="fp32",
+    device="cpu",
+    workers=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gan_use")
+    generate(SyntheticConfig(n_train=12, n_test_per_modality=1, height=48, width=48), root / "d")
+    images = root / "d" / "stage1_train"
+    cluster_dataset(
+        images, root / "assignments.csv", ClusterConfig(k=3, n_init=2), model_json=root / "cm.json"
+    )
+    train_gan(images, root / "assignments.csv", root / "model.pt", TINY)
+    return {
+        "images": images,
+        "assignments": root / "assignments.csv",
+        "clusters": root / "cm.json",
+        "model": root / "model.pt",
+        "root": root,
+    }
+
+
+def test_pad_to_multiple_of_four_reflects_and_keeps_the_original() -> None:
+    image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    padded = pad_to_multiple(image)
+    assert padded.shape == (8, 8, 3)
+    assert np.array_equal(padded[:5, :6], image)
+    assert np.array_equal(padded[5, :6], image[3])  # reflection, not repetition of the edge
+    assert np.array_equal(padded[:5, 6], image[:, 4])
+    assert pad_to_multiple(np.zeros((1, 1, 3), np.uint8)).shape == (8, 8, 3)
+    same = np.zeros((12, 16, 3), np.uint8)
+    assert pad_to_multiple(same) is same
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (5, 7), (1, 1), (48, 48)])
+def test_stylize_returns_uint8_rgb_of_the_input_size(trained: dict, shape: tuple) -> None:
+    stylizer = load_stylizer(trained["model"], "cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = stylizer.stylize([image, image[..., 0]], target_domain=1, seed=5)
+    assert [o.shape for o in out] == [(*shape, 3)] * 2
+    assert all(o.dtype == np.uint8 for o in out)
+
+
+def test_stylize_is_deterministic_per_seed_and_depends_on_domain(trained: dict) -> None:
+    stylizer = load_stylizer(trained["model"], "cpu")
+    image = read_image(list_images(trained["images"])[0].image_path)[0]
+    a = stylizer.stylize(image, 0, seed=1)[0]
+    assert np.array_equal(a, stylizer.stylize(image, 0, seed=1)[0])
+    assert not np.array_equal(a, stylizer.stylize(image, 2, seed=1)[0])
+    z = stylizer.sample_attributes(1, 0, seed=1)[0]
+    assert np.array_equal(a, stylizer.stylize(image, 0, attribute=z)[0])
+    prior = stylizer.sample_attributes(3, 0, seed=1, source="prior")
+    stats = stylizer.sample_attributes(3, 0, seed=1, source="domain_stats")
+    expected = stylizer.attribute_mean[0].numpy() + prior * stylizer.attribute_std[0].numpy()
+    np.testing.assert_allclose(stats, expected, rtol=1e-6)
+    assert stylizer.encode_attribute(image, 0).shape == (8,)
+
+
+def test_stylize_rejects_bad_domain_and_attribute(trained: dict) -> None:
+    stylizer = load_stylizer(trained["model"], "cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(NucleistyleError, match="target domain"):
+        stylizer.stylize(image, 3)
+    with pytest.raises(NucleistyleError, match="attribute must have shape"):
+        stylizer.stylize(image, 0, attribute=np.zeros(5))
+    with pytest.raises(NucleistyleError, match="uint8"):
+        stylizer.stylize(np.zeros((8, 8, 3), np.float32), 0)
+
+
+def test_load_stylizer_rejects_a_training_checkpoint(trained: dict, tmp_path: Path) -> None:
+    torch.save({"format": "other", "config": {}}, tmp_path / "x.pt")
+    with pytest.raises(NucleistyleError, match=r"x\.pt is not a nucleistyle GAN model"):
+        load_stylizer(tmp_path / "x.pt", "cpu")
+
+
+def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_path: Path) -> None:
+    out, manifest_csv = tmp_path / "aug", tmp_path / "manifest.csv"
+    manifest = augment_dataset(
+        trained["images"], trained["assignments"], trained["model"], out, manifest_csv,
+        fraction=0.5, seed=3, device="cpu",
+    )  # fmt: skip
+    originals = {r.image_id: r for r in list_images(trained["images"])}
+    assert len(manifest) == 6 == round(0.5 * len(originals))
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest["source_ImageId"].is_unique
+    assert all(re.fullmatch("[0-9a-f]{64}", i) for i in manifest["ImageId"])
+    assert not set(manifest["ImageId"]) & set(originals)
+    assert (manifest["target_domain"] != manifest["source_cluster"]).all()
+    table = pd.read_csv(trained["assignments"]).set_index("ImageId")["cluster"]
+    assert (
+        manifest["source_cluster"].to_numpy() == table[manifest["source_ImageId"]].to_numpy()
+    ).all()
+    written = {r.image_id: r for r in list_images(out)}
+    assert set(written) == set(manifest["ImageId"])
+    for row in manifest.itertuples(index=False):
+        assert row.ImageId == augmented_id(row.source_ImageId, row.target_domain, row.seed)
+        source, copy = originals[row.source_ImageId], written[row.ImageId]
+        assert [p.name for p in copy.mask_paths] == [p.name for p in source.mask_paths]
+        for a, b in zip(source.mask_paths, copy.mask_paths, strict=True):
+            assert a.read_bytes() == b.read_bytes()
+        image = load_sample(copy).image
+        assert image.shape == read_image(source.image_path)[0].shape
+    pd.testing.assert_frame_equal(pd.read_csv(manifest_csv, dtype={"ImageId": str}), manifest)
+    again = augment_dataset(
+        trained["images"], trained["assignments"], trained["model"], tmp_path / "aug2",
+        tmp_path / "m2.csv", fraction=0.5, seed=3, device="cpu",
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(
+        again.drop(columns="source_image"), manifest.drop(columns="source_image")
+    )
+
+    plot_augmented_gallery(out, manifest_csv, tmp_path / "gallery.png", n=4)
+    assert (tmp_path / "gallery.png").stat().st_size > 1000
+
+
+def test_augment_rejects_images_missing_from_assignments(trained: dict, tmp_path: Path) -> None:
+    table = pd.read_csv(trained["assignments"])
+    table.iloc[:-1].to_csv(tmp_path / "partial.csv", index=False)
+    with pytest.raises(
+        NucleistyleError, match=rf"partial.csv: no row for ImageId {table.ImageId.iloc[-1]}"
+    ):
+        augment_dataset(
+            trained["images"], tmp_path / "partial.csv", trained["model"], tmp_path / "a",
+            tmp_path / "m.csv", device="cpu",
+        )  # fmt: skip
+
+
+def test_edge_similarity_ignores_polarity_and_detects_moved_structure() -> None:
+    image = np.zeros((32, 32), np.uint8)
+    image[8:20, 10:22] = 200
+    assert edge_similarity(image, 255 - image) == pytest.approx(1.0)
+    assert edge_similarity(image, image // 2 + 30) == pytest.approx(1.0)
+    moved = np.roll(image, 9, axis=1)
+    assert edge_similarity(image, moved) < 0.5
+    assert np.isnan(edge_similarity(image, np.zeros_like(image)))
+
+
+def test_foreground_iou_by_hand() -> None:
+    a = np.array([[1, 1, 0, 0]])
+    b = np.array([[0, 2, 2, 0]])
+    assert foreground_iou(a, b) == pytest.approx(1 / 3)
+    assert np.isnan(foreground_iou(np.zeros((2, 2)), np.zeros((2, 2))))
+
+
+def test_evaluate_transfer_reports_every_domain_pair(trained: dict, tmp_path: Path) -> None:
+    result = evaluate_transfer(
+        trained["images"], trained["assignments"], trained["model"], trained["clusters"],
+        tmp_path / "eval.csv", per_domain=2, seed=0, device="cpu",
+    )  # fmt: skip
+    assert tuple(result.columns) == EVALUATION_COLUMNS
+    assert len(result) == 9
+    assert set(zip(result.source_domain, result.target_domain, strict=True)) == {
+        (s, t) for s in range(3) for t in range(3)
+    }
+    assert result["n_images"].between(1, 2).all()
+    for column in ("seg_score", "style_hit", "gt_score_original", "gt_score_stylised"):
+        assert result[column].between(0, 1).all()
+    assert result["edge_corr"].between(-1, 1).all()
+    saved = pd.read_csv(tmp_path / "eval.csv")
+    assert len(saved) == 9
+
+
+def test_figure3_is_written(trained: dict, tmp_path: Path) -> None:
+    plot_figure3(
+        trained["images"], trained["assignments"], trained["model"], tmp_path / "f3.png",
+        device="cpu",
+    )  # fmt: skip
+    assert (tmp_path / "f3.png").stat().st_size > 5000
