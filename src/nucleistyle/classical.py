@@ -34,14 +34,12 @@ import concurrent.futures
 import logging
 import os
 import sys
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.feature import peak_local_max
@@ -50,9 +48,9 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
-from nucleistyle.data.bbbc038 import list_images, read_image
-from nucleistyle.data.csvio import write_submission
-from nucleistyle.utils import NucleistyleError, atomic_path, config_from_mapping
+from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
+from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.utils import NucleistyleError, config_from_mapping
 
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
 
@@ -280,13 +278,6 @@ def segment_image(image: np.ndarray, cfg: ClassicalConfig | None = None) -> np.n
 # folders
 
 
-def _write_label_png(path: Path, labels: np.ndarray) -> None:
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise NucleistyleError(f"{path}: {labels.max()} objects do not fit a 16-bit PNG")
-    with atomic_path(path) as tmp:
-        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
-
-
 def _segment_file(
     image_id: str, path: Path, cfg: ClassicalConfig, labels_dir: Path | None
 ) -> tuple[str, tuple[int, int], bytes]:
@@ -294,28 +285,8 @@ def _segment_file(
     image, _ = read_image(path)
     labels = segment_image(image, cfg)
     if labels_dir is not None:
-        _write_label_png(labels_dir / f"{image_id}.png", labels)
-    return image_id, labels.shape, zlib.compress(labels.tobytes(), 1)
-
-
-class _CompressedLabels(Mapping[str, np.ndarray]):
-    """``{ImageId: labels}`` kept zlib-compressed (label images compress ~50x), in input order."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[tuple[int, int], bytes]] = {}
-
-    def add(self, image_id: str, shape: tuple[int, int], data: bytes) -> None:
-        self._items[image_id] = (shape, data)
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        shape, data = self._items[image_id]
-        return np.frombuffer(zlib.decompress(data), np.int32).reshape(shape)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
+        write_label_png(labels_dir / f"{image_id}.png", labels)
+    return (image_id, *CompressedLabels.compress(labels))
 
 
 def segment_folder(
@@ -351,18 +322,18 @@ def segment_folder(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     log.info("classical segmentation of %d images in %s (%s)", len(records), images_dir, cfg)
-    predictions = _CompressedLabels()
+    predictions = CompressedLabels()
     jobs = [(r.image_id, r.image_path, cfg, out_dir) for r in records]
     progress = tqdm(total=len(jobs), desc="classical", unit="image", disable=None, file=sys.stderr)
     with progress:
         if workers == 1:
             for job in jobs:
-                predictions.add(*_segment_file(*job))
+                predictions.add_compressed(*_segment_file(*job))
                 progress.update()
         else:
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
                 for result in pool.map(_segment_file, *zip(*jobs, strict=True), chunksize=4):
-                    predictions.add(*result)
+                    predictions.add_compressed(*result)
                     progress.update()
     write_submission(submission_csv, predictions)
     return len(predictions)

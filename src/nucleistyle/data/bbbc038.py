@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucleistyle.utils import NucleistyleError, atomic_dir
+from nucleistyle.utils import NucleistyleError, atomic_dir, atomic_path
 
 __all__ = [
     "ImageRecord",
@@ -43,6 +43,7 @@ __all__ = [
     "read_image",
     "read_masks",
     "relabel_sequential",
+    "write_label_png",
     "write_sample",
 ]
 
@@ -514,3 +515,15 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     if values.size == 0 or values[0] != 0:
         out += 1
     return out
+
+
+def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
+    """Write a 16-bit label PNG (0 = background) atomically.
+
+    Raises:
+        NucleistyleError: more than 65535 objects.
+    """
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise NucleistyleError(f"{path}: {labels.max()} objects do not fit a 16-bit PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")

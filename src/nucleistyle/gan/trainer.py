@@ -667,6 +667,13 @@ def train_gan(
         set_rng_state(state["rng"])
         history, window = LossHistory(state["history"]), _Window(state["window"])
         log.info("resumed from %s at iteration %d", checkpoint, trainer.iteration)
+        if trainer.iteration > cfg.iterations:
+            log.warning(
+                "checkpoint %s is at iteration %d, beyond gan.iterations = %d: not training",
+                checkpoint,
+                trainer.iteration,
+                cfg.iterations,
+            )
     log_environment(device, dtype, cfg.seed)
 
     def save() -> None:

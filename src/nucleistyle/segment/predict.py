@@ -23,28 +23,26 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from nucleistyle.data.bbbc038 import list_images, read_image
-from nucleistyle.data.csvio import write_submission
+from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
+from nucleistyle.data.csvio import CompressedLabels, write_submission
 from nucleistyle.segment.configs import SegmenterConfig, config_from_fingerprint
 from nucleistyle.segment.engine import read_model_file
 from nucleistyle.segment.model import build_model
 from nucleistyle.segment.postprocess import Instances, postprocess
 from nucleistyle.segment.transforms import resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.utils import NucleistyleError
 
-__all__ = ["Detections", "Segmenter", "load_segmenter", "predict_folder", "write_label_png"]
+__all__ = ["Detections", "Segmenter", "load_segmenter", "predict_folder"]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -235,39 +233,6 @@ def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
     return Segmenter(model, cfg, torch_device, dtype)
 
 
-def write_label_png(path: PathLike, labels: np.ndarray) -> None:
-    """Write a 16-bit label PNG (0 = background) atomically.
-
-    Raises:
-        NucleistyleError: more than 65535 objects.
-    """
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise NucleistyleError(f"{path}: {labels.max()} objects do not fit a 16-bit PNG")
-    with atomic_path(path) as tmp:
-        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
-
-
-class _Compressed(Mapping[str, np.ndarray]):
-    """``{ImageId: labels}`` held zlib-compressed until the submission is written."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[tuple[int, int], bytes]] = {}
-
-    def add(self, image_id: str, labels: np.ndarray) -> None:
-        labels = np.ascontiguousarray(labels, np.int32)
-        self._items[image_id] = (labels.shape, zlib.compress(labels.tobytes(), 1))
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        shape, data = self._items[image_id]
-        return np.frombuffer(zlib.decompress(data), np.int32).reshape(shape)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 def predict_folder(
     model_path: PathLike,
     images_dir: PathLike,
@@ -297,7 +262,7 @@ def predict_folder(
     out_dir = None if labels_dir is None else Path(labels_dir)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = _Compressed()
+    predictions = CompressedLabels()
     for record in tqdm(records, desc="predict", unit="image", disable=None, file=sys.stderr):
         image, _ = read_image(record.image_path)
         labels = segmenter.predict(image)
