@@ -31,7 +31,9 @@ from nucleistyle.segment.model import PreparedTransform, build_model
 from nucleistyle.segment.predict import Detections, load_segmenter, predict_folder
 from nucleistyle.utils import NucleistyleError
 
-torch.set_num_threads(2)  # the CPU is shared
+# One thread: on the shared 2-core machine two OpenMP threads per process spin against other
+# jobs (this file took 268 s with 2 threads vs 72 s with 1 at load average 5).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for a CPU test (about 0.3 s per iteration at 64 px), same code paths as the
@@ -49,6 +51,8 @@ TINY = {
         "rpn_post_nms_top_n_test": 100,
         "box_batch_size_per_image": 32,
         "box_detections_per_img": 50,
+        "fpn_channels": 32,
+        "representation_size": 64,
     },
 }
 
@@ -349,3 +353,21 @@ def test_box_geometry_stays_float32_under_bf16_autocast() -> None:
     # torchvision would build anchors and decode boxes in bf16 (4-px steps near 500 px)
     assert anchors[0].dtype == torch.float32 and features["0"].dtype == torch.float32
     assert out[0]["boxes"].dtype == torch.float32 and out[0]["masks"].dtype == torch.float32
+
+
+def test_plain_heads_have_the_layout_of_torchvisions_coco_model() -> None:
+    ours = build_model(get_config("deep_retina", {"model": {"head_norm": False}})).state_dict()
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=2
+    ).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
+
+
+def test_narrow_heads_follow_the_configured_widths() -> None:
+    cfg = tiny(model={**TINY["model"], "fpn_channels": 16, "representation_size": 64})
+    model = build_model(cfg).eval()
+    assert model.backbone.out_channels == 16
+    assert model.roi_heads.box_head.fc7.out_features == 64
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 16
+    with torch.no_grad():
+        assert set(model([torch.rand(3, 64, 64)])[0]) == {"boxes", "labels", "scores", "masks"}

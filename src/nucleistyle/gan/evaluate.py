@@ -179,7 +179,7 @@ def evaluate_transfer(
                     }
                 )
     per_image = pd.DataFrame(rows)
-    metrics = [c for c in EVALUATION_COLUMNS[5:]]
+    metrics = list(EVALUATION_COLUMNS[5:])
     result = (
         per_image.groupby(["source_domain", "target_domain"])[metrics]
         .mean()

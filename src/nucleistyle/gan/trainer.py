@@ -151,7 +151,10 @@ class GanConfig:
         logvar_clamp: |log σ²| bound of the attribute encoder.
         precision: ``auto`` (bf16 autocast on CUDA / bf16-capable CPUs), ``fp32`` or ``bf16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        channels_last: Run convolutions in channels-last memory format.
+        channels_last: Channels-last memory format for all nets. Off by default: on this
+            2-core CPU (bf16) it was no faster within the ±7 % run-to-run noise (the 256-channel
+            residual convolutions, ~70 % of the time, ran slower; E_c's full-resolution layers
+            faster); on CUDA tensor cores it usually helps.
         attribute_source: How :mod:`~nucleistyle.gan.stylize` samples attributes by default:
             ``prior`` N(0, I), or ``domain_stats`` N(mean_d, diag(std_d²)) of E_a on the
             training images of the target domain (HistAuGAN).

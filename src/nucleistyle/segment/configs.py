@@ -110,6 +110,10 @@ class ModelConfig:
         image_mean: Per-channel mean subtracted from [0, 1] RGB. torchvision's ImageNet values
             (§5: keep them with torchvision weights; Matterport subtracted its mean pixel only).
         image_std: Per-channel divisor after the mean (ImageNet values, see ``image_mean``).
+        fpn_channels: Width of the FPN and of the mask head's convolutions
+            (TOP_DOWN_PYRAMID_SIZE 256, §1.3; a narrower one is a cheap CPU-demo model: the
+            heads, not the backbone, dominate the cost on small images).
+        representation_size: Width of the box head's two fully connected layers (1024, §5).
         head_norm: Batch norm after each layer of the box head (2 x 1024 fully connected) and
             the mask head (4 convolutions), as in Matterport's heads (§5: BN inside the two
             1024 "FC" layers; the mask head's convolutions likewise). torchvision's v1 heads
@@ -133,9 +137,13 @@ class ModelConfig:
     box_detections_per_img: int = 512
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    fpn_channels: int = 256
+    representation_size: int = 1024
     head_norm: bool = True
 
     def __post_init__(self) -> None:
+        _check_int("model.fpn_channels", self.fpn_channels, 8)
+        _check_int("model.representation_size", self.representation_size, 8)
         if not isinstance(self.head_norm, bool):
             raise _fail("model.head_norm", "true or false", self.head_norm)
         if not 0 <= self.trainable_layers <= 5 or not _is_int(self.trainable_layers):

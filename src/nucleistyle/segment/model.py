@@ -26,8 +26,13 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights, MaskRCNNHeads
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import (
+    MaskRCNN_ResNet50_FPN_Weights,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+)
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import misc as misc_nn_ops
 
@@ -84,9 +89,9 @@ class HeadBatchNorm2d(nn.BatchNorm2d):
 
 
 class NormMLPHead(nn.Module):
-    """Matterport's box head: two 1024-wide fully connected layers, each followed by batch norm
-    and ReLU (§5). Layer names match torchvision's ``TwoMLPHead`` (fc6, fc7), so COCO weights
-    still load into the linear layers."""
+    """Matterport's box head: two fully connected layers (1024 wide there), each followed by
+    batch norm and ReLU (§5). Layer names match torchvision's ``TwoMLPHead`` (fc6, fc7), so
+    COCO weights still load into the linear layers."""
 
     def __init__(self, in_channels: int, representation_size: int = 1024) -> None:
         super().__init__()
@@ -199,6 +204,31 @@ def keep_geometry_in_float32(model: MaskRCNN) -> None:
         module.register_forward_hook(_float32_outputs)
 
 
+def _resnet_fpn(
+    name: str,
+    weights: Any,
+    norm_layer: type[nn.Module],
+    trainable_layers: int,
+    out_channels: int,
+) -> BackboneWithFPN:
+    """torchvision's ``resnet_fpn_backbone`` with a configurable FPN width (P2-P5 + max-pool
+    P6, the first ``5 - trainable_layers`` stages frozen)."""
+    body = getattr(resnet, name)(weights=weights, norm_layer=norm_layer)
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        train.append("bn1")
+    for param_name, parameter in body.named_parameters():
+        if not any(param_name.startswith(layer) for layer in train):
+            parameter.requires_grad_(False)
+    stage2 = body.inplanes // 8  # channels of layer1's output
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+        in_channels_list=[stage2 * 2 ** (k - 1) for k in (1, 2, 3, 4)],
+        out_channels=out_channels,
+    )
+
+
 def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
     """The Mask R-CNN of ``cfg``.
 
@@ -227,28 +257,28 @@ def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
     if backbone_weights is not None and pretrained:
         # download through our wrapper first, so that an offline machine gets one clear line
         _download(backbone_weights, f"imagenet {cfg.backbone}")
-    backbone = resnet_fpn_backbone(
-        backbone_name=cfg.backbone,
-        weights=backbone_weights if pretrained else None,
-        norm_layer=norm_layer,
-        trainable_layers=m.trainable_layers if frozen_bn else 5,
+    backbone = _resnet_fpn(
+        cfg.backbone,
+        backbone_weights if pretrained else None,
+        norm_layer,
+        m.trainable_layers if frozen_bn else 5,
+        m.fpn_channels,
     )
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in m.anchor_sizes),
         aspect_ratios=(tuple(m.aspect_ratios),) * len(m.anchor_sizes),
     )
     pad = cfg.prep.pad_multiple if cfg.prep.policy == "zoom_crop" else cfg.prep.size
-    heads = {}
+    c, rep = m.fpn_channels, m.representation_size
     if m.head_norm:
-        heads = {
-            "box_head": NormMLPHead(backbone.out_channels * 7 * 7),
-            "mask_head": MaskRCNNHeads(
-                backbone.out_channels, [256] * 4, 1, norm_layer=HeadBatchNorm2d
-            ),
-        }
+        box_head: nn.Module = NormMLPHead(c * 7 * 7, rep)
+        mask_head = MaskRCNNHeads(c, [c] * 4, 1, norm_layer=HeadBatchNorm2d)
+    else:  # torchvision's v1 heads
+        box_head = TwoMLPHead(c * 7 * 7, rep)
+        mask_head = MaskRCNNHeads(c, [c] * 4, 1)
     model = MaskRCNN(
         backbone,
-        num_classes=2,
+        num_classes=None,  # two classes (background, nucleus) through the predictors below
         min_size=cfg.prep.size,
         max_size=cfg.prep.size,
         image_mean=list(m.image_mean),
@@ -265,7 +295,10 @@ def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
         box_score_thresh=m.box_score_thresh,
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,
-        **heads,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(rep, 2),
+        mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(c, c, 2),
     )
     model.transform = PreparedTransform(list(m.image_mean), list(m.image_std), pad)
     keep_geometry_in_float32(model)
