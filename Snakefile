@@ -27,7 +27,11 @@ wildcard_constraints:
 
 include: "workflow/rules/acquire.smk"
 include: "workflow/rules/cluster.smk"
+include: "workflow/rules/gan.smk"
+include: "workflow/rules/augment.smk"
+include: "workflow/rules/segment.smk"
 include: "workflow/rules/classical.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 

@@ -2,24 +2,24 @@
 
 Usage: ``python bench/bench_tta.py [--images N] [--size PX] [--repeats R] [--data DIR]``
 
-A torchvision Mask R-CNN with a ResNet-18-FPN backbone, randomly initialised (``weights=None``,
-seed 0; speed, not accuracy, is measured), in eval mode with ``min_size = max_size = 256`` and
-``box_score_thresh = 0`` (so every image yields 20 instances to merge), predicts
-``--images`` 256 x 256 images (centre crops of real BBBC038 images from ../shared/bbbc038, or
-synthetic ones from :mod:`nucleistyle.data.synthetic` when those are absent) under the 8
-dihedral transforms, with 2 torch threads:
+The prediction path of the pipeline (:meth:`nucleistyle.segment.predict.Segmenter.segment`
+with a :class:`nucleistyle.tta.TTAConfig`: network pass, binary masks, inversion, vote, then
+Deep Retina's post-processing) on a Deep Retina Mask R-CNN with a ResNet-18-FPN backbone,
+randomly initialised (seed 0; speed, not accuracy, is measured), with ``box_score_thresh = 0``
+(so every image yields 20 detections to merge), predicts ``--images`` 256 x 256 images (centre
+crops of real BBBC038 images from ../shared/bbbc038, or synthetic ones from
+:mod:`nucleistyle.data.synthetic` when those are absent) under the 8 dihedral transforms, with
+2 torch threads:
 
-(a) batched: :func:`nucleistyle.tta.predict_tta` with ``batch_size=8`` (an image's 8 variants
-    in one forward call);
-(b) one variant per call: ``batch_size=1``.
+(a) batched: ``batch_size=8`` (an image's 8 variants in one network pass);
+(b) one variant per pass: ``batch_size=1``.
 
 Same inputs, same run: image by image, (a) and (b) alternate and each keeps its best wall time
 of ``--repeats`` runs (the machine may be shared). Prints the totals, the ratio (b) / (a), and
-whether the merged outputs agree: identical label images after :func:`nucleistyle.tta.to_labels`
-and the largest mask or score difference (batched and single convolutions may round differently
-in float32). The merge keeps every cluster (``min_votes=0``): a random-init model hardly agrees
-with itself across views, so the default ``min_votes=0.5`` would leave nothing to compare.
-Exit status 1 if the label images differ.
+whether the label images agree (batched and single convolutions may round differently in
+float32, which can flip a mask pixel at the threshold). The merge keeps every cluster
+(``min_votes=0``): a random-init model hardly agrees with itself across views, so the default
+``min_votes=0.5`` would leave nothing to compare. Exit status 1 if the label images differ.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.synthetic import MODALITIES, synthesize
-from nucleistyle.tta import Instances, PredictFn, TTAConfig, predict_tta, to_labels
+from nucleistyle.segment.configs import get_config
+from nucleistyle.segment.model import build_model
+from nucleistyle.segment.predict import Segmenter
+from nucleistyle.tta import TTAConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "bbbc038"
 DETECTIONS = 20  # instances per image (torchvision default 100)
@@ -61,39 +62,27 @@ def load_images(root: Path, n: int, size: int) -> tuple[list[np.ndarray], str]:
     return images, "synthetic (nucleistyle.data.synthetic)"
 
 
-def build_model(size: int) -> torch.nn.Module:
-    """Random-init Mask R-CNN, ResNet-18-FPN, eval mode, every detection kept (score >= 0).
+def build_segmenter(size: int) -> Segmenter:
+    """Random-init Deep Retina segmenter, ResNet-18-FPN, CPU fp32, every detection kept.
 
-    20 detections and 200 RPN proposals per image (torchvision: 100 and 1000) keep the run
-    short on 2 CPU cores: at the defaults the mask and box heads take ~4 s per image.
+    20 detections and 200 RPN proposals per image (Deep Retina: 512 and 2000) keep the run
+    short on 2 CPU cores.
     """
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
-    model = MaskRCNN(
-        backbone,
-        num_classes=2,
-        min_size=size,
-        max_size=size,
-        box_score_thresh=0.0,
-        box_detections_per_img=DETECTIONS,
-        rpn_post_nms_top_n_test=PROPOSALS,
-    )
-    return model.eval()
+    overrides = {
+        "backbone": "resnet18",
+        "prep": {"size": size},
+        "model": {
+            "box_score_thresh": 0.0,
+            "box_detections_per_img": DETECTIONS,
+            "rpn_post_nms_top_n_test": PROPOSALS,
+        },
+    }
+    cfg = get_config("deep_retina", overrides)
+    return Segmenter(build_model(cfg, pretrained=False), cfg, torch.device("cpu"), None)
 
 
-def make_predict_fn(model: torch.nn.Module) -> PredictFn:
-    """Adapt a torchvision detection model to the :data:`nucleistyle.tta.PredictFn` contract."""
-
-    def predict(images: list[np.ndarray]) -> list[Instances]:
-        tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255) for im in images]
-        with torch.inference_mode():
-            outputs = model(tensors)
-        return [Instances(out["masks"][:, 0].numpy(), out["scores"].numpy()) for out in outputs]
-
-    return predict
-
-
-def wall_time(fn: Callable[[], list[Instances]]) -> tuple[float, list[Instances]]:
+def wall_time(fn: Callable[[], list[np.ndarray]]) -> tuple[float, list[np.ndarray]]:
     """Wall time (s) of one call (torch runs 2 threads, so CPU time would count both) and its
     result."""
     start = time.perf_counter()
@@ -112,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     images, source = load_images(args.data, args.images, args.size)
-    predict = make_predict_fn(build_model(args.size))
+    segmenter = build_segmenter(args.size)
     batched_cfg = TTAConfig(batch_size=8, min_votes=0.0)
     single_cfg = TTAConfig(batch_size=1, min_votes=0.0)
     n_variants = len(batched_cfg.transforms)
-    predict(images[:1])  # warm-up: first-call allocations and kernel selection, both batch sizes
-    predict(images[:1] * n_variants)
+    segmenter.raw(images[:1])  # warm-up: first-call allocations and kernel selection, both
+    segmenter.raw(images[:1] * n_variants)  # batch sizes
     print(
         f"{len(images)} images {args.size}x{args.size}, {source}; {n_variants} dihedral "
         f"variants each; torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -126,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     # Image by image, the two modes alternate (ABBA over repeats) and each keeps its best time,
     # so that the load of other processes sharing the machine hits both alike.
     times = {"batched": np.full(len(images), np.inf), "single": np.full(len(images), np.inf)}
-    results: dict[str, list[Instances]] = {"batched": [], "single": []}
+    results: dict[str, list[np.ndarray]] = {"batched": [], "single": []}
     modes = [("batched", batched_cfg), ("single", single_cfg)]
     for n, image in enumerate(images):
         for r in range(args.repeats):
             for name, cfg in modes if (n + r) % 2 == 0 else modes[::-1]:
-                elapsed, out = wall_time(lambda c=cfg, x=image: predict_tta(predict, [x], c))
+                elapsed, out = wall_time(lambda c=cfg, x=image: segmenter.segment([x], c))
                 times[name][n] = min(times[name][n], elapsed)
                 if r == 0:
                     results[name].extend(out)
@@ -140,29 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     ratio = total["single"] / total["batched"]
     calls = len(images) * n_variants
     for name, label in (
-        ("batched", "(a) batched, 8 variants per call"),
-        ("single", "(b) one variant per call"),
+        ("batched", "(a) batched, 8 variants per pass"),
+        ("single", "(b) one variant per pass"),
     ):
         print(f"{label:33}: {total[name]:6.2f} s ({total[name] / calls:.3f} s per variant)")
     print(f"    ratio (b) / (a): {ratio:.2f}x")
 
-    same_labels = True
-    max_diff = 0.0
-    for a, b in zip(results["batched"], results["single"], strict=True):
-        same_labels &= bool(np.array_equal(to_labels(a), to_labels(b)))
-        if a.masks.shape == b.masks.shape:
-            max_diff = max(max_diff, float(np.abs(a.masks - b.masks).max(initial=0.0)))
-            max_diff = max(max_diff, float(np.abs(a.scores - b.scores).max(initial=0.0)))
-        else:
-            max_diff = float("inf")
-    n_merged = [len(r) for r in results["batched"]]
-    print(f"    merged instances per image: {n_merged}")
-    print(
-        f"    merged outputs: label images identical: {same_labels}; "
-        f"max |mask or score difference| {max_diff:.1e}"
-    )
+    same = [
+        np.array_equal(a, b) for a, b in zip(results["batched"], results["single"], strict=True)
+    ]
+    objects = [int(labels.max()) for labels in results["batched"]]
+    print(f"    objects per image after the merge and post-processing: {objects}")
+    print(f"    label images identical: {sum(same)} of {len(same)}")
     print(f"total {time.perf_counter() - start:.1f} s")
-    return 0 if same_labels else 1
+    return 0 if all(same) else 1
 
 
 if __name__ == "__main__":

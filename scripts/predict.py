@@ -1,4 +1,4 @@
-"""Rule predict: single pass + the baseline's post-processing -> submission and label PNGs."""
+"""Rule predict_shard: one shard of a test set, single pass or TTA, + post-processing."""
 
 from nucleistyle.segment.predict import predict_folder
 from nucleistyle.utils import setup_logging
@@ -8,6 +8,7 @@ predict_folder(
     snakemake.input.model,
     snakemake.input.images,
     snakemake.output.submission,
-    labels_dir=snakemake.output.labels,
     device=snakemake.params.device,
+    tta=snakemake.params.tta,
+    shard=(int(snakemake.wildcards.shard), snakemake.params.shards),
 )

@@ -1,8 +1,15 @@
-"""Rule tabulate_scores: one table and one per-modality chart of every model's scores."""
+"""Rule tabulate_scores: score tables with bootstrap CIs, Table 1, paired differences, chart."""
 
-from nucleistyle.report.figures import plot_scores_by_group, tabulate_scores
+from nucleistyle.report.table1 import tabulate_scores
 from nucleistyle.utils import setup_logging
 
 setup_logging(snakemake.log[0])
-table = tabulate_scores(snakemake.input.summaries, snakemake.output.table)
-plot_scores_by_group(table, snakemake.output.chart)
+tabulate_scores(
+    snakemake.input.per_image,
+    snakemake.input.summaries,
+    scores_csv=snakemake.output.table,
+    table1_csv=snakemake.output.table1,
+    paired_csv=snakemake.output.paired,
+    chart_png=snakemake.output.chart,
+    seed=snakemake.params.seed,
+)

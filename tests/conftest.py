@@ -34,3 +34,96 @@ def shared_bbbc038() -> Path:
     if not (SHARED_BBBC038 / "stage1_train").is_dir():
         pytest.skip(f"real BBBC038 sample not found at {SHARED_BBBC038}")
     return SHARED_BBBC038
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A Mask R-CNN (Deep Retina, ResNet-18, narrow heads) trained for 2 iterations by the engine
+    on a 64 px synthetic set, every detection kept (``box_score_thresh = 0``) so that even this
+    barely trained model finds objects. Keys: ``model`` (the model file), ``test`` (5 images in
+    BBBC038 layout), ``solution`` (their ground truth)."""
+    import torch
+
+    from nucleistyle.data.synthetic import SyntheticConfig, generate
+    from nucleistyle.segment.configs import get_config
+    from nucleistyle.segment.engine import train_segmenter
+
+    root = tmp_path_factory.mktemp("tiny_segmenter")
+    generate(SyntheticConfig(n_train=10, n_test_per_modality=1, height=64, width=64), root / "data")
+    settings = {  # the TINY settings of test_segment_model.py (about 0.3 s per iteration)
+        "backbone": "resnet18",
+        "iterations": 2,
+        "prep": {"size": 64, "crop": 32},
+        "model": {
+            "rpn_pre_nms_top_n_train": 200,
+            "rpn_pre_nms_top_n_test": 200,
+            "rpn_post_nms_top_n_train": 100,
+            "rpn_post_nms_top_n_test": 100,
+            "box_batch_size_per_image": 32,
+            "box_detections_per_img": 50,
+            "box_score_thresh": 0.0,
+            "fpn_channels": 32,
+            "representation_size": 64,
+        },
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_segmenter(
+            [root / "data" / "stage1_train"],
+            root / "model.pt",
+            get_config("deep_retina", settings),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "model": root / "model.pt",
+        "test": root / "data" / "stage1_test",
+        "solution": root / "data" / "stage1_solution.csv",
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_gan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 3-domain style GAN (base width 4, 4 iterations, fp32 on the CPU) trained by
+    ``train_gan`` on 12 synthetic 48 px images clustered with K = 3 (a few seconds).
+    Keys: ``images`` (the training set, BBBC038 layout), ``assignments`` (cluster table),
+    ``clusters`` (cluster model JSON), ``model`` (the GAN model file), ``root``."""
+    import torch
+
+    from nucleistyle.cluster import ClusterConfig, cluster_dataset
+    from nucleistyle.data.synthetic import SyntheticConfig, generate
+    from nucleistyle.gan.trainer import GanConfig, train_gan
+
+    cfg = GanConfig(
+        n_domains=3,
+        crop=36,
+        resize=40,
+        base_channels=4,
+        iterations=4,
+        checkpoint_every=4,
+        log_every=2,
+        precision="fp32",
+        device="cpu",
+        workers=1,
+    )
+    root = tmp_path_factory.mktemp("tiny_gan")
+    generate(SyntheticConfig(n_train=12, n_test_per_modality=1, height=48, width=48), root / "d")
+    images = root / "d" / "stage1_train"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cluster_dataset(
+            images, root / "assignments.csv", ClusterConfig(k=3, n_init=2),
+            model_json=root / "cm.json",
+        )  # fmt: skip
+        train_gan(images, root / "assignments.csv", root / "model.pt", cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "images": images,
+        "assignments": root / "assignments.csv",
+        "clusters": root / "cm.json",
+        "model": root / "model.pt",
+        "root": root,
+    }

@@ -123,3 +123,228 @@ def test_cluster_with_more_clusters_than_images_fails_with_one_line(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "6" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_segment_writes_16bit_label_images_of_each_input_size(tiny_segmenter, tmp_path, capsys):
+    out, submission = tmp_path / "labels", tmp_path / "sub.csv"
+    args = ["segment", str(tiny_segmenter["model"]), str(tiny_segmenter["test"]), str(out)]
+    assert main([*args, "--submission", str(submission), "--device", "cpu"]) == 0
+    assert "segmented 5 images" in capsys.readouterr().out
+    from PIL import Image
+
+    from nucleistyle.data.csvio import read_submission
+
+    sub = read_submission(submission)
+    assert sorted(p.stem for p in out.iterdir()) == sorted(sub) and len(sub) == 5
+    found = 0
+    for image_id, rles in sub.items():
+        with Image.open(out / f"{image_id}.png") as im:
+            assert im.mode == "I;16" and im.size == (64, 64)
+            labels = np.asarray(im)
+        assert labels.max() == len(rles)  # the PNG and the submission hold the same objects
+        found += len(rles)
+    assert found > 0
+    # a flat folder of odd sizes, labels only
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"wide": (40, 72), "tall": (90, 50)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(flat / f"{name}.tif")
+    assert main(["segment", str(tiny_segmenter["model"]), str(flat), str(tmp_path / "odd")]) == 0
+    for name, size in {"wide": (72, 40), "tall": (50, 90)}.items():
+        with Image.open(tmp_path / "odd" / f"{name}.png") as im:
+            assert im.mode == "I;16" and im.size == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "odd", "sub.csv"]
+
+
+def test_segment_tta_runs_the_eight_dihedral_variants_of_each_image(
+    tiny_segmenter, tmp_path, monkeypatch
+):
+    from nucleistyle.segment.predict import Segmenter
+
+    batches = []
+    real_raw = Segmenter.raw
+
+    def raw(self, images):
+        batches.append(len(images))
+        return real_raw(self, images)
+
+    monkeypatch.setattr(Segmenter, "raw", raw)
+    out = tmp_path / "labels"
+    args = ["segment", str(tiny_segmenter["model"]), str(tiny_segmenter["test"]), str(out)]
+    assert main([*args, "--tta", "--device", "cpu"]) == 0
+    assert batches == [8] * 5  # one image per network pass, its 8 variants batched
+    assert len(list(out.glob("*.png"))) == 5
+
+
+def test_segment_with_a_corrupt_image_writes_nothing(tiny_segmenter, tmp_path, capsys):
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(flat / "a.png")
+    (flat / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "new" / "labels"
+    args = ["segment", str(tiny_segmenter["model"]), str(flat), str(out)]
+    assert main([*args, "--submission", str(tmp_path / "sub.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read image") and "b.png" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat"]  # no new/, no sub.csv
+
+
+@pytest.mark.parametrize(
+    ("model", "images", "message"),
+    [
+        ("missing.pt", "test", r"model file not found: .*missing\.pt"),
+        ("foreign.pt", "test", r"cannot load checkpoint .*foreign\.pt"),
+        ("checkpoint.pt", "test", r"checkpoint\.pt is not a segmenter model file"),
+        ("model", "empty", r"no images found in .*empty"),
+    ],
+)
+def test_segment_bad_input_fails_with_one_line(
+    model, images, message, tiny_segmenter, tmp_path, capsys
+):
+    import re
+
+    import torch
+
+    (tmp_path / "foreign.pt").write_text("ImageId,EncodedPixels\n")
+    torch.save({"format": "something else", "model": {}}, tmp_path / "checkpoint.pt")
+    (tmp_path / "empty").mkdir()
+    model_path = tiny_segmenter["model"] if model == "model" else tmp_path / model
+    images_dir = tiny_segmenter["test"] if images == "test" else tmp_path / images
+    out = tmp_path / "labels"
+    assert main(["segment", str(model_path), str(images_dir), str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_segment_entry_point_reports_a_missing_model_on_stderr(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "nucleistyle.cli", "segment", str(tmp_path / "m.pt"),
+         str(tmp_path), str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"error: model file not found: {tmp_path / 'm.pt'}"
+    assert not (tmp_path / "out").exists()
+
+
+def _rgb_folder(folder: Path, shapes: dict[str, tuple[int, int]], seed: int = 0) -> Path:
+    """A flat folder of random RGB PNGs ``<name>.png`` of the given (H, W)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name, (h, w) in shapes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_stylize_writes_rgb_images_of_each_input_size(tiny_gan, tmp_path, capsys):
+    from PIL import Image
+
+    shapes = {"wide": (23, 57), "tall": (61, 19), "one": (1, 1)}
+    flat = _rgb_folder(tmp_path / "flat", shapes)
+    out = tmp_path / "styled"
+    args = ["stylize", str(tiny_gan["model"]), str(flat), str(out), "--domain", "2"]
+    assert main([*args, "--seed", "5", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"stylized 3 images into domain 2 -> {out}\n"
+    assert captured.err == ""  # no progress bar when stderr is not a terminal
+    assert sorted(p.name for p in out.iterdir()) == ["one.png", "tall.png", "wide.png"]
+    for name, (h, w) in shapes.items():
+        with Image.open(out / f"{name}.png") as im:
+            assert im.mode == "RGB" and im.size == (w, h)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "styled"]  # no staging left
+
+
+def test_stylize_is_deterministic_for_a_seed_and_independent_of_the_other_images(
+    tiny_gan, tmp_path
+):
+    flat = _rgb_folder(tmp_path / "flat", {"a": (30, 35), "b": (18, 44), "c": (40, 40)})
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "b.png").write_bytes((flat / "b.png").read_bytes())
+
+    def run(name: str, folder: Path, *extra: str) -> bytes:
+        out = tmp_path / name
+        argv = ["stylize", str(tiny_gan["model"]), str(folder), str(out), "--device", "cpu"]
+        assert main([*argv, "--domain", "1", *extra]) == 0
+        return (out / "b.png").read_bytes()
+
+    b = run("s7", flat, "--seed", "7")
+    assert run("s7_again", flat, "--seed", "7") == b
+    assert run("s7_alone", alone, "--seed", "7") == b  # a, c absent: b unchanged
+    assert run("s8", flat, "--seed", "8") != b
+    assert run("s7_domain2", flat, "--seed", "7", "--domain", "2") != b  # last --domain wins
+    assert run("s7_prior", flat, "--seed", "7", "--attribute", "prior") != run(
+        "s7_stats", flat, "--seed", "7", "--attribute", "domain_stats"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "images", "domain", "message"),
+    [
+        ("model", "flat", "3", r"target domain must be an integer in 0\.\.2 \(.*model\.pt: 0 "),
+        ("model", "flat", "-1", r"in 0\.\.2 .*got -1$"),
+        ("missing.pt", "flat", "0", r"model file not found: .*missing\.pt$"),
+        ("foreign.pt", "flat", "0", r"cannot load checkpoint .*foreign\.pt"),
+        ("other.pt", "flat", "0", r"other\.pt is not a nucleistyle GAN model"),
+        ("model", "empty", "0", r"no images found in .*empty$"),
+        ("model", "nowhere", "0", r"image folder not found: .*nowhere$"),
+        ("model", "corrupt", "0", r"cannot read image .*b\.png"),
+    ],
+)
+def test_stylize_bad_input_fails_with_one_line_and_writes_nothing(
+    model, images, domain, message, tiny_gan, tmp_path, capsys
+):
+    import re
+
+    import torch
+
+    inputs = tmp_path / "inputs"
+    _rgb_folder(inputs / "flat", {"a": (16, 16)})
+    _rgb_folder(inputs / "corrupt", {"a": (16, 16), "c": (16, 16)})
+    (inputs / "corrupt" / "b.png").write_bytes(b"not a png")
+    (inputs / "empty").mkdir()
+    (inputs / "foreign.pt").write_text("ImageId,EncodedPixels\n")
+    torch.save({"format": "nucleistyle.segment/1", "model": {}}, inputs / "other.pt")
+    model_path = tiny_gan["model"] if model == "model" else inputs / model
+    out = tmp_path / "new" / "styled"
+    argv = ["stylize", str(model_path), str(inputs / images), str(out), "--domain", domain]
+    assert main([*argv, "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("error:") and len(err.splitlines()) == 1
+    assert re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]  # no new/, no staging
+
+
+def test_stylize_entry_point_reports_a_bad_domain_on_stderr(tiny_gan, tmp_path):
+    flat = _rgb_folder(tmp_path / "flat", {"a": (16, 16)})
+    result = subprocess.run(
+        [sys.executable, "-m", "nucleistyle.cli", "stylize", str(tiny_gan["model"]), str(flat),
+         str(tmp_path / "out"), "--domain", "9", "--device", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: target domain must be an integer in 0..2"
+    )
+    assert lines[0].endswith("got 9")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stylize_requires_a_domain_and_a_known_attribute_source(tiny_gan, tmp_path, capsys):
+    args = ["stylize", str(tiny_gan["model"]), str(tmp_path), str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2 and "--domain" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--domain", "0", "--attribute", "uniform"])
+    assert exc.value.code == 2 and "invalid choice: 'uniform'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from nucleistyle.data.csvio import (
     GroundTruth,
+    gather_submissions,
     read_solution,
     read_submission,
     write_solution,
@@ -170,3 +171,34 @@ def test_read_submission_tolerates_bom_and_rejects_binary(tmp_path: Path) -> Non
         read_submission(path)
     with pytest.raises(NucleistyleError, match="cannot open"):
         read_submission(tmp_path / "absent.csv")
+
+
+def test_gather_submissions_sorts_images_and_keeps_each_images_row_order(tmp_path: Path) -> None:
+    a = _write(tmp_path / "0.csv", ["ImageId,EncodedPixels", "c,5 2", "c,1 2", "a,"])
+    b = _write(tmp_path / "1.csv", ["ImageId,EncodedPixels", "b,3 1"], newline="\r\n")
+    empty = _write(tmp_path / "2.csv", ["ImageId,EncodedPixels"])
+    assert gather_submissions([a, b, empty], tmp_path / "out" / "sub.csv") == 3
+    text = (tmp_path / "out" / "sub.csv").read_text()
+    # rows of c stay in their order (descending confidence), a keeps its empty row
+    assert text == "ImageId,EncodedPixels\na,\nb,3 1\nc,5 2\nc,1 2\n"
+
+
+def test_gather_submissions_rejects_an_image_in_two_shards(tmp_path: Path) -> None:
+    a = _write(tmp_path / "0.csv", ["ImageId,EncodedPixels", "a,1 2", "b,"])
+    b = _write(tmp_path / "1.csv", ["ImageId,EncodedPixels", "c,", "b,4 1"])
+    out = tmp_path / "sub.csv"
+    with pytest.raises(
+        NucleistyleError, match=r"ImageId b appears in two shards: .*0\.csv and .*1\.csv"
+    ):
+        gather_submissions([a, b], out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["0.csv", "1.csv"]
+
+
+def test_gather_submissions_names_a_bad_shard_and_needs_one(tmp_path: Path) -> None:
+    good = _write(tmp_path / "0.csv", ["ImageId,EncodedPixels", "a,1 2"])
+    bad = _write(tmp_path / "1.csv", ["ImageId,Pixels", "b,1 2"])
+    with pytest.raises(NucleistyleError, match=r"1\.csv: header must be"):
+        gather_submissions([good, bad], tmp_path / "sub.csv")
+    with pytest.raises(NucleistyleError, match="no shard submissions"):
+        gather_submissions([], tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()

@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nucleistyle.cluster import ClusterConfig, cluster_dataset
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
-from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.gan.augment import MANIFEST_COLUMNS, augment_dataset, augmented_id
 from nucleistyle.gan.evaluate import (
     EVALUATION_COLUMNS,
@@ -20,23 +18,9 @@ from nucleistyle.gan.evaluate import (
     evaluate_transfer,
     foreground_iou,
 )
-from nucleistyle.gan.stylize import load_stylizer, pad_to_multiple
-from nucleistyle.gan.trainer import GanConfig, train_gan
+from nucleistyle.gan.stylize import image_seed, load_stylizer, pad_to_multiple, stylize_folder
 from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
 from nucleistyle.utils import NucleistyleError
-
-TINY = GanConfig(
-    n_domains=3,
-    crop=36,
-    resize=40,
-    base_channels=4,
-    iterations=4,
-    checkpoint_every=4,
-    log_every=2,
-    precision="fp32",
-    device="cpu",
-    workers=1,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -47,23 +31,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("gan_use")
-    generate(SyntheticConfig(n_train=12, n_test_per_modality=1, height=48, width=48), root / "d")
-    images = root / "d" / "stage1_train"
-    cluster_dataset(
-        images, root / "assignments.csv", ClusterConfig(k=3, n_init=2), model_json=root / "cm.json"
-    )
-    train_gan(images, root / "assignments.csv", root / "model.pt", TINY)
-    return {
-        "images": images,
-        "assignments": root / "assignments.csv",
-        "clusters": root / "cm.json",
-        "model": root / "model.pt",
-        "root": root,
-    }
+@pytest.fixture
+def trained(tiny_gan: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny GAN (``tiny_gan`` in conftest.py), shared with the CLI tests."""
+    return tiny_gan
 
 
 def test_pad_to_multiple_of_four_reflects_and_keeps_the_original() -> None:
@@ -118,6 +89,154 @@ def test_load_stylizer_rejects_a_training_checkpoint(trained: dict, tmp_path: Pa
     torch.save({"format": "other", "config": {}}, tmp_path / "x.pt")
     with pytest.raises(NucleistyleError, match=r"x\.pt is not a nucleistyle GAN model"):
         load_stylizer(tmp_path / "x.pt", "cpu")
+
+
+def _flat_folder(folder: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> Path:
+    """Random uint8 PNGs ``<name>.png`` of the given (H, W) / (H, W, 3) shapes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name, shape in shapes.items():
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.mode == "RGB", path
+        return np.asarray(im)
+
+
+def test_image_seed_is_sha256_of_seed_and_image_id() -> None:
+    import hashlib
+
+    expected = int.from_bytes(hashlib.sha256(b"7:abc").digest()[:8], "big") >> 1
+    assert image_seed(7, "abc") == expected
+    assert 0 <= expected < 2**63
+    assert len({image_seed(7, "abc"), image_seed(8, "abc"), image_seed(7, "abd")}) == 3
+
+
+def test_stylize_folder_writes_each_image_as_the_stylizer_renders_it(
+    trained: dict, tmp_path: Path
+) -> None:
+    shapes = {"odd": (37, 53, 3), "grey": (21, 9), "tiny": (1, 3, 3), "square": (48, 48, 3)}
+    flat = _flat_folder(tmp_path / "flat", shapes)
+    out = tmp_path / "deep" / "out"
+    assert stylize_folder(trained["model"], flat, out, domain=2, seed=4, device="cpu") == 4
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in shapes)
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]  # no staging left
+    stylizer = load_stylizer(trained["model"], "cpu")
+    for name, shape in shapes.items():
+        written = _read_png(out / f"{name}.png")
+        assert written.shape == (*shape[:2], 3)
+        image = read_image(flat / f"{name}.png")[0]
+        z = stylizer.sample_attributes(1, 2, seed=image_seed(4, name))
+        assert np.array_equal(written, stylizer.stylize(image, 2, attribute=z)[0])
+    # BBBC038 layout: ImageId = folder name
+    records = list_images(trained["images"])[:2]
+    bbbc = tmp_path / "bbbc"
+    for record in records:
+        (bbbc / record.image_id / "images").mkdir(parents=True)
+        (bbbc / record.image_id / "images" / record.image_path.name).write_bytes(
+            record.image_path.read_bytes()
+        )
+    assert stylize_folder(trained["model"], bbbc, tmp_path / "b", domain=0, device="cpu") == 2
+    assert sorted(p.stem for p in (tmp_path / "b").iterdir()) == [r.image_id for r in records]
+
+
+def test_stylize_folder_result_of_an_image_does_not_depend_on_the_folder(
+    trained: dict, tmp_path: Path
+) -> None:
+    shapes = {"a": (30, 41, 3), "b": (25, 25, 3), "c": (16, 40, 3)}
+    full = _flat_folder(tmp_path / "full", shapes)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "b.png").write_bytes((full / "b.png").read_bytes())
+    run = {}
+    for name, folder, seed in [("full", full, 3), ("alone", alone, 3), ("again", full, 3),
+                               ("seed4", full, 4)]:  # fmt: skip
+        out = tmp_path / f"out_{name}"
+        stylize_folder(trained["model"], folder, out, domain=1, seed=seed, device="cpu")
+        run[name] = {p.stem: _read_png(p) for p in out.iterdir()}
+    assert np.array_equal(run["alone"]["b"], run["full"]["b"])
+    assert all(np.array_equal(run["again"][k], run["full"][k]) for k in shapes)
+    assert not np.array_equal(run["seed4"]["b"], run["full"]["b"])
+    # same pixels under another name: another attribute draw
+    (alone / "b.png").rename(alone / "renamed.png")
+    stylize_folder(trained["model"], alone, tmp_path / "renamed", domain=1, seed=3, device="cpu")
+    assert not np.array_equal(_read_png(tmp_path / "renamed" / "renamed.png"), run["full"]["b"])
+
+
+def test_stylize_folder_attribute_source_overrides_the_model_default(
+    trained: dict, tmp_path: Path
+) -> None:
+    flat = _flat_folder(tmp_path / "flat", {"x": (24, 28, 3)})
+    stylizer = load_stylizer(trained["model"], "cpu")
+    image = read_image(flat / "x.png")[0]
+    for source in ("prior", "domain_stats"):
+        stylize_folder(trained["model"], flat, tmp_path / source, 1, seed=0,
+                       attribute_source=source, device="cpu")  # fmt: skip
+        z = stylizer.sample_attributes(1, 1, seed=image_seed(0, "x"), source=source)
+        expected = stylizer.stylize(image, 1, attribute=z)[0]
+        assert np.array_equal(_read_png(tmp_path / source / "x.png"), expected)
+    assert not np.array_equal(
+        _read_png(tmp_path / "prior" / "x.png"), _read_png(tmp_path / "domain_stats" / "x.png")
+    )
+
+
+def test_stylize_folder_error_leaves_the_output_folder_untouched(
+    trained: dict, tmp_path: Path
+) -> None:
+    flat = _flat_folder(tmp_path / "flat", {"a": (20, 20, 3), "c": (20, 20, 3)})
+    (flat / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"old")
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(NucleistyleError, match=r"cannot read image .*b\.png"):
+        stylize_folder(trained["model"], flat, out, domain=0, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "keep.txt"]
+    assert (out / "a.png").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "out"]
+    (flat / "b.png").unlink()
+    assert stylize_folder(trained["model"], flat, out, domain=0, device="cpu") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "keep.txt"]
+    assert _read_png(out / "a.png").shape == (20, 20, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"domain": 3}, r"target domain must be an integer in 0\.\.2 \(.*model\.pt: 0 "),
+        ({"domain": -1}, r"in 0\.\.2 .*got -1"),
+        ({"domain": True}, r"in 0\.\.2 .*got True"),
+        ({"domain": 0, "attribute_source": "uniform"}, r"prior, domain_stats, got 'uniform'"),
+        ({"domain": 0, "seed": 1.5}, r"seed must be an integer, got 1\.5"),
+    ],
+)
+def test_stylize_folder_rejects_bad_arguments(
+    trained: dict, tmp_path: Path, kwargs: dict, message: str
+) -> None:
+    flat = _flat_folder(tmp_path / "flat", {"a": (12, 12, 3)})
+    with pytest.raises(NucleistyleError, match=message):
+        stylize_folder(trained["model"], flat, tmp_path / "out", device="cpu", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_stylize_folder_refuses_to_write_into_the_image_folder(
+    trained: dict, tmp_path: Path
+) -> None:
+    flat = _flat_folder(tmp_path / "flat", {"a": (12, 12, 3)})
+    before = (flat / "a.png").read_bytes()
+    with pytest.raises(NucleistyleError, match="is the image folder"):
+        stylize_folder(trained["model"], flat, tmp_path / "x" / ".." / "flat", 0, device="cpu")
+    assert (flat / "a.png").read_bytes() == before
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NucleistyleError, match=r"file exists and is not a folder"):
+        stylize_folder(trained["model"], flat, tmp_path / "file", 0, device="cpu")
 
 
 def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_path: Path) -> None:

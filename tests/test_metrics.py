@@ -21,6 +21,7 @@ from nucleistyle.metrics import (
     coco_ap,
     image_score,
     match_image,
+    rank_confidences,
     score_files,
     score_images,
     score_to_files,
@@ -367,8 +368,45 @@ def test_score_to_files_writes_table_and_json(
     }
     lines = (out / "per_image.csv").read_text().splitlines()
     assert lines[0].startswith("ImageId,n_gt,n_pred,score,tp_50,") and len(lines) == 3
+    assert (
+        lines[0].endswith(",group") and lines[1].endswith(",he") and lines[2].endswith(",unknown")
+    )
+    # COCO AP: 2 exact detections of 3 GT objects (img2 is missing): precision 1 up to recall
+    # 2/3, so 67 of the 101 COCO recall points (0, 0.01, ..., 0.66) have precision 1
+    assert summary["ap"] == summary["ap50"] == summary["ap75"] == pytest.approx(67 / 101)
     with pytest.raises(NucleistyleError, match="expected columns ImageId and modality"):
         score_to_files(*stage1_files, out / "a.csv", out / "b.json", groups_csv=stage1_files[1])
+
+
+@pytest.mark.parametrize(
+    ("rows", "ap50"), [(["1 2", "13 2"], 51 / 101), (["13 2", "1 2"], 25.5 / 101)]
+)
+def test_ap_ranks_objects_by_submission_order(tmp_path: Path, rows: list[str], ap50: float) -> None:
+    # 4x4 image, GT objects at pixels 1-2 and 9-10; prediction: the first GT object exactly and a
+    # false positive at pixels 13-14. Listed first, the hit gives precision 1 up to recall 1/2
+    # (51 recall points); listed second, precision 1/2 there.
+    solution = _write(
+        tmp_path / "sol.csv", [SOLUTION_HEADER, "a,1 2,4,4,Public", "a,9 2,4,4,Public"]
+    )
+    submission = _write(tmp_path / "sub.csv", ["ImageId,EncodedPixels", *(f"a,{r}" for r in rows)])
+    _, summary = score_files(solution, submission, ap=True)
+    assert summary["ap50"] == pytest.approx(ap50)
+    assert summary["score"] == pytest.approx(1 / 3)  # the DSB score ignores the order
+
+
+def test_ap_is_null_without_gt_objects(tmp_path: Path) -> None:
+    solution = _write(tmp_path / "sol.csv", [SOLUTION_HEADER, "a,1 1,4,4,Public"])
+    submission = _write(tmp_path / "sub.csv", ["ImageId,EncodedPixels", "a,3 2"])
+    out = tmp_path / "summary.json"
+    score_to_files(solution, submission, tmp_path / "per_image.csv", out)
+    summary = json.loads(out.read_text())
+    assert (summary["ap"], summary["ap50"], summary["ap75"]) == (None, None, None)
+    assert "group" not in (tmp_path / "per_image.csv").read_text().splitlines()[0]
+
+
+def test_rank_confidences_decrease_with_row_order() -> None:
+    assert rank_confidences(4) == {1: 1.0, 2: 0.75, 3: 0.5, 4: 0.25}
+    assert rank_confidences(0) == {}
 
 
 def test_score_files_unknown_image_is_an_error(stage1_files: tuple[Path, Path]) -> None:

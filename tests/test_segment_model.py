@@ -17,18 +17,21 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from scipy import ndimage as ndi
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
-from nucleistyle.data.csvio import read_submission
+from nucleistyle.data.csvio import gather_submissions, read_submission
+from nucleistyle.data.rle import rle_decode_labels
 from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.metrics import score_files
 from nucleistyle.segment import engine
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
 from nucleistyle.segment.model import PreparedTransform, build_model
-from nucleistyle.segment.predict import Detections, load_segmenter, predict_folder
+from nucleistyle.segment.predict import Detections, Segmenter, load_segmenter, predict_folder
+from nucleistyle.tta import TTAConfig
 from nucleistyle.utils import NucleistyleError
 
 # One thread: on the shared 2-core machine two OpenMP threads per process spin against other
@@ -371,3 +374,201 @@ def test_narrow_heads_follow_the_configured_widths() -> None:
     assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 16
     with torch.no_grad():
         assert set(model([torch.rand(3, 64, 64)])[0]) == {"boxes", "labels", "scores", "masks"}
+
+
+# -- prediction with test-time augmentation, shards -------------------------------------------
+
+
+def _eager_model(baseline: str, path: Path) -> Path:
+    """A randomly initialised tiny model file that keeps every detection (score >= 0), so that
+    it finds plenty of objects without training."""
+    torch.manual_seed(0)
+    cfg = tiny(baseline, model={**TINY["model"], "box_score_thresh": 0.0})
+    state = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
+    engine.save_checkpoint(path, {**state, "model": build_model(cfg).state_dict()})
+    return path
+
+
+def _test_images(demo: Path) -> list[np.ndarray]:
+    images = [read_image(r.image_path)[0] for r in list_images(demo / "stage1_test")]
+    rng = np.random.default_rng(1)
+    return [*images, rng.integers(0, 255, (40, 72, 3), np.uint8)]  # and an odd size
+
+
+def _record_raw_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, ...]]]:
+    """Make Segmenter.raw record the image shapes of every call."""
+    calls: list[list[tuple[int, ...]]] = []
+    real_raw = Segmenter.raw
+
+    def raw(self: Segmenter, images: list[np.ndarray]) -> list[Detections]:
+        calls.append([image.shape[:2] for image in images])
+        return real_raw(self, images)
+
+    monkeypatch.setattr(Segmenter, "raw", raw)
+    return calls
+
+
+@pytest.mark.parametrize("baseline", ["deep_retina", "mirzaev"])
+def test_identity_only_tta_reproduces_the_single_pass_exactly(
+    baseline: str, demo: Path, tmp_path: Path
+) -> None:
+    seg = load_segmenter(_eager_model(baseline, tmp_path / "m.pt"), device="cpu")
+    images = _test_images(demo)
+    single = [seg.predict(image) for image in images]
+    identity = seg.segment(images, TTAConfig(transforms=("identity",), batch_size=1))
+    assert sum(int(labels.max()) for labels in single) > 20  # a real comparison, not all empty
+    for a, b in zip(single, identity, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the identity twice: every object is matched to its copy, votes 2 of 2, same labels
+    for merge in ("vote", "union"):
+        twice = seg.segment(images, TTAConfig(("identity", "identity"), merge=merge, batch_size=1))
+        for a, b in zip(single, twice, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_predict_folder_with_identity_tta_writes_the_single_pass_submission(
+    demo: Path, tmp_path: Path
+) -> None:
+    model = _eager_model("mirzaev", tmp_path / "m.pt")
+    predict_folder(model, demo / "stage1_test", tmp_path / "single.csv", device="cpu")
+    tta = {"transforms": ["identity"], "batch_size": 1}
+    predict_folder(model, demo / "stage1_test", tmp_path / "tta.csv", device="cpu", tta=tta)
+    text = (tmp_path / "single.csv").read_text()
+    assert text.count("\n") > 20 and (tmp_path / "tta.csv").read_text() == text
+
+
+def test_tta_batches_every_variant_of_several_images_through_one_network_pass(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _eager_model("deep_retina", tmp_path / "m.pt")
+    calls = _record_raw_calls(monkeypatch)
+    predict_folder(model, demo / "stage1_test", tmp_path / "a.csv", tta={"batch_size": 16})
+    # 5 images of 64 x 64, 8 dihedral variants: 2 images (16 variants) per pass
+    assert [len(c) for c in calls] == [16, 16, 8]
+    calls.clear()
+    seg = load_segmenter(model, device="cpu")
+    labels = seg.segment([np.zeros((40, 72, 3), np.uint8)], TTAConfig(batch_size=3))
+    assert [len(c) for c in calls] == [3, 3, 2] and labels[0].shape == (40, 72)
+    shapes = [s for c in calls for s in c]
+    assert shapes.count((40, 72)) == 4 and shapes.count((72, 40)) == 4  # rotations, transposes
+
+
+def test_mirzaev_fallback_canvas_runs_the_same_tta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seg = load_segmenter(_eager_model("mirzaev", tmp_path / "m.pt"), device="cpu")
+    assert seg.cfg.post.fallback_canvas == 4
+    seg.model.roi_heads.score_thresh = 1.1  # finds nothing: every image falls back
+    calls = _record_raw_calls(monkeypatch)
+    images = [np.full((40, 72, 3), 50, np.uint8), np.full((30, 30, 3), 90, np.uint8)]
+    labels = seg.segment(images, TTAConfig(transforms=("identity", "hflip")))
+    assert calls == [
+        [(40, 72), (40, 72), (30, 30), (30, 30)],  # both images, both variants: one pass
+        [(160, 288), (160, 288)],  # each canvas (4 H x 4 W) with both variants
+        [(120, 120), (120, 120)],
+    ]
+    assert [lab.shape for lab in labels] == [(40, 72), (30, 30)]
+    assert not any(lab.any() for lab in labels)
+
+
+def _bright_squares(self: Segmenter, images: list[np.ndarray]) -> list[Detections]:
+    """A stand-in network that is exactly equivariant: one detection per bright square (its
+    box, an all-ones mask), confidence = the square's brightness / 255."""
+    out = []
+    for image in images:
+        grey = image[..., 0]
+        boxes, scores = [], []
+        for rows, cols in ndi.find_objects(ndi.label(grey > 0)[0]):
+            boxes.append([cols.start, rows.start, cols.stop, rows.stop])
+            scores.append(grey[rows, cols].mean() / 255)
+        order = np.argsort(-np.array(scores), kind="stable")
+        out.append(
+            Detections(
+                np.array(boxes, np.float32).reshape(-1, 4)[order],
+                np.array(scores, np.float32)[order],
+                np.ones((len(boxes), 28, 28), np.float32),
+                (int(image.shape[0]), int(image.shape[1])),
+            )
+        )
+    return out
+
+
+def test_submission_rows_and_labels_follow_descending_confidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = np.zeros((48, 64, 3), np.uint8)
+    centres = {100: (8, 8), 250: (24, 30), 180: (38, 52)}  # brightness -> square centre
+    for value, (y, x) in centres.items():
+        image[y - 5 : y + 5, x - 5 : x + 5] = value
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(image).save(flat / "squares.png")
+    model = _eager_model("deep_retina", tmp_path / "m.pt")
+    monkeypatch.setattr(Segmenter, "raw", _bright_squares)
+    for name, tta in (("single", None), ("tta", {})):  # {}: the 8 dihedral variants, vote
+        out = tmp_path / f"{name}.csv"
+        predict_folder(model, flat, out, labels_dir=tmp_path / name, tta=tta)
+        with Image.open(tmp_path / name / "squares.png") as im:
+            labels = np.asarray(im).astype(np.int32)
+        # most confident (brightest) first: label 1, and the first row of the submission
+        assert [labels[centres[v]] for v in (250, 180, 100)] == [1, 2, 3]
+        rles = read_submission(out)["squares"]
+        np.testing.assert_array_equal(rle_decode_labels(rles, labels.shape)[0], labels)
+    single = np.asarray(Image.open(tmp_path / "single" / "squares.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tta" / "squares.png")), single)
+
+
+def test_shards_split_by_imageid_and_gather_to_the_whole(
+    tiny_segmenter: dict[str, Path], tmp_path: Path
+) -> None:
+    model, images = tiny_segmenter["model"], tiny_segmenter["test"]
+    ids = [r.image_id for r in list_images(images)]
+    predict_folder(model, images, tmp_path / "whole.csv", device="cpu")
+    shards = [tmp_path / f"{i}.csv" for i in range(3)]
+    counts = [predict_folder(model, images, s, shard=(i, 3)) for i, s in enumerate(shards)]
+    assert counts == [2, 2, 1]
+    for i, path in enumerate(shards):
+        assert list(read_submission(path)) == ids[i::3]
+    gather_submissions(shards[::-1], tmp_path / "gathered.csv")
+    whole = (tmp_path / "whole.csv").read_text()
+    assert whole.count("\n") > 6 and (tmp_path / "gathered.csv").read_text() == whole
+
+
+def test_an_empty_shard_writes_a_header_only_submission(
+    tiny_segmenter: dict[str, Path], tmp_path: Path
+) -> None:
+    n = predict_folder(
+        tiny_segmenter["model"], tiny_segmenter["test"], tmp_path / "s.csv",
+        labels_dir=tmp_path / "labels", shard=(5, 6),
+    )  # fmt: skip
+    assert n == 0 and (tmp_path / "s.csv").read_text() == "ImageId,EncodedPixels\n"
+    assert list((tmp_path / "labels").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [
+        ((2, 2), r"shard: index must be in \[0, 2\), got 2"),
+        ((-1, 2), r"shard: index must be in \[0, 2\), got -1"),
+        ((0, 0), r"shard: n_shards must be >= 1, got 0"),
+        (("0", 2), r"shard must be \(index, n_shards\)"),
+    ],
+)
+def test_an_invalid_shard_is_an_error_naming_the_argument(
+    shard: tuple, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(NucleistyleError, match=message):
+        predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv", shard=shard)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_tta_settings_and_no_output_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(NucleistyleError, match=r"unknown config key tta\.flips"):
+        predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv", tta={"flips": True})
+    with pytest.raises(NucleistyleError, match=r"tta\.merge must be one of"):
+        predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv", tta={"merge": "max"})
+    with pytest.raises(NucleistyleError, match="nothing to write"):
+        predict_folder(tmp_path / "m.pt", tmp_path, None)
+    with pytest.raises(NucleistyleError, match=r"model file not found: .*m\.pt"):
+        predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv")
+    assert list(tmp_path.iterdir()) == []

@@ -88,6 +88,39 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(args: argparse.Namespace) -> int:
+    from nucleistyle.segment.predict import predict_folder
+    from nucleistyle.tta import TTAConfig
+
+    n = predict_folder(
+        args.model,
+        args.images_dir,
+        args.submission,
+        labels_dir=args.out_dir,
+        device=args.device,
+        tta=TTAConfig() if args.tta else None,
+    )
+    extra = f" and {args.submission}" if args.submission else ""
+    print(f"segmented {n} images -> {args.out_dir}{extra}")
+    return 0
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    from nucleistyle.gan.stylize import stylize_folder
+
+    n = stylize_folder(
+        args.model,
+        args.images_dir,
+        args.out_dir,
+        domain=args.domain,
+        seed=args.seed,
+        attribute_source=args.attribute,
+        device=args.device,
+    )
+    print(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleistyle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -152,6 +185,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-dir", help="also write 16-bit label PNGs here")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_classical)
+
+    p = sub.add_parser(
+        "segment", help="segment a folder with a trained Mask R-CNN (single pass or --tta)"
+    )
+    p.add_argument(
+        "model",
+        help="model file written by the pipeline: results/segment/<baseline>-<arm>/model.pt",
+    )
+    p.add_argument(
+        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
+    )
+    p.add_argument("out_dir", help="write <ImageId>.png here: 16-bit label images (0 = background)")
+    p.add_argument("--submission", metavar="OUT.csv", help="also write a Kaggle submission CSV")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: the 8 dihedral variants, merged by voting",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
+    )
+    p.set_defaults(func=_segment)
+
+    p = sub.add_parser(
+        "stylize", help="render a folder of images in another domain with the trained style GAN"
+    )
+    p.add_argument("model", help="GAN model file written by the pipeline: results/gan/model.pt")
+    p.add_argument(
+        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
+    )
+    p.add_argument("out_dir", help="write <ImageId>.png here: RGB, the size of each input")
+    p.add_argument(
+        "--domain", type=int, required=True, help="target domain (cluster index, 0..C-1)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the attribute draws; each image's draw also depends on its ImageId",
+    )
+    p.add_argument(
+        "--attribute",
+        choices=("prior", "domain_stats"),
+        help="attribute sampling: N(0, I) or the target domain's statistics (default: the model's)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
+    )
+    p.set_defaults(func=_stylize)
     return parser
 
 

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nucleistyle.data.csvio import read_solution, read_submission, select_usage
+from nucleistyle.data.csvio import (
+    CompressedLabels,
+    read_solution,
+    read_submission,
+    select_usage,
+)
 from nucleistyle.data.rle import rle_decode_labels
 from nucleistyle.utils import NucleistyleError, atomic_path
 
@@ -41,6 +46,7 @@ __all__ = [
     "coco_ap",
     "image_score",
     "match_image",
+    "rank_confidences",
     "score_files",
     "score_images",
     "score_to_files",
@@ -264,10 +270,40 @@ def summarize(
     return summary
 
 
+def rank_confidences(n_rows: int) -> dict[int, float]:
+    """Confidences of an image's submission rows derived from their order.
+
+    Kaggle submissions carry no confidence, but our predictors write each image's objects by
+    descending confidence (:func:`nucleistyle.segment.postprocess` labels 1..k in score order),
+    so row k (0-based) of n gets ``1 - k / n``: the first row 1.0, the last ``1 / n``. COCO AP
+    only uses the order of the confidences, within an image and across images (where this puts
+    each image's most confident objects first). For submissions without a meaningful order
+    (the classical segmenter) AP is then a property of an arbitrary ranking; the DSB score is
+    unaffected either way.
+
+    Args:
+        n_rows: number of RLE rows of the image (row k decodes to label k + 1).
+
+    Returns:
+        ``{label: confidence}`` for labels 1..n_rows.
+
+    Example:
+        >>> rank_confidences(4)
+        {1: 1.0, 2: 0.75, 3: 0.5, 4: 0.25}
+    """
+    return {k + 1: 1.0 - k / n_rows for k in range(n_rows)}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: an undefined AP (no GT object at all) is stored as null."""
+    return float(value) if np.isfinite(value) else None
+
+
 def score_files(
     solution_csv: str | os.PathLike[str],
     submission_csv: str | os.PathLike[str],
     groups: Mapping[str, str] | None = None,
+    ap: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """Score a Kaggle submission CSV against a solution CSV.
 
@@ -279,12 +315,15 @@ def score_files(
         solution_csv: ``ImageId,EncodedPixels,Height,Width,Usage``.
         submission_csv: ``ImageId,EncodedPixels``.
         groups: optional ``{ImageId: group}`` for the per-group summary.
+        ap: also compute COCO mask AP over the scored images (:func:`coco_ap`), with each
+            object's confidence derived from its row order (:func:`rank_confidences`).
 
     Returns:
         ``(per_image, summary)``: :func:`score_images`'s table and :func:`summarize`'s dict with
         ``"missing"`` (scored ImageIds absent from the submission; they score as an empty
         prediction, i.e. 0) and ``"gt_contested_pixels"`` (GT pixels claimed by two rows,
-        resolved first-row-wins).
+        resolved first-row-wins); with ``ap``, also ``"ap"``, ``"ap50"``, ``"ap75"`` (None when
+        no scored image has a GT object).
 
     Raises:
         NucleistyleError: a malformed file, or a submission ImageId absent from the solution.
@@ -301,6 +340,8 @@ def score_files(
         )
     missing = [image_id for image_id in solution if image_id not in submission]
     contested_total = 0
+    # label images kept (compressed) for the COCO pass, so that nothing is decoded twice
+    kept_gt, kept_pred = CompressedLabels(), CompressedLabels()
 
     def items() -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
         nonlocal contested_total
@@ -313,12 +354,28 @@ def score_files(
                 )
             else:
                 pred = np.zeros(gt.shape, np.int32)
+            if ap:
+                kept_gt.add(image_id, gt_labels)
+                kept_pred.add(image_id, pred)
             yield image_id, gt_labels, pred
 
     per_image = score_images(items())
     summary = summarize(per_image, groups)
     summary["missing"] = missing
     summary["gt_contested_pixels"] = contested_total
+    if ap:
+        result = coco_ap(
+            (
+                image_id,
+                kept_gt[image_id],
+                kept_pred[image_id],
+                rank_confidences(len(submission.get(image_id, []))),
+            )
+            for image_id in kept_gt
+        )
+        summary["ap"] = _finite_or_none(result["AP"])
+        summary["ap50"] = _finite_or_none(result["AP50"])
+        summary["ap75"] = _finite_or_none(result["AP75"])
     if missing:
         log.warning("%s: %d scored images missing (scored 0)", submission_csv, len(missing))
     log.info("%s: score %.6f over %d images", submission_csv, summary["score"], len(per_image))
@@ -347,12 +404,16 @@ def score_to_files(
     groups_csv: str | os.PathLike[str] | None = None,
     group_column: str = "modality",
 ) -> dict[str, object]:
-    """:func:`score_files`, writing the per-image table (CSV) and the summary (JSON) atomically.
+    """:func:`score_files` with COCO AP, writing the per-image table (CSV) and the summary (JSON)
+    atomically.
 
     Args:
         solution_csv, submission_csv: as in :func:`score_files`.
-        per_image_csv: output, one row per scored image.
-        summary_json: output, the summary dict (sorted keys).
+        per_image_csv: output, one row per scored image (:func:`score_images`' columns, then
+            ``group`` when ``groups_csv`` is given; ``unknown`` for images it does not list).
+        summary_json: output, the summary dict (sorted keys) including ``ap``, ``ap50`` and
+            ``ap75`` (COCO mask AP with confidences from row order, see
+            :func:`rank_confidences`; null when no scored image has a GT object).
         groups_csv: optional CSV with columns ``ImageId`` and ``group_column`` for the
             per-group summary (e.g. the synthetic data's ``modalities.csv``).
         group_column: the group column of ``groups_csv``.
@@ -364,7 +425,9 @@ def score_to_files(
         NucleistyleError: as :func:`score_files`, or a groups file without the two columns.
     """
     groups = None if groups_csv is None else read_groups(groups_csv, group_column)
-    per_image, summary = score_files(solution_csv, submission_csv, groups)
+    per_image, summary = score_files(solution_csv, submission_csv, groups, ap=True)
+    if groups is not None:
+        per_image["group"] = [groups.get(i, "unknown") for i in per_image["ImageId"]]
     with atomic_path(per_image_csv) as tmp:
         per_image.to_csv(tmp, index=False, lineterminator="\n")
     with atomic_path(summary_json) as tmp:

@@ -20,6 +20,7 @@ __all__ = [
     "config_from_mapping",
     "link_or_copy",
     "setup_logging",
+    "staged_files",
 ]
 
 
@@ -87,6 +88,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``out_dir``; on success move its files into
+    ``out_dir`` (created if missing; each file by an atomic rename; other files of ``out_dir``
+    stay, same names are replaced). On an error remove the staging folder and the parent folders
+    created for it, so a failed run leaves nothing behind."""
+    out_dir = Path(out_dir)
+    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield staging
+        out_dir.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out_dir / path.name)
+        created = []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; only the empty folders made above
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def setup_logging(

@@ -122,10 +122,12 @@ def check_config(config: MutableMapping[str, Any]) -> None:
             "config key data.test_sets: the synthetic source provides stage1_test only"
         )
     from nucleistyle.segment.configs import get_config  # no torch: cheap at parse time
+    from nucleistyle.tta import TTAConfig
 
     segment = config["segment"]
     for baseline in segment["baselines"]:
         get_config(baseline, {**segment["common"], **segment[baseline]})
+    TTAConfig.from_config(config["tta"])
 
 
 def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -> dict[str, Any]:

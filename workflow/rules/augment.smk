@@ -7,7 +7,7 @@ rule augment_dataset:
         images="results/cluster/enhanced/stage1_train",
         assignments="results/cluster/assignments.csv",
         model="results/gan/model.pt",
-        code=lib("gan/augment.py", "gan/stylize.py"),
+        code=lib("gan/augment.py", "gan/stylize.py", "data/bbbc038.py"),
     output:
         images=directory("results/augment/stage1_train"),
         manifest="results/augment/manifest.csv",

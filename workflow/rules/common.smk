@@ -4,6 +4,7 @@
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 # Rule scripts import the library from this checkout's src/, whatever environment (venv,
 # per-stage conda env, SLURM job) runs them, since jobs inherit the PYTHONPATH set here.
@@ -16,11 +17,17 @@ validate_config(config, workflow.basedir)
 check_config(config)  # includes checking the segmenter settings: errors before any job
 
 SEGMENT = config["segment"]
+# Trained segmenters are named "<baseline>-<arm>"; each predicts once ("deep_retina-style") and,
+# with predict.tta, also with test-time augmentation ("deep_retina-style-tta").
 SEGMENTERS = [f"{b}-{a}" for b in SEGMENT["baselines"] for a in SEGMENT["arms"]]
-# The classical reference segmenter is always scored. The GAN, augmentation, segmenter and
-# prediction rule files (gan/augment/segment/predict.smk) join the DAG, and SEGMENTERS this list,
-# once their stages are complete (issues 4 and 5).
-MODELS = ["classical"]
+PREDICTORS = SEGMENTERS + (
+    [f"{m}-tta" for m in SEGMENTERS] if config["predict"]["tta"] else []
+)
+# Every scored model; the classical reference segmenter always is.
+MODELS = ["classical", *PREDICTORS]
+PREDICTOR_PATTERN = "({})-({})(-tta)?".format(
+    "|".join(SEGMENT["baselines"]), "|".join(SEGMENT["arms"])
+)
 TEST_SETS = list(config["data"]["test_sets"])
 BBBC038_SETS = ["stage1_train", "stage1_test", "stage2_test_final"]
 BBBC038_FILES = [
@@ -130,9 +137,19 @@ def get_final_outputs():
         "results/report/dataset_summary.csv",
         "results/report/fig2a_clusters_pca.png",
         "results/report/examples.png",
+        "results/gan/transfer_quality.csv",
+        "results/report/fig3_style_transfer.png",
+        "results/report/gan_losses.png",
+        "results/report/augmented_gallery.png",
+        "results/report/segmenter_training.png",
         "results/score/scores.csv",
+        "results/score/table1.csv",
+        "results/score/paired_differences.csv",
         "results/score/scores_by_modality.png",
+        "results/report/provenance.html",
     ]
+    if {"none", "style"} <= set(SEGMENT["arms"]):
+        outputs.append("results/report/fig4_predictions.png")
     if SOURCE == "bbbc038" and config["data"]["bbbc038"]["fixes"]["apply"]:
         outputs.append("results/acquire/annotation_fixes.tsv")
     return outputs
@@ -199,3 +216,47 @@ def get_segmenter_extra_inputs(wildcards):
 
 def get_segmenter_histories(wildcards):
     return [f"results/segment/{model}/history.tsv" for model in SEGMENTERS]
+
+
+def get_all_per_image(wildcards):
+    return expand(
+        "results/score/{model}/{testset}/per_image.csv", model=MODELS, testset=TEST_SETS
+    )
+
+
+def get_predictor_model(wildcards):
+    """The trained segmenter behind a predictor name ("deep_retina-style-tta")."""
+    name = wildcards.model.removesuffix("-tta")
+    return f"results/segment/{name}/model.pt"
+
+
+def get_predictor_tta(wildcards):
+    """The TTA settings of a predictor, or None for a single pass."""
+    return config["tta"] if wildcards.model.endswith("-tta") else None
+
+
+def get_predict_shards(wildcards):
+    return expand(
+        "results/predict/{model}/{testset}/shards/{shard}.csv",
+        model=wildcards.model,
+        testset=wildcards.testset,
+        shard=range(config["predict"]["shards"]),
+    )
+
+
+def get_figure4_inputs(wildcards):
+    """Figure 4: ground truth and each baseline's predictions without and with style
+    augmentation (TTA predictions when predict.tta is on), on the first test set."""
+    first = SimpleNamespace(testset=TEST_SETS[0])
+    suffix = "-tta" if config["predict"]["tta"] else ""
+    inputs = {
+        "images": get_test_images(first),
+        "solution": get_solution(first),
+        **get_groups(first),
+    }
+    for baseline in SEGMENT["baselines"]:
+        for arm in ("none", "style"):
+            if arm in SEGMENT["arms"]:
+                path = f"results/predict/{baseline}-{arm}{suffix}/{first.testset}/submission.csv"
+                inputs[f"{baseline}_{arm}"] = path
+    return inputs

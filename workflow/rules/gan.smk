@@ -34,7 +34,7 @@ rule evaluate_gan:
         assignments="results/cluster/assignments.csv",
         cluster_model="results/cluster/model.json",
         model="results/gan/model.pt",
-        code=lib("gan/evaluate.py", "gan/stylize.py"),
+        code=lib("gan/evaluate.py", "gan/stylize.py", "data/bbbc038.py"),
     output:
         table=report(
             "results/gan/transfer_quality.csv",
@@ -62,7 +62,7 @@ rule plot_gan:
         assignments="results/cluster/assignments.csv",
         model="results/gan/model.pt",
         history="results/gan/history.tsv",
-        code=lib("report/gan.py", "gan/stylize.py"),
+        code=lib("report/gan.py", "gan/stylize.py", "data/bbbc038.py"),
     output:
         figure3=report(
             "results/report/fig3_style_transfer.png",

@@ -1,19 +1,31 @@
-# Stage 6 — prediction with each trained segmenter and its baseline's post-processing; Kaggle-format
-# submissions and 16-bit label images.
+# Stage 6 — prediction with each trained segmenter, single pass ("<baseline>-<arm>") or with
+# test-time augmentation ("<baseline>-<arm>-tta"), then the baseline's post-processing. Large test
+# sets are split into predict.shards jobs whose submissions are gathered before scoring.
 
 
-rule predict:
+rule predict_shard:
     input:
-        model="results/segment/{baseline}-{arm}/model.pt",
+        model=get_predictor_model,
         images=get_test_images,
-        code=lib("segment/predict.py", "segment/postprocess.py", "segment/model.py"),
+        code=lib(
+            "segment/predict.py",
+            "segment/postprocess.py",
+            "segment/model.py",
+            "segment/configs.py",
+            "segment/engine.py",
+            "data/bbbc038.py",
+            "data/csvio.py",
+            "tta.py",
+        ),
     output:
-        submission="results/predict/{baseline}-{arm}/{testset}/submission.csv",
-        labels=directory("results/predict/{baseline}-{arm}/{testset}/labels"),
+        submission=temp("results/predict/{model}/{testset}/shards/{shard}.csv"),
     log:
-        "logs/predict/{baseline}-{arm}/{testset}.log",
+        "logs/predict/{model}/{testset}/{shard}.log",
     benchmark:
-        "benchmarks/predict/{baseline}-{arm}/{testset}.tsv"
+        "benchmarks/predict/{model}/{testset}/{shard}.tsv"
+    wildcard_constraints:
+        model=PREDICTOR_PATTERN,
+        shard=r"\d+",
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -22,6 +34,27 @@ rule predict:
         mem_mb=8000,
         runtime=240,
     params:
-        device=config["segment"]["common"].get("device", "auto"),
+        device=SEGMENT["common"].get("device", "auto"),
+        tta=get_predictor_tta,
+        shards=config["predict"]["shards"],
     script:
         "../../scripts/predict.py"
+
+
+rule gather_predictions:
+    input:
+        shards=get_predict_shards,
+        code=lib("data/csvio.py"),
+    output:
+        submission="results/predict/{model}/{testset}/submission.csv",
+    log:
+        "logs/gather_predictions/{model}/{testset}.log",
+    wildcard_constraints:
+        model=PREDICTOR_PATTERN,
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../../scripts/gather_predictions.py"

@@ -25,3 +25,50 @@ rule summarize_dataset:
         runtime=30,
     script:
         "../../scripts/summarize_dataset.py"
+
+
+rule plot_figure4:
+    input:
+        unpack(get_figure4_inputs),
+        code=lib("report/segment.py", "metrics.py"),
+    output:
+        figure=report(
+            "results/report/fig4_predictions.png",
+            caption="../report/fig4.rst",
+            category="7. Predictions",
+        ),
+    log:
+        "logs/plot_figure4.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        group_column=get_group_column,
+        per_group=1,
+    script:
+        "../../scripts/plot_figure4.py"
+
+
+rule record_provenance:
+    input:
+        code=lib("report/provenance.py"),
+    output:
+        page=report(
+            "results/report/provenance.html",
+            caption="../report/provenance.rst",
+            category="8. Provenance",
+        ),
+    log:
+        "logs/record_provenance.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        # the configuration's fingerprint reruns this (cheap) rule whenever the configuration changes
+        config_sha256=config_hash(config),
+    script:
+        "../../scripts/record_provenance.py"

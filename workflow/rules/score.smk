@@ -1,5 +1,5 @@
 # Scoring with the official DSB 2018 metric (mean over IoU thresholds 0.50:0.95 of TP/(TP+FP+FN)),
-# overall and per modality.
+# overall and per modality, plus COCO mask AP; Table 1 with bootstrap CIs over images.
 
 
 rule score_submission:
@@ -28,25 +28,38 @@ rule score_submission:
 
 rule tabulate_scores:
     input:
+        per_image=get_all_per_image,
         summaries=get_all_scores,
-        code=lib("report/figures.py"),
+        code=lib("report/table1.py", "report/figures.py", "stats.py"),
     output:
         table=report(
             "results/score/scores.csv",
             caption="../report/scores.rst",
-            category="3. Scores",
+            category="6. Scores",
+        ),
+        table1=report(
+            "results/score/table1.csv",
+            caption="../report/table1.rst",
+            category="6. Scores",
+        ),
+        paired=report(
+            "results/score/paired_differences.csv",
+            caption="../report/paired_differences.rst",
+            category="6. Scores",
         ),
         chart=report(
             "results/score/scores_by_modality.png",
             caption="../report/scores_by_modality.rst",
-            category="3. Scores",
+            category="6. Scores",
         ),
     log:
         "logs/tabulate_scores.log",
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=2000,
+        runtime=15,
+    params:
+        seed=config["seed"],
     script:
         "../../scripts/tabulate_scores.py"

@@ -18,7 +18,7 @@ import csv
 import logging
 import os
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ __all__ = [
     "CompressedLabels",
     "GroundTruth",
     "Submission",
+    "gather_submissions",
     "read_solution",
     "read_submission",
     "select_usage",
@@ -361,6 +362,61 @@ def write_solution(
             h, w = labels.shape
             writer.writerows([image_id, rle, h, w, usage] for rle in rles or [""])
     log.info("wrote %s (%d images, usage %s)", path, len(ground_truth), usage)
+
+
+def gather_submissions(
+    shard_csvs: Sequence[str | os.PathLike[str]], out_csv: str | os.PathLike[str]
+) -> int:
+    """Concatenate the submissions of the shards of one test set into one submission, atomically.
+
+    Each image's rows are copied in their shard's order (the predictor writes them in
+    descending confidence, which COCO AP relies on); images are sorted by ImageId; an image
+    without nuclei keeps its single empty-EncodedPixels row. RLE rows are copied, not decoded
+    (the scorer checks them against the image sizes). A shard with a header only (no image) is
+    fine.
+
+    Args:
+        shard_csvs: The shards' submission CSVs (header ``ImageId,EncodedPixels``).
+        out_csv: The gathered submission.
+
+    Returns:
+        The number of images in ``out_csv``.
+
+    Raises:
+        NucleistyleError: no shard given, an unreadable or malformed shard (named), or an
+            ImageId found in two shards (naming both files); nothing is written then.
+
+    Example:
+        >>> gather_submissions(["shards/0.csv", "shards/1.csv"], "submission.csv")  # doctest: +SKIP
+        3019
+    """
+    if isinstance(shard_csvs, str | os.PathLike) or not shard_csvs:
+        raise NucleistyleError(f"{out_csv}: no shard submissions to gather")
+    images: dict[str, list[str]] = {}
+    source: dict[str, str] = {}
+    for shard in shard_csvs:
+        sub = read_submission(shard)
+        for image_id, rles in sub.items():
+            if image_id in source:
+                raise NucleistyleError(
+                    f"ImageId {image_id} appears in two shards: {source[image_id]} and {shard}"
+                )
+            source[image_id] = str(shard)
+            images[image_id] = rles
+    out_csv = Path(out_csv)
+    with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(SUBMISSION_HEADER)
+        for image_id in sorted(images):
+            writer.writerows([image_id, rle] for rle in images[image_id] or [""])
+    log.info(
+        "gathered %d shards into %s (%d images, %d objects)",
+        len(shard_csvs),
+        out_csv,
+        len(images),
+        sum(len(rles) for rles in images.values()),
+    )
+    return len(images)
 
 
 class CompressedLabels(Mapping[str, np.ndarray]):

@@ -11,28 +11,40 @@ size whose content map survives E_c's reflect padding) and the output cropped ba
 whole, one at a time (instance normalisation is global, so tiles would not match); a
 1024 x 1360 image needs about 2 GB in fp32.
 
+For users' own images, :func:`stylize_folder` renders a whole folder (the ``nucleistyle
+stylize`` command): each image's attribute is drawn with :func:`image_seed` (the run's seed and
+the ImageId), so an image's result does not depend on which other images are in the folder.
+
 Example:
     >>> stylizer = load_stylizer("results/gan/model.pt")  # doctest: +SKIP
     >>> out = stylizer.stylize([image], target_domain=2, seed=0)[0]  # doctest: +SKIP
+    >>> stylize_folder("results/gan/model.pt", "my_images", "my_images_d2", domain=2)
+    ... # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.gan.data import one_hot
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
 from nucleistyle.gan.trainer import ATTRIBUTE_SOURCES, MODEL_FORMAT
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.utils import NucleistyleError, staged_files
 
-__all__ = ["Stylizer", "load_stylizer", "pad_to_multiple"]
+__all__ = ["Stylizer", "image_seed", "load_stylizer", "pad_to_multiple", "stylize_folder"]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -220,7 +232,7 @@ def load_stylizer(
         NucleistyleError: The file is unreadable or not a GAN model (named).
     """
     state = load_checkpoint(model_path)
-    if state.get("format") != MODEL_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise NucleistyleError(f"{model_path} is not a nucleistyle GAN model (no {MODEL_FORMAT})")
     dev = select_device(device)
     dtype = resolve_precision(precision or state["config"]["precision"], dev)
@@ -235,3 +247,105 @@ def load_stylizer(
         dev,
     )
     return stylizer
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """Seed of one image's attribute draw, derived from the run's ``seed`` and its ImageId.
+
+    The first 8 bytes of SHA-256(``"<seed>:<ImageId>"``) as an integer below 2**63: stable
+    across runs, platforms and Python versions (unlike ``hash``), and independent of the other
+    images processed with it.
+
+    Example:
+        >>> image_seed(0, "a") == image_seed(0, "a") != image_seed(1, "a")
+        True
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def stylize_folder(
+    model_path: PathLike,
+    images_dir: PathLike,
+    out_dir: PathLike,
+    domain: int,
+    seed: int = 0,
+    attribute_source: str | None = None,
+    device: str = "auto",
+) -> int:
+    """Render every image of a folder in the target ``domain``: ``<out_dir>/<ImageId>.png``.
+
+    Each output is a uint8 RGB PNG of its input's size. Image ``i``'s attribute vector is drawn
+    with :meth:`Stylizer.sample_attributes` seeded by :func:`image_seed` (``seed``, ImageId),
+    and images run one at a time, so the result for an image depends only on the model, the
+    image, its ImageId, ``domain``, ``seed`` and ``attribute_source`` (on one device), not on
+    the other images of the folder.
+
+    Outputs appear only once every image is done: they are staged in a hidden folder beside
+    ``out_dir`` and then moved in, each by an atomic rename (files of ``out_dir`` with other
+    names are left alone; same names are replaced). On an error nothing is written.
+
+    Args:
+        model_path: A GAN model from :func:`nucleistyle.gan.trainer.train_gan`
+            (``results/gan/model.pt`` in the pipeline).
+        images_dir: BBBC038-layout (``<id>/images/<id>.png``) or flat folder of images.
+        out_dir: Output folder (created if missing); must not be ``images_dir``.
+        domain: Target domain index, 0..C-1 (the model's clusters).
+        seed: Seed of the attribute draws.
+        attribute_source: ``prior`` (N(0, I)) or ``domain_stats`` (the target domain's
+            training statistics); None: the model's ``attribute_source``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The number of images written.
+
+    Raises:
+        NucleistyleError: A bad attribute source or seed, a missing or foreign model file, a
+            domain outside 0..C-1, a missing or empty image folder, an unreadable image, or an
+            output folder that is a file or the image folder (each named).
+    """
+    if attribute_source is not None and attribute_source not in ATTRIBUTE_SOURCES:
+        raise NucleistyleError(
+            f"attribute source must be one of {', '.join(ATTRIBUTE_SOURCES)}, "
+            f"got {attribute_source!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise NucleistyleError(f"seed must be an integer, got {seed!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NucleistyleError(f"output folder {out} exists and is not a folder")
+    if not Path(model_path).is_file():
+        raise NucleistyleError(f"model file not found: {model_path}")
+    records = list_images(images_dir)
+    if out.resolve() == Path(images_dir).resolve():
+        raise NucleistyleError(f"output folder {out} is the image folder; choose another")
+    stylizer = load_stylizer(model_path, device)
+    n = stylizer.n_domains
+    if isinstance(domain, bool) or not isinstance(domain, int | np.integer) or not 0 <= domain < n:
+        names = ", ".join(f"{i} {name}" for i, name in enumerate(stylizer.domain_names))
+        raise NucleistyleError(
+            f"target domain must be an integer in 0..{n - 1} ({model_path}: {names}), "
+            f"got {domain!r}"
+        )
+    domain = int(domain)
+    source = stylizer.attribute_source if attribute_source is None else attribute_source
+    log.info(
+        "stylizing %d images of %s into domain %d (%s), attribute %s, seed %d, on %s",
+        len(records),
+        images_dir,
+        domain,
+        stylizer.domain_names[domain],
+        source,
+        int(seed),
+        stylizer.device,
+    )
+    with staged_files(out) as staging:
+        for record in tqdm(records, desc="stylize", unit="image", disable=None, file=sys.stderr):
+            image = read_image(record.image_path)[0]
+            z = stylizer.sample_attributes(
+                1, domain, seed=image_seed(int(seed), record.image_id), source=source
+            )
+            styled = stylizer.stylize([image], domain, attribute=z)[0]
+            Image.fromarray(styled, "RGB").save(staging / f"{record.image_id}.png", format="PNG")
+    log.info("wrote %d stylized images to %s", len(records), out)
+    return len(records)

@@ -6,11 +6,9 @@ Every function reads pipeline outputs and writes one file atomically. Figures ar
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,7 +24,6 @@ __all__ = [
     "plot_examples",
     "plot_scores_by_group",
     "summarize_dataset",
-    "tabulate_scores",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,63 +132,80 @@ def _with_contours(
     return out
 
 
-def tabulate_scores(summaries: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
-    """Collect ``results/score/{model}/{testset}/summary.json`` files into one long table.
-
-    Returns:
-        Columns model, testset, group (``all`` = whole test set), n_images, score.
-    """
-    rows = []
-    for path in summaries:
-        path = Path(path)
-        model, testset = path.parent.parent.name, path.parent.name
-        summary = json.loads(path.read_text())
-        rows.append(
-            {
-                "model": model,
-                "testset": testset,
-                "group": ALL,
-                "n_images": summary["n_images"],
-                "score": summary["score"],
-            }
-        )
-        for group, values in sorted(summary.get("groups", {}).items()):
-            rows.append(
-                {
-                    "model": model,
-                    "testset": testset,
-                    "group": group,
-                    "n_images": values["n_images"],
-                    "score": values["score"],
-                }
-            )
-    table = pd.DataFrame(rows, columns=["model", "testset", "group", "n_images", "score"])
-    table["score"] = table["score"].round(4)
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    return table
-
-
 def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
-    """Grouped bars of the DSB score per group (modality) and model, one panel per test set."""
+    """DSB score per group (modality) and model with CI error bars, one panel per test set.
+
+    Args:
+        table: long table with columns model, testset, group (``all`` = whole test set), score
+            and, optionally, ci_low and ci_high (e.g. 95 % bootstrap intervals over images,
+            :func:`nucleistyle.report.table1.score_table`); without them, no error bars.
+        out_png: destination PNG (written atomically).
+
+    Raises:
+        ValueError: the table has no rows or lacks one of the required columns.
+    """
+    required = {"model", "testset", "group", "score"}
+    if len(table) == 0 or not required <= set(table.columns):
+        raise ValueError(
+            f"{out_png}: need a non-empty table with columns {sorted(required)}, "
+            f"got {len(table)} rows and {list(table.columns)}"
+        )
+    has_ci = {"ci_low", "ci_high"} <= set(table.columns)
     testsets = list(dict.fromkeys(table["testset"]))
-    fig, axes = plt.subplots(1, len(testsets), figsize=(7.5 * len(testsets), 3.6), squeeze=False)
+    models = list(dict.fromkeys(table["model"]))
+    n_groups = max(table.groupby("testset")["group"].nunique())
+    width = max(6.0, 0.45 * n_groups * max(len(models), 2) ** 0.5 + 2.5)
+    legend_width = 2.4  # inches at the right for the model legend
+    total = width * len(testsets) + legend_width
+    fig, axes = plt.subplots(1, len(testsets), figsize=(total, 4.0), squeeze=False)
+    # a model and its test-time-augmented variant ("<model>-tta") share a hue: dark circles for
+    # the single pass, light squares for TTA
+    stems = list(dict.fromkeys(m.removesuffix("-tta") for m in models))
+    palette = plt.get_cmap("tab20")
+    span = 0.8  # of the unit spacing between groups, shared by the models
+    step = span / max(len(models), 1)
     for ax, testset in zip(axes[0], testsets, strict=True):
         part = table[table.testset == testset]
-        pivot = part.pivot_table(index="group", columns="model", values="score", sort=False)
-        order = [ALL, *sorted(g for g in pivot.index if g != ALL)]
-        pivot = pivot.loc[order]
-        width = 0.8 / max(len(pivot.columns), 1)
-        x = np.arange(len(pivot.index))
-        for i, model in enumerate(pivot.columns):
-            bars = ax.bar(x + i * width, pivot[model].to_numpy(), width, label=model)
-            ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(
-            x + width * (len(pivot.columns) - 1) / 2, pivot.index, rotation=20, fontsize=8
-        )
-        ax.set_ylim(0, 1)
+        groups = [ALL, *sorted(g for g in part["group"].unique() if g != ALL)]
+        x = np.arange(len(groups), dtype=float)
+        for i, model in enumerate(models):
+            rows = part[part.model == model].set_index("group").reindex(groups)
+            if rows["score"].isna().all():
+                continue
+            offset = -span / 2 + step * (i + 0.5)
+            score = rows["score"].to_numpy(float)
+            yerr = None
+            if has_ci:
+                yerr = np.vstack(
+                    [
+                        score - rows["ci_low"].to_numpy(float),
+                        rows["ci_high"].to_numpy(float) - score,
+                    ]
+                )
+            ax.errorbar(
+                x + offset,
+                score,
+                yerr=yerr,
+                fmt="s" if model.endswith("-tta") else "o",
+                markersize=4,
+                capsize=2,
+                elinewidth=1,
+                color=palette(
+                    2 * (stems.index(model.removesuffix("-tta")) % 10) + model.endswith("-tta")
+                ),
+                label=model,
+            )
+        ax.set_xticks(x, groups, rotation=20, fontsize=8)
+        for boundary in x[:-1] + 0.5:
+            ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        ax.set_ylim(0, 1.02)
         ax.set_ylabel("DSB score (mean over IoU 0.50:0.95)")
-        ax.set_title(testset, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        ax.set_title(testset + (" (95% bootstrap CI over images)" if has_ci else ""), fontsize=10)
+    legend = {}  # one entry per model, even if a test set lacks it
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - legend_width / total, 1.0))
     save_figure(fig, out_png)

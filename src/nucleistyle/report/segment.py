@@ -1,23 +1,46 @@
-"""Training curves of the Mask R-CNN segmenters (report figure).
+"""Report figures of the Mask R-CNN segmenters: training curves and paper Figure 4.
 
-Reads the history TSVs written by :func:`nucleistyle.segment.engine.train_segmenter` (columns
-iteration, loss, loss_classifier, loss_box_reg, loss_mask, loss_objectness, loss_rpn_box_reg,
-lr, sec_per_it, and val_* on validation rows) and draws one line per model.
+:func:`plot_training` reads the history TSVs written by
+:func:`nucleistyle.segment.engine.train_segmenter` (columns iteration, loss, loss_classifier,
+loss_box_reg, loss_mask, loss_objectness, loss_rpn_box_reg, lr, sec_per_it, and val_* on validation
+rows) and draws one line per model.
+
+:func:`plot_figure4` draws, for a few test images, the contours predicted without and with style
+augmentation beside the ground truth, and highlights the nuclei found only with augmentation.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
+from scipy.ndimage import binary_dilation
+from skimage.segmentation import find_boundaries
 
+from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.data.csvio import GroundTruth, Submission, read_solution, read_submission
+from nucleistyle.data.rle import rle_decode_labels
+from nucleistyle.metrics import image_score, read_groups
 from nucleistyle.report import save_figure
 from nucleistyle.utils import NucleistyleError
 
-__all__ = ["plot_training"]
+__all__ = [
+    "ARMS",
+    "gained_objects",
+    "group_predictions",
+    "matched_pairs",
+    "plot_figure4",
+    "plot_training",
+    "score_figure4_images",
+    "select_figure4_images",
+]
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 PANELS = (
     ("loss", "training loss (total)"),
@@ -82,3 +105,333 @@ def plot_training(history_tsvs: Mapping[str, PathLike], out_png: PathLike) -> No
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out_png)
+
+
+# Figure 4 -----------------------------------------------------------------------------------------
+
+ARMS = ("none", "style")
+"""The training arms Figure 4 compares: without and with style augmentation."""
+PREDICTED = (255, 220, 0)  # yellow: predicted nuclei
+GAINED = (0, 255, 255)  # cyan: nuclei found only with augmentation
+TRUTH = (60, 255, 60)  # green: ground truth
+PANEL_INCHES = 2.4
+
+
+def group_predictions(named: Mapping[str, PathLike]) -> dict[str, dict[str, str]]:
+    """Sort the named inputs of rule ``plot_figure4`` into ``{baseline: {arm: submission}}``.
+
+    Inputs are named ``<baseline>_<arm>`` with arm in :data:`ARMS` (``deep_retina_none``,
+    ``deep_retina_style``); names that do not end in one of the arms (``images``, ``solution``,
+    ``groups``, ``code``) are ignored. Baselines keep the order of their first input.
+
+    Raises:
+        NucleistyleError: no prediction is named, or a baseline lacks one of the two arms.
+
+    Example:
+        >>> group_predictions({"images": "x", "mirzaev_none": "a.csv", "mirzaev_style": "b.csv"})
+        {'mirzaev': {'none': 'a.csv', 'style': 'b.csv'}}
+    """
+    grouped: dict[str, dict[str, str]] = {}
+    for name, path in named.items():
+        baseline, _, arm = name.rpartition("_")
+        if baseline and arm in ARMS:
+            grouped.setdefault(baseline, {})[arm] = str(path)
+    if not grouped:
+        raise NucleistyleError(
+            "Figure 4: no predictions given (inputs named <baseline>_none and <baseline>_style)"
+        )
+    for baseline, arms in grouped.items():
+        missing = [arm for arm in ARMS if arm not in arms]
+        if missing:
+            raise NucleistyleError(
+                f"Figure 4: baseline {baseline} has no {missing[0]!r} predictions (segment.arms "
+                "must include both 'none' and 'style')"
+            )
+    return {b: {arm: arms[arm] for arm in ARMS} for b, arms in grouped.items()}
+
+
+def matched_pairs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (ground-truth, prediction) object pairs whose IoU is strictly above 0.5.
+
+    At IoU > 0.5 an object matches at most one object of the other image (two disjoint objects
+    cannot both cover more than half of a third), so the pairs are one-to-one. The test is exact
+    in integers: ``2 |A ∩ B| > |A ∪ B|``, the 0.50 threshold of :mod:`nucleistyle.metrics`.
+
+    Args:
+        gt: (H, W) integer label image of the ground truth, 0 = background.
+        pred: (H, W) integer label image of the prediction, 0 = background.
+
+    Returns:
+        ``(gt_ids, pred_ids)``: int64 arrays of equal length, sorted by ground-truth label.
+
+    Raises:
+        ValueError: shapes differ, an input is not a 2-D integer array, or a label is negative.
+
+    Example:
+        >>> gt = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
+        >>> pred = np.array([[5, 5, 0, 0], [5, 0, 0, 7]])  # 5 covers 3/4 of 1; 7 half of 2
+        >>> matched_pairs(gt, pred)
+        (array([1]), array([5]))
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape or gt.ndim != 2:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must be 2-D of the same shape")
+    for name, labels in (("gt", gt), ("pred", pred)):
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer label image, got {labels.dtype}")
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"{name} has negative labels")
+    g, p = gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    g_ids, g_area = np.unique(g[g > 0], return_counts=True)
+    p_ids, p_area = np.unique(p[p > 0], return_counts=True)
+    both = (g > 0) & (p > 0)
+    if not both.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs, inter = np.unique(np.stack([g[both], p[both]]), axis=1, return_counts=True)
+    union = (
+        g_area[np.searchsorted(g_ids, pairs[0])] + p_area[np.searchsorted(p_ids, pairs[1])] - inter
+    )
+    hit = 2 * inter > union
+    return pairs[0, hit], pairs[1, hit]
+
+
+def gained_objects(
+    gt: np.ndarray, without: np.ndarray, with_aug: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth nuclei found (IoU > 0.5) with augmentation but not without.
+
+    Args:
+        gt: (H, W) ground-truth label image.
+        without: (H, W) label image predicted by the model trained without augmentation.
+        with_aug: (H, W) label image predicted by the model trained with style augmentation.
+
+    Returns:
+        ``(gt_ids, pred_ids)``: the gained ground-truth labels and the labels of the
+        ``with_aug`` objects that found them (int64, sorted by ground-truth label).
+
+    Raises:
+        ValueError: see :func:`matched_pairs`.
+    """
+    gt_with, pred_with = matched_pairs(gt, with_aug)
+    gt_without, _ = matched_pairs(gt, without)
+    keep = ~np.isin(gt_with, gt_without)
+    return gt_with[keep], pred_with[keep]
+
+
+def _decode(submission: Submission, gt: GroundTruth) -> np.ndarray:
+    """The predicted label image of one solution image (empty when the submission lacks it)."""
+    if gt.image_id not in submission:
+        return np.zeros(gt.shape, np.int32)
+    labels, _ = rle_decode_labels(
+        submission[gt.image_id], gt.shape, where=submission.where(gt.image_id)
+    )
+    return labels
+
+
+def score_figure4_images(
+    solution: Mapping[str, GroundTruth],
+    submissions: Mapping[str, Mapping[str, Submission]],
+    groups: Mapping[str, str],
+) -> pd.DataFrame:
+    """DSB score of every solution image for every baseline and arm, and the gain from style.
+
+    Args:
+        solution: ``{ImageId: GroundTruth}`` (the scored images).
+        submissions: ``{baseline: {"none": Submission, "style": Submission}}``; an image missing
+            from a submission is an empty prediction (score 0), as in the official scoring.
+        groups: ``{ImageId: group}``; images without an entry go to group ``"unknown"``.
+
+    Returns:
+        One row per image in solution order: ``ImageId``, ``group``, ``<baseline>/<arm>`` (the
+        image's DSB score) for every baseline and arm, and ``gain``: the mean over baselines of
+        score(style) - score(none).
+    """
+    rows = []
+    for image_id, gt in solution.items():
+        gt_labels, _ = gt.label_image()
+        row: dict[str, object] = {"ImageId": image_id, "group": groups.get(image_id, "unknown")}
+        for baseline, arms in submissions.items():
+            for arm in ARMS:
+                row[f"{baseline}/{arm}"] = image_score(gt_labels, _decode(arms[arm], gt))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    gains = [table[f"{b}/style"] - table[f"{b}/none"] for b in submissions]
+    table["gain"] = np.mean(gains, axis=0) if len(table) else []
+    return table
+
+
+def select_figure4_images(scores: pd.DataFrame, per_group: int = 1) -> pd.DataFrame:
+    """The images of Figure 4: per group, the ``per_group`` images with the largest gain.
+
+    Groups are taken in name order; within a group, images by decreasing ``gain`` with ties
+    broken by ImageId, so the sample is fixed for given predictions.
+
+    Args:
+        scores: :func:`score_figure4_images`'s table.
+        per_group: Images per group (>= 1); a smaller group contributes all its images.
+
+    Returns:
+        The chosen rows, group by group, best first (a fresh index).
+
+    Raises:
+        ValueError: ``per_group`` < 1.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    ordered = scores.sort_values(
+        ["group", "gain", "ImageId"], ascending=[True, False, True], kind="mergesort"
+    )
+    return ordered.groupby("group", sort=False).head(per_group).reset_index(drop=True)
+
+
+def _line_width(shape: tuple[int, ...]) -> int:
+    """Contour width in image pixels: about one screen pixel in a figure panel."""
+    return max(1, round(max(shape[:2]) / 256))
+
+
+def _edges(labels: np.ndarray, width: int) -> np.ndarray:
+    edges = find_boundaries(labels, mode="inner")
+    if width > 1:
+        edges = binary_dilation(edges, iterations=width - 1, mask=labels > 0)
+    return edges
+
+
+def _overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    colour: Sequence[int],
+    width: int,
+    highlight: np.ndarray | None = None,
+) -> np.ndarray:
+    """``image`` (uint8 RGB) with the object contours of ``labels`` drawn in ``colour``, and the
+    contours of the objects listed in ``highlight`` drawn over them, wider, in :data:`GAINED`."""
+    out = image.copy()
+    out[_edges(labels, width)] = colour
+    if highlight is not None and highlight.size:
+        chosen = np.where(np.isin(labels, highlight), labels, 0)
+        out[_edges(chosen, width + 1)] = GAINED
+    return out
+
+
+def plot_figure4(
+    images_dir: PathLike,
+    solution_csv: PathLike,
+    groups_csv: PathLike,
+    group_column: str,
+    predictions: Mapping[str, Mapping[str, PathLike]],
+    out_png: PathLike,
+    per_group: int = 1,
+) -> pd.DataFrame:
+    """Figure 4: test-image contours predicted without and with style augmentation, and the truth.
+
+    One row per chosen image (see :func:`select_figure4_images`: per group, the images whose DSB
+    score gained most from style augmentation, averaged over baselines), one pair of columns per
+    baseline (without / with augmentation, predicted contours in yellow) and a last column with
+    the ground-truth contours in green. In the "with augmentation" panels, the predicted nuclei
+    that match (IoU > 0.5) a ground-truth nucleus the model without augmentation missed are drawn
+    in cyan. Titles give each image's DSB score; row labels the group, ImageId and gain.
+
+    Args:
+        images_dir: The test images (BBBC038 layout or a flat folder).
+        solution_csv: Its solution CSV; the scored images (``Private`` ones of stage 2, all of
+            stage 1, see :func:`nucleistyle.data.csvio.read_solution`) are the candidates.
+        groups_csv: ImageId -> group table (true modality, or the nearest training cluster).
+        group_column: The group column of ``groups_csv`` (``modality`` or ``name``).
+        predictions: ``{baseline: {"none": submission CSV, "style": submission CSV}}``.
+        out_png: Output PNG (written atomically).
+        per_group: Images per group.
+
+    Returns:
+        The chosen images with their scores (see :func:`score_figure4_images`).
+
+    Raises:
+        NucleistyleError: no prediction given, a baseline lacks an arm, a malformed CSV (named),
+            a chosen image missing from ``images_dir`` or of another size than its solution.
+        ValueError: ``per_group`` < 1.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    if not predictions:
+        raise NucleistyleError("Figure 4: no predictions given")
+    for baseline, arms in predictions.items():
+        if set(arms) != set(ARMS):
+            raise NucleistyleError(
+                f"Figure 4: baseline {baseline} needs predictions for arms {ARMS}, got "
+                f"{sorted(arms)}"
+            )
+    solution = read_solution(solution_csv)
+    groups = read_groups(groups_csv, group_column)
+    submissions = {
+        b: {arm: read_submission(arms[arm]) for arm in ARMS} for b, arms in predictions.items()
+    }
+    chosen = select_figure4_images(score_figure4_images(solution, submissions, groups), per_group)
+    if chosen.empty:
+        raise NucleistyleError(f"Figure 4: {solution_csv} has no scored image")
+    paths = {r.image_id: r.image_path for r in list_images(images_dir)}
+    baselines = list(predictions)
+    n_rows, n_cols = len(chosen), 2 * len(baselines) + 1
+    legend_inches = 0.35
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        squeeze=False,
+        figsize=(PANEL_INCHES * n_cols, PANEL_INCHES * 1.1 * n_rows + legend_inches),
+    )
+    for r, row in enumerate(chosen.to_dict("records")):
+        image_id = str(row["ImageId"])
+        gt = solution[image_id]
+        if image_id not in paths:
+            raise NucleistyleError(f"Figure 4: test image {image_id} not found in {images_dir}")
+        image, _ = read_image(paths[image_id])
+        if image.shape[:2] != gt.shape:
+            raise NucleistyleError(
+                f"Figure 4: {paths[image_id]} is {image.shape[0]}x{image.shape[1]} but "
+                f"{solution_csv} gives {gt.height}x{gt.width} for ImageId {image_id}"
+            )
+        truth, _ = gt.label_image()
+        width = _line_width(gt.shape)
+        for j, baseline in enumerate(baselines):
+            without = _decode(submissions[baseline]["none"], gt)
+            with_aug = _decode(submissions[baseline]["style"], gt)
+            gained_gt, gained_pred = gained_objects(truth, without, with_aug)
+            left, right = axes[r, 2 * j], axes[r, 2 * j + 1]
+            left.imshow(_overlay(image, without, PREDICTED, width))
+            left.set_title(
+                f"{baseline}, without aug.\nDSB {row[f'{baseline}/none']:.3f}", fontsize=8
+            )
+            right.imshow(_overlay(image, with_aug, PREDICTED, width, highlight=gained_pred))
+            right.set_title(
+                f"{baseline}, with style aug.\nDSB {row[f'{baseline}/style']:.3f}, "
+                f"{len(gained_gt)} found only with aug.",
+                fontsize=8,
+            )
+        axes[r, -1].imshow(_overlay(image, truth, TRUTH, width))
+        axes[r, -1].set_title(f"ground truth\n{len(gt.rles)} nuclei", fontsize=8)
+        axes[r, 0].set_ylabel(
+            f"{row['group']}\n{image_id[:16]}\nmean gain {row['gain']:+.3f}", fontsize=8
+        )
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.legend(
+        handles=[
+            Patch(color=np.divide(PREDICTED, 255), label="predicted nucleus"),
+            Patch(
+                color=np.divide(GAINED, 255),
+                label="found only with augmentation (IoU > 0.5 with a nucleus missed without)",
+            ),
+            Patch(color=np.divide(TRUTH, 255), label="ground truth"),
+        ],
+        loc="lower center",
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+    save_figure(fig, out_png)
+    log.info(
+        "Figure 4: %d images (%s)",
+        len(chosen),
+        ", ".join(f"{g} {i}" for g, i in zip(chosen["group"], chosen["ImageId"], strict=True)),
+    )
+    return chosen

@@ -2,15 +2,18 @@
 
 :class:`Segmenter` separates the raw network pass from the post-processing so that a
 test-time-augmentation wrapper can transform images, call :meth:`Segmenter.raw` on the batch,
-map the returned per-instance soft masks back, merge them and finally call
-:meth:`Segmenter.postprocess`::
+map the returned per-instance masks back, merge them and finally call
+:meth:`Segmenter.postprocess`. :meth:`Segmenter.segment` does exactly that with
+:func:`nucleistyle.tta.predict_tta`::
 
     seg = load_segmenter("model.pt")
-    flipped = [np.fliplr(image), image]
-    det_flip, det = seg.raw(flipped)             # Detections in each input's own coordinates
-    soft = det_flip.soft_masks()[:, :, ::-1]      # (n, H, W) float32 probabilities, unflipped
-    labels = seg.postprocess(Instances.from_dense(soft > seg.cfg.post.mask_threshold,
-                                                  det_flip.scores))
+    single = seg.segment(images)                   # one pass + the baseline's post-processing
+    merged = seg.segment(images, TTAConfig())      # 8 dihedral variants, vote, same post-proc.
+
+Single pass and TTA differ only in the merging: both binarise each detection's mask at the
+baseline's ``post.mask_threshold`` (probability ``>`` it), clipped to the image, and both end
+in :meth:`Segmenter.postprocess`; with the identity as the only transform and one image per
+network call, TTA gives the single-pass labels bit for bit.
 
 Sizing follows each baseline (§1.2 / §2.2): Deep Retina runs at native size, upscaled only when
 the short side is below ``prep.size`` and padded to a multiple of 64; Mirzaev resizes the
@@ -20,10 +23,12 @@ pixel grid, so the label images always have the input's size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +45,9 @@ from nucleistyle.segment.model import build_model
 from nucleistyle.segment.postprocess import Instances, postprocess
 from nucleistyle.segment.transforms import resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.tta import Instances as DenseInstances
+from nucleistyle.tta import PredictFn, TTAConfig, predict_tta
+from nucleistyle.utils import NucleistyleError, staged_files
 
 __all__ = ["Detections", "Segmenter", "load_segmenter", "predict_folder"]
 
@@ -97,14 +104,30 @@ class Detections:
         return out
 
     def instances(self, threshold: float) -> Instances:
-        """Binary masks (probability > ``threshold``) as :class:`Instances` crops."""
+        """Binary masks (probability > ``threshold``) as :class:`Instances` crops.
+
+        Crops are clipped to the image: pixels outside it take no part in the post-processing
+        (area filters, hole filling, closing), as in the baselines, whose masks are image-sized.
+        """
+        height, width = self.image_size
         offsets = np.zeros((len(self), 2), np.int64)
         crops = []
         for i in range(len(self)):
             y, x, crop = self.paste(i)
-            offsets[i] = y, x
-            crops.append(crop > threshold)
+            y0, x0 = min(max(y, 0), height), min(max(x, 0), width)
+            y1, x1 = max(min(y + crop.shape[0], height), y0), max(min(x + crop.shape[1], width), x0)
+            offsets[i] = y0, x0
+            crops.append(crop[y0 - y : y1 - y, x0 - x : x1 - x] > threshold)
         return Instances(self.image_size, offsets, crops, self.scores.astype(np.float64))
+
+    def binary_masks(self, threshold: float) -> DenseInstances:
+        """The masks of :meth:`instances` as a dense stack, for :mod:`nucleistyle.tta`.
+
+        Returns:
+            :class:`nucleistyle.tta.Instances` with bool (n, H, W) masks (n x H x W bytes) and
+            the float32 scores.
+        """
+        return DenseInstances(self.instances(threshold).dense(), self.scores.astype(np.float32))
 
 
 class Segmenter:
@@ -180,30 +203,84 @@ class Segmenter:
         """The baseline's post-processing (:func:`~.postprocess.postprocess`)."""
         return postprocess(instances, self.cfg.post)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Single-pass segmentation of one image.
+    def predict_fn(self) -> PredictFn:
+        """This network as a :data:`nucleistyle.tta.PredictFn`.
 
-        Mirzaev's fallback (§2.7, ``post.fallback_canvas``): when fewer than 2 foreground
-        pixels are found, the image is pasted into a k-times larger zero canvas (top-left),
-        segmented again and cropped back.
+        The whole batch (every variant of every image) goes through one :meth:`raw` call; each
+        detection's mask is binarised at ``post.mask_threshold`` as in the single pass (bool
+        masks: both baselines post-process, vote (Deep Retina) and unite (Mirzaev) binary
+        masks, and they take a quarter of the memory of float32 probabilities).
+        """
+        threshold = self.cfg.post.mask_threshold
+
+        def predict(images: list[np.ndarray]) -> list[DenseInstances]:
+            return [det.binary_masks(threshold) for det in self.raw(images)]
+
+        return predict
+
+    def segment(
+        self, images: Sequence[np.ndarray], tta: TTAConfig | None = None
+    ) -> list[np.ndarray]:
+        """Segment a batch of images: single pass or TTA, then the baseline's post-processing.
+
+        Single pass: one :meth:`raw` call for the batch. TTA: :func:`nucleistyle.tta.predict_tta`
+        with :meth:`predict_fn` (variants sent ``tta.batch_size`` at a time), the merged masks
+        thresholded at ``tta.mask_threshold`` (for binary masks: the voted pixels under
+        ``"vote"``, the union under ``"union"``); merged scores are the members' mean score.
+
+        Mirzaev's fallback (§2.7, ``post.fallback_canvas`` = k): an image with fewer than 2
+        foreground pixels is pasted at the top-left of a k-times larger zero canvas, segmented
+        again *the same way* (with TTA when TTA is on, as Mirzaev's ``predict.py`` does) and
+        cropped back; objects keep their order. Canvases go one at a time (k² times the area).
+
+        Args:
+            images: uint8 (H, W, 3) RGB images (any sizes).
+            tta: TTA settings, or None for a single pass.
+
+        Returns:
+            One int32 (H, W) label image per input, of its size: 0 = background, objects
+            numbered 1..k in descending confidence.
+
+        Raises:
+            NucleistyleError: with TTA, an image that is not uint8 (H, W, 3).
+        """
+        if not images:
+            return []
+        labels = self._segment(images, tta)
+        k = self.cfg.post.fallback_canvas
+        if k:
+            for n, image in enumerate(images):
+                if np.count_nonzero(labels[n]) >= 2:
+                    continue
+                height, width = image.shape[:2]
+                canvas = np.zeros((k * height, k * width, 3), np.uint8)
+                canvas[:height, :width] = image
+                cropped = self._segment([canvas], tta)[0][:height, :width]
+                ids = np.unique(cropped)  # ascending: the descending-confidence order is kept
+                lookup = np.zeros(int(ids.max()) + 1, np.int32)
+                lookup[ids] = np.arange(len(ids), dtype=np.int32)
+                labels[n] = lookup[cropped]
+        return labels
+
+    def _segment(self, images: Sequence[np.ndarray], tta: TTAConfig | None) -> list[np.ndarray]:
+        """:meth:`segment` without the fallback canvas."""
+        if tta is None:
+            threshold = self.cfg.post.mask_threshold
+            instances = [det.instances(threshold) for det in self.raw(images)]
+        else:
+            instances = [
+                Instances.from_dense(merged.masks >= tta.mask_threshold, merged.scores)
+                for merged in predict_tta(self.predict_fn(), images, tta)
+            ]
+        return [self.postprocess(found) for found in instances]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Single-pass segmentation of one image (:meth:`segment`, Mirzaev's fallback included).
 
         Returns:
             int32 (H, W) label image of the input's size, 0 = background.
         """
-        post = self.cfg.post
-        labels = self.postprocess(self.raw([image])[0].instances(post.mask_threshold))
-        if post.fallback_canvas and np.count_nonzero(labels) < 2:
-            height, width = image.shape[:2]
-            k = post.fallback_canvas
-            canvas = np.zeros((k * height, k * width, 3), np.uint8)
-            canvas[:height, :width] = image
-            big = self.postprocess(self.raw([canvas])[0].instances(post.mask_threshold))
-            cropped = big[:height, :width]
-            ids = np.unique(cropped)
-            lookup = np.zeros(int(ids.max()) + 1, np.int32)
-            lookup[ids] = np.arange(len(ids), dtype=np.int32)
-            labels = lookup[cropped]
-        return labels
+        return self.segment([image])[0]
 
 
 def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
@@ -233,42 +310,132 @@ def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
     return Segmenter(model, cfg, torch_device, dtype)
 
 
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """Validate ``shard = (index, n_shards)``."""
+    ok = isinstance(shard, Sequence) and len(shard) == 2
+    ok = ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in shard)
+    if not ok:
+        raise NucleistyleError(f"shard must be (index, n_shards), two integers, got {shard!r}")
+    index, n_shards = int(shard[0]), int(shard[1])
+    if n_shards < 1:
+        raise NucleistyleError(f"shard: n_shards must be >= 1, got {n_shards}")
+    if not 0 <= index < n_shards:
+        raise NucleistyleError(f"shard: index must be in [0, {n_shards}), got {index}")
+    return index, n_shards
+
+
+def _tta_config(tta: Mapping | TTAConfig | None) -> TTAConfig | None:
+    if tta is None or isinstance(tta, TTAConfig):
+        return tta
+    if isinstance(tta, Mapping):
+        return TTAConfig.from_config(tta)
+    raise NucleistyleError(f"tta must be a mapping (config section tta) or None, got {tta!r}")
+
+
 def predict_folder(
     model_path: PathLike,
     images_dir: PathLike,
-    submission_csv: PathLike,
+    submission_csv: PathLike | None,
     labels_dir: PathLike | None = None,
     device: str = "auto",
+    tta: Mapping | TTAConfig | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> int:
-    """Segment every image of a folder (single pass + the baseline's post-processing).
+    """Segment the images of a folder (or one shard of them), single pass or with TTA.
+
+    Each image goes through :meth:`Segmenter.segment`: one network pass, or (``tta``) every
+    variant of the image through :func:`nucleistyle.tta.predict_tta` and the merge, then the
+    baseline's post-processing either way (Mirzaev's fallback canvas included, under TTA too).
+    With TTA, ``tta.batch_size // n_variants`` images (at least 1; one when ``batch_size`` is
+    0) are handled per :func:`~nucleistyle.tta.predict_tta` call, their variants sent to the
+    network ``tta.batch_size`` at a time (0: all of them at once). Images of different shapes
+    in one call are zero-padded to a common size.
+
+    Objects are numbered, and written to the submission, in descending confidence (detection
+    score; under TTA the mean score of the merged detections): COCO AP
+    (:func:`nucleistyle.metrics.coco_ap`) can take the confidence order from the row order.
+
+    Outputs appear only once every image is done: the submission by atomic rename, the label
+    images staged in a hidden folder beside ``labels_dir`` and then moved in (files of
+    ``labels_dir`` with other names are left alone). On an error nothing is written.
 
     Args:
-        model_path: A model file from :func:`~.engine.train_segmenter`.
+        model_path: A model file from :func:`~.engine.train_segmenter`
+            (``results/segment/<baseline>-<arm>/model.pt`` in the pipeline).
         images_dir: BBBC038-layout or flat folder of images.
-        submission_csv: Kaggle submission (``ImageId,EncodedPixels``), written atomically; an
-            image without nuclei gets one empty row.
+        submission_csv: Kaggle submission (``ImageId,EncodedPixels``); an image without nuclei
+            gets one empty row, an empty shard a header only. None: no submission.
         labels_dir: If given, ``<labels_dir>/<ImageId>.png``: 16-bit label images of each
             input's size (0 = background).
-        device: Where to run.
+        device: Where to run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        tta: TTA settings (the config section ``tta`` as a mapping, or a
+            :class:`~nucleistyle.tta.TTAConfig`); None for a single pass.
+        shard: ``(index, n_shards)``: the images sorted by ImageId, this call takes every
+            ``n_shards``-th one starting at ``index`` (it may get none).
 
     Returns:
-        The number of images segmented.
+        The number of images segmented (in this shard).
 
     Raises:
-        NucleistyleError: bad model file, empty folder or unreadable image (named).
+        NucleistyleError: an invalid ``shard`` or ``tta``, no output requested, a missing or
+            bad model file, an empty folder or an unreadable image (named).
+
+    Example:
+        >>> predict_folder("results/segment/mirzaev-style/model.pt", "stage1_test",
+        ...                "shard1.csv", tta={"merge": "union"}, shard=(1, 4))  # doctest: +SKIP
     """
-    segmenter = load_segmenter(model_path, device)
-    records = list_images(images_dir)
+    index, n_shards = _check_shard(shard)
+    cfg = _tta_config(tta)
+    if submission_csv is None and labels_dir is None:
+        raise NucleistyleError(
+            "predict_folder: nothing to write (no submission_csv, no labels_dir)"
+        )
     out_dir = None if labels_dir is None else Path(labels_dir)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = CompressedLabels()
-    for record in tqdm(records, desc="predict", unit="image", disable=None, file=sys.stderr):
-        image, _ = read_image(record.image_path)
-        labels = segmenter.predict(image)
-        predictions.add(record.image_id, labels)
-        if out_dir is not None:
-            write_label_png(out_dir / f"{record.image_id}.png", labels)
-    write_submission(submission_csv, predictions)
-    log.info("segmented %d images of %s", len(records), images_dir)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise NucleistyleError(f"label folder {out_dir} exists and is not a folder")
+    if not Path(model_path).is_file():
+        raise NucleistyleError(f"model file not found: {model_path}")
+    records = list_images(images_dir)[index::n_shards]
+    segmenter = load_segmenter(model_path, device)
+    if cfg is None:
+        per_call = 1
+        log.info("single pass over %d images of %s", len(records), images_dir)
+    else:
+        n_variants = len(cfg.transforms)
+        per_call = max(1, cfg.batch_size // n_variants)
+        log.info(
+            "TTA over %d images of %s: %d variants each (%s), merge %s, %d images per call",
+            len(records),
+            images_dir,
+            n_variants,
+            ", ".join(cfg.transforms),
+            cfg.merge,
+            per_call,
+        )
+    if n_shards > 1:
+        log.info("shard %d of %d: %d images", index, n_shards, len(records))
+    with staged_files(out_dir) if out_dir is not None else contextlib.nullcontext() as staging:
+        predictions = CompressedLabels()
+        start = time.perf_counter()
+        with tqdm(
+            total=len(records), desc="predict", unit="image", disable=None, file=sys.stderr
+        ) as bar:
+            for first in range(0, len(records), per_call):
+                chunk = records[first : first + per_call]
+                images = [read_image(record.image_path)[0] for record in chunk]
+                for record, labels in zip(chunk, segmenter.segment(images, cfg), strict=True):
+                    predictions.add(record.image_id, labels)
+                    if staging is not None:
+                        write_label_png(staging / f"{record.image_id}.png", labels)
+                bar.update(len(chunk))
+        elapsed = time.perf_counter() - start
+        if submission_csv is not None:
+            write_submission(submission_csv, predictions)
+    log.info(
+        "segmented %d images of %s in %.1f s (%.2f images/s)",
+        len(records),
+        images_dir,
+        elapsed,
+        len(records) / elapsed if elapsed > 0 else 0.0,
+    )
     return len(records)

@@ -1,0 +1,79 @@
+"""The stratified held-out test set (data.source local layout) carved out of a training set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nucleistyle.data.bbbc038 import list_images
+from nucleistyle.data.csvio import read_solution
+from nucleistyle.data.holdout import make_holdout, split_strata
+from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.utils import NucleistyleError
+
+
+def test_every_stratum_of_two_or_more_keeps_items_on_both_sides():
+    strata = pd.Series(["a"] * 10 + ["b"] * 2 + ["c"], index=[f"i{k:02d}" for k in range(13)])
+    held = split_strata(strata, 0.2, seed=3)
+    counts = held.groupby(strata).agg(["sum", "size"])
+    assert counts.loc["a"].tolist() == [2, 10]
+    assert counts.loc["b"].tolist() == [1, 2]
+    assert counts.loc["c"].tolist() == [0, 1]  # a singleton stays in training
+
+
+def test_the_split_does_not_depend_on_row_order():
+    strata = pd.Series([k % 3 for k in range(30)], index=[f"i{k:02d}" for k in range(30)])
+    shuffled = strata.sample(frac=1.0, random_state=1)
+    assert split_strata(strata, 0.3, 5).equals(split_strata(shuffled, 0.3, 5))
+    assert not split_strata(strata, 0.3, 5).equals(split_strata(strata, 0.3, 6))
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
+def test_a_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(NucleistyleError, match="fraction"):
+        split_strata(pd.Series([0, 0]), fraction)
+
+
+@pytest.fixture(scope="module")
+def synthetic_train(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(
+        SyntheticConfig.from_config({"n_train": 24, "n_test_per_modality": 1, "height": 48,
+                                     "width": 48}),
+        root,
+    )  # fmt: skip
+    return root / "stage1_train"
+
+
+def test_holdout_writes_the_local_layout_with_the_held_out_masks_as_solution(
+    synthetic_train, tmp_path
+):
+    out = tmp_path / "holdout"
+    table = make_holdout(synthetic_train, out, fraction=0.25, seed=0, k=3)
+    test_ids = set(table.loc[table["set"] == "stage1_test", "ImageId"])
+    train_ids = set(table.loc[table["set"] == "stage1_train", "ImageId"])
+    assert test_ids and train_ids and not test_ids & train_ids
+    assert len(test_ids | train_ids) == 24
+    assert {r.image_id for r in list_images(out / "stage1_train")} == train_ids
+    test_records = list_images(out / "stage1_test")
+    assert {r.image_id for r in test_records} == test_ids
+    assert all(not r.mask_paths for r in test_records)  # images only
+    solution = read_solution(out / "stage1_solution.csv")
+    assert set(solution) == test_ids
+    assert set(table.groupby("cluster")["set"].nunique()) == {2}  # every cluster on both sides
+    assert pd.read_csv(out / "holdout.csv").equals(table.reset_index(drop=True))
+
+
+def test_holdout_refuses_an_existing_folder_and_a_set_without_masks(synthetic_train, tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(NucleistyleError, match="already exists"):
+        make_holdout(synthetic_train, tmp_path / "taken")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    first = list_images(synthetic_train)[0]
+    (flat / f"{first.image_id}.png").write_bytes(first.image_path.read_bytes())
+    with pytest.raises(NucleistyleError, match="has no masks"):
+        make_holdout(flat, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
