@@ -33,31 +33,14 @@ from nucleistyle.segment.model import PreparedTransform, build_model
 from nucleistyle.segment.predict import Detections, Segmenter, load_segmenter, predict_folder
 from nucleistyle.tta import TTAConfig
 from nucleistyle.utils import NucleistyleError
+from tests.conftest import TINY_SEGMENTER
 
 # One thread: on the shared 2-core machine two OpenMP threads per process spin against other
 # jobs (this file took 268 s with 2 threads vs 72 s with 1 at load average 5).
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-# Small enough for a CPU test (about 0.3 s per iteration at 64 px), same code paths as the
-# real settings.
-TINY = {
-    "backbone": "resnet18",
-    "iterations": 2,
-    "checkpoint_every": 1,
-    "log_every": 1,
-    "prep": {"size": 64, "crop": 32},
-    "model": {
-        "rpn_pre_nms_top_n_train": 200,
-        "rpn_pre_nms_top_n_test": 200,
-        "rpn_post_nms_top_n_train": 100,
-        "rpn_post_nms_top_n_test": 100,
-        "box_batch_size_per_image": 32,
-        "box_detections_per_img": 50,
-        "fpn_channels": 32,
-        "representation_size": 64,
-    },
-}
+TINY = TINY_SEGMENTER
 
 
 def tiny(baseline: str = "deep_retina", **overrides: object):

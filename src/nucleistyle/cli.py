@@ -121,6 +121,19 @@ def _stylize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holdout(args: argparse.Namespace) -> int:
+    from nucleistyle.data.holdout import make_holdout
+
+    table = make_holdout(
+        args.train_dir, args.out_dir, fraction=args.fraction, seed=args.seed, k=args.k
+    )
+    counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
+    n_test = int((table["set"] == "stage1_test").sum())
+    print(f"held out {n_test} of {len(table)} images -> {args.out_dir}")
+    print(counts.to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucleistyle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -234,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
     )
     p.set_defaults(func=_stylize)
+
+    p = sub.add_parser(
+        "holdout",
+        help="split a training folder into train + held-out test (data.source local layout)",
+    )
+    p.add_argument("train_dir", help="BBBC038-layout training folder (<id>/images, <id>/masks)")
+    p.add_argument("out_dir", help="new folder: stage1_train/, stage1_test/, stage1_solution.csv")
+    p.add_argument("--fraction", type=float, default=0.2, help="share held out per cluster")
+    p.add_argument("--k", type=int, default=6, help="HSV clusters used as strata")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_holdout)
     return parser
 
 
