@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tta.py
 	$(BIN)/python bench/bench_segment.py
 	$(BIN)/python bench/bench_gan.py
+	$(BIN)/python bench/bench_dag.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)

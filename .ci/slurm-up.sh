@@ -20,7 +20,8 @@ munge -n | unmunge >/dev/null
 
 mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
 chown slurm:slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
-cat > /etc/slurm/slurm.conf <<CONF
+conf=$(mktemp)
+cat > "$conf" <<CONF
 ClusterName=nucleistyle-ci
 SlurmctldHost=${host}
 SlurmUser=slurm
@@ -46,12 +47,19 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-MinJobAge=300
+MinJobAge=3600
 KillWait=5
 Waittime=0
 NodeName=${host} CPUs=${cpus} RealMemory=${mem_mb} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
+# MinJobAge: finished jobs stay visible to squeue (the profile's status command, and the tests'
+# evidence) for an hour, longer than any test run.
+if ! cmp -s "$conf" /etc/slurm/slurm.conf; then
+  install -m 644 "$conf" /etc/slurm/slurm.conf
+  if pgrep -x slurmctld >/dev/null; then scontrol reconfigure; fi   # daemons already up: reload
+fi
+rm -f "$conf"
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 for _ in $(seq 1 30); do

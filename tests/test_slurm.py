@@ -1,7 +1,8 @@
 """The workflow through a real single-node SLURM (`snakemake --profile profiles/slurm`).
 
 The fixture starts SLURM with .ci/slurm-up.sh when it is not running and this machine allows it
-(root, Debian packages reachable — as in CI); otherwise the tests skip and say why.
+(root, Debian packages reachable — as in CI); otherwise the tests skip and say why. The node has no
+GPU: the demo config's resources.gpu 0 is what lets the GPU rules run there.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.test_workflow import SNAKEMAKE, TINY, workflow_copy
 
@@ -72,3 +77,100 @@ def test_tiny_demo_runs_through_slurm_jobs(slurm, tmp_path):
     )
     done = {line.split()[0] for line in states.stdout.splitlines() if line.endswith("COMPLETED")}
     assert set(submitted) <= done
+
+
+# A GAN long enough to be cancelled between checkpoints (fp32: bit-reproducible on the CPU).
+GAN_ITERATIONS = 60
+LONG_GAN = (
+    f"gan={{crop: 40, base_channels: 4, iterations: {GAN_ITERATIONS}, checkpoint_every: 10, "
+    "stats_images: 2, precision: fp32}"
+)
+
+
+def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested dict/list (a loaded model file), keyed by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = (
+        obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    )
+    found: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        found.update(_tensors(value, f"{prefix}/{key}"))
+    return found
+
+
+def _running_job(copy: Path, rule: str) -> str | None:
+    """SLURM id of this copy's running job of ``rule`` (other runs may share the cluster)."""
+    result = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], capture_output=True, text=True
+    )
+    for line in result.stdout.splitlines():
+        job_id, comment, workdir = line.split("|", 2)
+        if comment == f"rule_{rule}" and Path(workdir) == copy:
+            return job_id
+    return None
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes_to_the_same_weights(slurm, tmp_path):
+    config = ["--configfile", "config.demo.yaml", "--config", *TINY, LONG_GAN]
+    target = "results/gan/model.pt"
+
+    # the reference: the same configuration, uninterrupted (locally, with the job's 2 threads)
+    reference = workflow_copy(tmp_path / "reference")
+    plain = subprocess.run(
+        [*SNAKEMAKE, target, "--cores", "2", *config], cwd=reference, capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr[-3000:]
+
+    copy = workflow_copy(tmp_path / "slurm")
+    output = tmp_path / "snakemake.out"
+    command = ["timeout", "-s", "INT", "-k", "30", "900", *SNAKEMAKE, "--profile", "profiles/slurm"]
+    with output.open("w") as out:
+        run = subprocess.Popen(
+            [*command, target, "--verbose", *config], cwd=copy, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            # cancel the training job once its first checkpoint is on disk
+            checkpoints = copy / "results" / "gan" / "checkpoints"
+            deadline = time.monotonic() + 600
+            while not list(checkpoints.glob("*.pt")):
+                assert run.poll() is None, output.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no GAN checkpoint within 600 s"
+                time.sleep(0.5)
+            cancelled = _running_job(copy, "train_gan")
+            assert cancelled is not None, "the GAN checkpoint exists but its job is not running"
+            subprocess.run(["scancel", cancelled], check=True)
+            returncode = run.wait(timeout=900)
+        finally:
+            if run.poll() is None:  # stop Snakemake (it cancels its SLURM jobs) on a failure
+                run.send_signal(signal.SIGINT)
+                run.wait(timeout=120)
+    log = output.read_text()
+    assert returncode == 0, log[-3000:]
+
+    # SLURM saw the job cancelled; Snakemake resubmitted it (attempt 2: twice the memory) ...
+    state = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", cancelled, "-o", "%T"], capture_output=True, text=True
+    )
+    assert state.stdout.strip() == "CANCELLED"
+    gan_jobs = {p.stem for p in (copy / ".snakemake/slurm_logs/rule_train_gan").glob("*.log")}
+    assert len(gan_jobs) == 2 and cancelled in gan_jobs
+    calls = re.findall(r"sbatch call: (.*--comment rule_train_gan .*)", log)
+    assert [re.search(r"--mem (\d+)", call)[1] for call in calls] == ["4000", "8000"]
+    assert not [call for call in calls if "--gpus" in call or "--gres" in call]  # resources.gpu 0
+    # ... which resumed from the checkpoint instead of starting again ...
+    resumed = re.search(
+        r"resumed from \S+ at iteration (\d+)", (copy / "logs/train_gan.log").read_text()
+    )
+    assert resumed is not None
+    assert 0 < int(resumed[1]) < GAN_ITERATIONS
+    # ... and ended with bit-identical weights and loss history to the uninterrupted run
+    ours = torch.load(copy / target, weights_only=True)
+    theirs = torch.load(reference / target, weights_only=True)
+    assert ours["iteration"] == theirs["iteration"] == GAN_ITERATIONS
+    ours_t, theirs_t = _tensors(ours), _tensors(theirs)
+    assert ours_t.keys() == theirs_t.keys() and len(ours_t) > 10
+    assert [k for k in ours_t if not torch.equal(ours_t[k], theirs_t[k])] == []
+    history = "results/gan/history.tsv"
+    assert (copy / history).read_text() == (reference / history).read_text()

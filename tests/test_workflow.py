@@ -174,8 +174,38 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tiny_demo):
                        "--report", "results/report.html", cwd=copy)  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     html = (copy / "results/report.html").read_text()
-    for name in ("scores_by_modality.png", "dataset_summary.csv", "fig2a_clusters_pca.png"):
+    for name in (
+        "scores_by_modality.png", "dataset_summary.csv", "fig2a_clusters_pca.png",
+        "fig3_style_transfer.png", "gan_losses.png", "augmented_gallery.png",
+        "segmenter_training.png", "table1.csv", "paired_differences.csv",
+        "fig4_predictions.png", "provenance.html",
+    ):  # fmt: skip
         assert name in html, name
+
+
+def test_tiny_demo_trains_every_model_and_scores_it_in_table1(tiny_demo):
+    copy = tiny_demo
+    manifest = pd.read_csv(copy / "results/augment/manifest.csv")
+    assert len(manifest) == round(0.5 * 15)  # augment.fraction of the training images
+    assert (manifest["target_domain"] != manifest["source_cluster"]).all()
+    for augmented in manifest["ImageId"]:
+        assert (copy / "results/augment/stage1_train" / augmented / "masks").is_dir()
+    table = pd.read_csv(copy / "results/score/table1.csv")
+    ours = table[table["source"] == "this run"]
+    expected = {"classical"} | {
+        f"{b}-{a}{t}" for b in ("deep_retina", "mirzaev") for a in ("none", "style")
+        for t in ("", "-tta")
+    }  # fmt: skip
+    assert set(ours["model"]) == expected
+    assert (ours["ci_low"] <= ours["score"]).all() and (ours["score"] <= ours["ci_high"]).all()
+    assert set(table.loc[table["source"] == "paper Table 1", "paper_score"]) == {
+        0.570, 0.532, 0.609, 0.599, 0.613
+    }  # fmt: skip
+    paired = pd.read_csv(copy / "results/score/paired_differences.csv")
+    assert len(paired) == 4  # 2 baselines x (single pass, TTA), style minus none
+    for model in expected - {"classical"}:
+        submission = copy / f"results/predict/{model}/stage1_test/submission.csv"
+        assert submission.read_text().startswith("ImageId,EncodedPixels")
 
     # nothing to do on a second run: outputs are complete and up to date
     again = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=copy)
@@ -292,3 +322,39 @@ def test_bbbc038_source_runs_through_a_file_mirror_with_fixes(tmp_path, shared_b
     }
     assert fixed_masks == {p.name for p in (fixed_root / pre_fix[0] / "masks").iterdir()}
     assert np.isfinite(summary["score"])
+
+
+def test_changing_the_gan_reruns_the_style_arm_and_nothing_else(tiny_demo):
+    """A GAN change (config, code, or -R train_gan) reruns the GAN, the style-augmented set, the
+    style-arm segmenters and their predictions and scores; not the `none` arm, not the classical."""
+    dry_run = ("-n", "--profile", "profiles/demo", "--config", *TINY)
+    gan = next(item for item in TINY if item.startswith("gan="))
+    module = tiny_demo / "src" / "nucleistyle" / "gan" / "trainer.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a change\n")
+        by_code = snakemake(*dry_run, cwd=tiny_demo)
+    finally:
+        module.write_text(original)
+    runs = {
+        "config": snakemake(*dry_run, gan.removesuffix("}") + ", w_cc: 5.0}", cwd=tiny_demo),
+        "code": by_code,
+        "forcerun": snakemake(*dry_run, "--forcerun", "train_gan", cwd=tiny_demo),
+    }
+    style = {"deep_retina-style", "mirzaev-style"}
+    for how, result in runs.items():
+        assert result.returncode == 0, f"{how}: {result.stderr[-2000:]}"
+        outputs = {
+            path
+            for line in result.stdout.splitlines()
+            if line.strip().startswith("output: ")
+            for path in line.strip().removeprefix("output: ").split(", ")
+        }
+        per_model = [p.split("/") for p in outputs if p.count("/") >= 3]  # results/<stage>/<model>/
+        trained = {parts[2] for parts in per_model if parts[1] == "segment"}
+        scored = {parts[2] for parts in per_model if parts[1] == "score"}
+        assert trained == style, how
+        assert scored == style | {f"{m}-tta" for m in style}, how
+        jobs = planned_jobs(result.stdout)
+        assert jobs["train_gan"] == jobs["augment_dataset"] == 1, how
+        assert not {"synthesize_dataset", "cluster_images", "segment_classical"} & set(jobs), how

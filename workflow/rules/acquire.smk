@@ -2,6 +2,12 @@
 # community annotation fixes), or the built-in synthetic multi-modality data set.
 
 
+# Downloads run on the machine that runs Snakemake (cluster nodes often have no internet).
+localrules:
+    download_bbbc038,
+    download_annotation_fixes,
+
+
 rule download_bbbc038:
     output:
         "resources/bbbc038/downloads/{bbbc_file}",

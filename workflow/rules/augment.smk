@@ -19,7 +19,7 @@ rule augment_dataset:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_gpu,
         mem_mb=8000,
         runtime=120,
     params:

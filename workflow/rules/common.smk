@@ -177,8 +177,14 @@ def get_gan_checkpoint(wildcards):
     return f"results/gan/checkpoints/{config_hash(get_gan_config(wildcards), ignore=('iterations',))}.pt"
 
 
+def get_gpu(wildcards):
+    """GPUs a GPU rule asks for (resources.gpu); 0 makes no GPU request at all."""
+    return config["resources"]["gpu"]
+
+
 def get_mem_mb_train(wildcards, attempt):
-    return 8000 * attempt
+    """MB; a job killed for memory is retried with more and resumes from its checkpoint."""
+    return config["resources"]["train_mem_mb"] * attempt
 
 
 def get_runtime_train(wildcards, attempt):

@@ -18,7 +18,7 @@ rule train_gan:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_gpu,
         mem_mb=get_mem_mb_train,
         runtime=get_runtime_train,
     params:
@@ -47,7 +47,7 @@ rule evaluate_gan:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_gpu,
         mem_mb=4000,
         runtime=60,
     params:

@@ -30,7 +30,7 @@ rule predict_shard:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_gpu,
         mem_mb=8000,
         runtime=240,
     params:

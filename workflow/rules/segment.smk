@@ -25,7 +25,7 @@ rule train_segmenter:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_gpu,
         mem_mb=get_mem_mb_train,
         runtime=get_runtime_train,
     params:
