@@ -14,6 +14,7 @@ from nucleistyle.tta import (
     make_transforms,
     mask_iou,
     merge_union,
+    merge,
     merge_vote,
     predict_tta,
     predict_tta_labels,
@@ -349,3 +350,20 @@ def test_predict_tta_rejects_wrong_model_outputs() -> None:
         predict_tta(lambda batch: [Instances.empty((23, 30)) for _ in batch], [image])
     with pytest.raises(NucleistyleError, match=r"image 0: expected \(H, W, 3\)"):
         predict_tta(blob_predict, [image[..., 0]])
+
+
+@pytest.mark.parametrize("how", ["vote", "union"])
+def test_a_variant_without_detections_still_merges(how):
+    # a barely trained model finds nothing under some transforms: that variant votes "absent"
+    found = np.zeros((1, 8, 8), np.float32)
+    found[0, 2:5, 2:5] = 1
+    nothing = np.zeros((0, 8, 8), np.float32)
+    variants = [
+        Instances(found, np.array([0.9], np.float32)),
+        Instances(nothing, np.zeros(0, np.float32)),
+        Instances(found, np.array([0.7], np.float32)),
+    ]
+    merged = merge(variants, TTAConfig(merge=how, min_votes=0.5))
+    assert len(merged) == 1 and np.array_equal(merged.masks[0] >= 0.5, found[0] > 0)
+    none = merge([Instances(nothing, np.zeros(0, np.float32))] * 2, TTAConfig(merge=how))
+    assert len(none) == 0 and none.shape == (8, 8)

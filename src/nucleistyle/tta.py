@@ -392,7 +392,7 @@ class TTAConfig:
 
 def _sparse_rows(binary: np.ndarray) -> sp.csr_matrix:
     """``[N, H, W]`` bool -> ``[N, H*W]`` sparse 0/1 matrix (int32)."""
-    flat = binary.reshape(binary.shape[0], -1)
+    flat = binary.reshape(binary.shape[0], binary.shape[1] * binary.shape[2])  # N may be 0
     rows, cols = np.nonzero(flat)
     data = np.ones(rows.size, np.int32)
     return sp.csr_matrix((data, (rows, cols)), shape=flat.shape)
