@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from nucleistyle.workflow import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
-    "*.egg-info", ".pytest_cache", ".ruff_cache",
-)  # fmt: skip
 
 
 def dry_run(copy: Path, *args: str) -> int:
@@ -68,8 +65,7 @@ def main() -> int:
     baseline_targets = [f"results/score/classical/{t}/summary.json" for t in test_sets]
 
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "repo"
-        shutil.copytree(REPO, copy, ignore=IGNORE)
+        copy = copy_workflow(REPO, Path(tmp) / "repo")
         dry_run(copy, *baseline_targets)  # warm the file cache and Snakemake's source cache
         base_s, base_jobs = best_time(copy, baseline_targets, args.repeats)
         print(f"config.yaml: test sets {', '.join(test_sets)}; {predictors} predictors")

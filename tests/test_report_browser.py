@@ -20,11 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nucleistyle.workflow import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
-    "*.egg-info", ".pytest_cache", ".ruff_cache",
-)  # fmt: skip
 TINY = "data={synthetic: {n_train: 15, n_test_per_modality: 2}}"
 TARGETS = (
     "results/report/dataset_summary.csv",
@@ -52,8 +50,7 @@ def _snakemake(cwd: Path, *args: str) -> None:
 @pytest.fixture(scope="module")
 def small_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-contained ``snakemake --report`` of a few cheap outputs, in a copy of the workflow."""
-    copy = tmp_path_factory.mktemp("report") / "repo"
-    shutil.copytree(REPO, copy, ignore=COPY_IGNORE)
+    copy = copy_workflow(REPO, tmp_path_factory.mktemp("report") / "repo")
     _snakemake(copy)
     _snakemake(copy, "--report", "results/report.html")
     return copy / "results" / "report.html"

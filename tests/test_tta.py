@@ -13,8 +13,8 @@ from nucleistyle.tta import (
     TTAConfig,
     make_transforms,
     mask_iou,
-    merge_union,
     merge,
+    merge_union,
     merge_vote,
     predict_tta,
     predict_tta_labels,
@@ -294,8 +294,8 @@ def test_identity_tta_reproduces_single_pass_exactly(merge: str) -> None:
 def test_equivariant_model_gives_same_labels_with_and_without_dihedral_tta() -> None:
     images = [blob_image((23, 30)), blob_image((30, 30))[::-1].copy()]
     plain = [to_labels(p) for p in blob_predict(images)]
-    for merge in ("vote", "union"):
-        tta = predict_tta_labels(blob_predict, images, TTAConfig(merge=merge))
+    for how in ("vote", "union"):
+        tta = predict_tta_labels(blob_predict, images, TTAConfig(merge=how))
         for a, b in zip(tta, plain, strict=True):
             np.testing.assert_array_equal(a, b)
     assert [p.max() for p in plain] == [4, 4]

@@ -4,7 +4,6 @@ and tiny end-to-end runs (synthetic data; BBBC038 through a file:// mirror of th
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,12 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from nucleistyle.workflow import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
-    "*.egg-info", ".pytest_cache", ".ruff_cache",
-)  # fmt: skip
 # The demo, shrunk to seconds per stage: same rules and code paths, toy sizes.
 TINY = [
     "data={synthetic: {n_train: 15, n_test_per_modality: 2}}",
@@ -42,9 +39,7 @@ def snakemake(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.
 
 def workflow_copy(tmp_path: Path) -> Path:
     """The workflow's files in a fresh folder, as in a clean clone (no results, no resources)."""
-    dest = tmp_path / "repo"
-    shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
-    return dest
+    return copy_workflow(REPO, tmp_path / "repo")
 
 
 def test_snakefmt_leaves_the_workflow_unchanged():
@@ -53,6 +48,14 @@ def test_snakefmt_leaves_the_workflow_unchanged():
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_ruff_finds_nothing_in_the_python_code():
+    result = subprocess.run(
+        [Path(sys.executable).with_name("ruff"), "check", "src", "tests", "scripts", "bench"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
 
 
 @pytest.mark.parametrize("configfile", ["config.yaml", "config.demo.yaml"])

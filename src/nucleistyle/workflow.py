@@ -8,6 +8,7 @@ violation into one line naming the key, so a bad value stops the workflow before
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,20 @@ import yaml
 
 from nucleistyle.utils import NucleistyleError
 
-__all__ = ["SCHEMA_PATH", "check_config", "export_library_path", "load_config", "validate_config"]
+__all__ = [
+    "SCHEMA_PATH",
+    "check_config",
+    "copy_workflow",
+    "export_library_path",
+    "load_config",
+    "validate_config",
+]
+
+# What a clean clone does not have: environments, outputs, downloads, caches.
+_NOT_WORKFLOW = shutil.ignore_patterns(
+    ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
+    "*.egg-info", ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
@@ -139,3 +153,15 @@ def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -
     validate_config(config, basedir)
     check_config(config)
     return config
+
+
+def copy_workflow(basedir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy the workflow's files to a new folder ``dest``, as in a clean clone: no virtual
+    environment, results, resources, logs, benchmarks or caches (for tests and benchmarks that
+    run Snakemake from scratch).
+
+    Returns:
+        ``dest``.
+    """
+    shutil.copytree(basedir, dest, ignore=_NOT_WORKFLOW)
+    return Path(dest)
