@@ -309,7 +309,7 @@ def test_bbbc038_source_runs_through_a_file_mirror_with_fixes(tmp_path, shared_b
     (copy / "mirror.yaml").write_text(yaml.safe_dump(overlay))
     targets = ["results/score/classical/stage1_test/summary.json"]
     targets += ["results/acquire/annotation_fixes.tsv"]
-    run = snakemake("--cores", "2", "--configfile", "mirror.yaml", *targets, cwd=copy)
+    run = snakemake(*targets, "--cores", "2", "--configfile", "mirror.yaml", cwd=copy)
     assert run.returncode == 0, run.stderr[-3000:]
 
     manifest = pd.read_csv(copy / "results/acquire/annotation_fixes.tsv", sep="\t")
