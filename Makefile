@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tta.py
 	$(BIN)/python bench/bench_segment.py
 	$(BIN)/python bench/bench_dag.py
-	$(BIN)/python bench/bench_gan.py  # last: exits 1 while the 2.5x target is missed
+	$(BIN)/python bench/bench_gan.py  # last: exits 1 when a target is missed
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)

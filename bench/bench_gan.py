@@ -6,7 +6,9 @@ Usage: ``python bench/bench_gan.py [--repeats N] [--threads T] [--stability-iter
    reference was timed in) for 6 domains, crop 216, batch 2, the paper's widths, on random
    images; each precision runs in its own subprocess (so its peak RSS, from getrusage, is its
    own), warm-up first, then the best and median of ``--repeats`` updates. A content-D update
-   (2 of them per MDMM iteration) is timed too.
+   (2 of them per MDMM iteration) is timed too. The roofline beside it: the FLOPs of one
+   update (torch's FlopCounterMode) per second, as a share of this CPU's matmul rate in the
+   same precision (a 4096^3 product), which says how much faster the same arithmetic can go.
 2. Stability: 30 iterations at crop 64 (same architecture) on a small synthetic data set, fp32
    and bf16 from the same seed; every loss must stay finite and the mean of the key terms over
    the last 10 iterations must agree within 15 % (GAN trajectories diverge; the levels must not).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -39,10 +42,12 @@ STABILITY_TOLERANCE = 0.15
 
 def _child_speed(precision: str, repeats: int, channels_last: bool) -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from nucleistyle.gan.trainer import GanConfig, GanTrainer
-    from nucleistyle.torchutils import resolve_precision
+    from nucleistyle.torchutils import keep_freed_memory, resolve_precision
 
+    keep_freed_memory()  # as train_gan does
     cfg = GanConfig(
         n_domains=6, crop=216, batch_size=2, precision=precision, device="cpu",
         channels_last=channels_last,
@@ -63,12 +68,30 @@ def _child_speed(precision: str, repeats: int, channels_last: bool) -> dict:
         start = time.perf_counter()
         trainer.content_step(images, domains)
         content.append(time.perf_counter() - start)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    with FlopCounterMode(display=False) as flops:
+        trainer.full_step(images, domains)
     return {
         "full_best": min(full),
         "full_median": float(np.median(full)),
         "content_best": min(content),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": peak_rss,
+        "gflop": flops.get_total_flops() / 1e9,
+        "matmul_gflops": _matmul_rate(torch.bfloat16 if precision == "bf16" else torch.float32),
     }
+
+
+def _matmul_rate(dtype, n: int = 4096) -> float:
+    """This CPU's dense matrix-product rate in GFLOP/s for ``dtype`` (best of 3): the roofline."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def _child_stability(precision: str, iterations: int, data: str) -> dict:
@@ -134,7 +157,10 @@ def main() -> int:
         s = speed[precision]
         print(
             f"{precision}: full update {s['full_best']:.2f} s (median {s['full_median']:.2f}), "
-            f"content-D update {s['content_best']:.2f} s, peak RSS {s['peak_rss_gib']:.2f} GiB"
+            f"content-D update {s['content_best']:.2f} s, peak RSS {s['peak_rss_gib']:.2f} GiB; "
+            f"{s['gflop']:.0f} GFLOP per update = {s['gflop'] / s['full_best']:.0f} GFLOP/s, "
+            f"{s['gflop'] / s['full_best'] / s['matmul_gflops']:.0%} of this CPU's {precision} "
+            f"4096^3 matmul rate ({s['matmul_gflops']:.0f} GFLOP/s)"
         )
     with tempfile.TemporaryDirectory() as tmp:
         _make_data(Path(tmp) / "data")

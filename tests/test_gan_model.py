@@ -260,3 +260,67 @@ def test_one_training_iteration_updates_all_networks_with_finite_losses() -> Non
         keys = [k for k in before if k.startswith(name + ".")]
         changed = [k for k in keys if not torch.equal(before[k], after[k])]
         assert changed == keys, f"{name}: unchanged {sorted(set(keys) - set(changed))}"
+
+
+# -- the fast paths of networks.py compute the layers of gan.md §3 --------------------------------
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (3, 3, 3, 3), (2, 1, 0, 3)])
+def test_reflect_pad_backward_is_atens(pad: tuple[int, int, int, int]) -> None:
+    from nucleistyle.gan.networks import _ReflectPad
+
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, 7 + pad[2] + pad[3], 9 + pad[0] + pad[1], dtype=torch.float64)
+    ours = _ReflectPad.apply(x, pad)
+    assert torch.equal(ours, torch.nn.functional.pad(x, pad, mode="reflect"))
+    (expected,) = torch.autograd.grad(torch.nn.functional.pad(x, pad, mode="reflect"), x, grad)
+    (got,) = torch.autograd.grad(ours, x, grad)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: _ReflectPad.apply(t, pad), (x,))
+
+
+@pytest.mark.parametrize("side", [16, 27])  # 27: the average pool floors odd sizes
+def test_attribute_block_conv_and_pool_as_one_convolution(side: int) -> None:
+    from nucleistyle.gan.networks import _BasicBlock
+
+    torch.manual_seed(0)
+    block = _BasicBlock(5, 7).double()
+    x = torch.randn(2, 5, side, side + 3, dtype=torch.float64, requires_grad=True)
+    reference = block.main(x) + block.shortcut(x)  # layer by layer, with nn.AvgPool2d
+    fused = block(x)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
+    grad = torch.randn_like(reference)
+    inputs = [x, *block.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(fused, inputs, grad),
+        torch.autograd.grad(reference, inputs, grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_constant_planes_enter_as_one_vector_per_image() -> None:
+    """E_a's tiled domain and G's last tiled attribute: folded, the same outputs and gradients."""
+    from nucleistyle.gan.networks import tile
+
+    torch.manual_seed(0)
+    enc_a, gen = AttributeEncoder(4, 4), Generator(4, 4)
+    x = torch.rand(3, 3, 40, 44) * 2 - 1
+    domain = one_hot([0, 3, 1], 4)
+    h = enc_a.layers(torch.cat([x, tile(domain, x)], dim=1))  # the concatenated input
+    torch.testing.assert_close(enc_a(x, domain)[0], enc_a.fc_mu(h), rtol=1e-5, atol=1e-6)
+
+    features = torch.randn(3, 5, 24, 20, requires_grad=True)
+    attribute = torch.randn(3, 4, requires_grad=True)
+    gen.out = torch.nn.ConvTranspose2d(5 + 4, 3, 1)
+    reference = gen.out(torch.cat([features, tile(attribute, features)], dim=1))
+    folded = gen._project(features, attribute)
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(reference)
+    inputs = [features, attribute, gen.out.weight, gen.out.bias]
+    for a, b in zip(
+        torch.autograd.grad(folded, inputs, grad),
+        torch.autograd.grad(reference, inputs, grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ guard. Nothing here knows about a particular model.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import logging
@@ -34,6 +35,7 @@ __all__ = [
     "cpu_has_bf16",
     "eval_mode",
     "get_rng_state",
+    "keep_freed_memory",
     "load_checkpoint",
     "log_environment",
     "resolve_precision",
@@ -71,6 +73,24 @@ def select_device(name: str = "auto", key: str = "device") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise NucleistyleError(f"config key {key}: {exc}") from exc
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A training step frees and re-allocates the same large activations every time. glibc serves
+    each block over its mmap threshold with a fresh ``mmap`` and returns it on free, so every
+    step page-faults its whole working set in again: ~70,000 faults and ~5 % of a GAN update on
+    a 2-core CPU (``make bench``). Raising the mmap and trim thresholds keeps the blocks on the
+    heap; the peak RSS stays the same. Process-wide, idempotent; False (nothing changed) where
+    the C library is not glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
 @functools.cache

@@ -69,6 +69,7 @@ from nucleistyle.torchutils import (
     check_finite,
     config_fingerprint,
     get_rng_state,
+    keep_freed_memory,
     load_checkpoint,
     log_environment,
     resolve_precision,
@@ -652,6 +653,7 @@ def train_gan(
         TrainingDiverged: A loss became NaN or infinite.
     """
     device = select_device(cfg.device, "gan.device")
+    keep_freed_memory()  # no page faults for the same activations every step
     dtype = resolve_precision(cfg.precision, device, "gan.precision")
     data = load_domain_set(
         images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers

@@ -54,6 +54,7 @@ from nucleistyle.torchutils import (
     autocast,
     check_finite,
     get_rng_state,
+    keep_freed_memory,
     load_checkpoint,
     log_environment,
     resolve_precision,
@@ -321,6 +322,7 @@ def train_segmenter(
     """
     check_arm(arm, assignments_csv, len(train_dirs))
     device = select_device(cfg.device, "segment.device")
+    keep_freed_memory()  # no page faults for the same activations every step
     dtype = resolve_precision(cfg.precision, device, "segment.precision")
     environment = log_environment(device, dtype, cfg.seed)
     items = load_items(list_training_records(train_dirs), cfg.prep.fill_holes)
