@@ -130,7 +130,7 @@ def _make_data(root: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="timed full updates per setting")
+    parser.add_argument("--repeats", type=int, default=3, help="timed full updates per setting")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--stability-iterations", type=int, default=30)
     parser.add_argument("--channels-last", action="store_true", help="channels-last convs")
