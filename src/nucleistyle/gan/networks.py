@@ -29,12 +29,13 @@ checks them. Deliberate deviations, all without a parameter change:
 6. G's first residual block (``share``) depends on z_c only; :meth:`Generator.decode` lets the
    trainer run it once per distinct content instead of once per translation (identical maths).
 
-Three more rewrites change the arithmetic, not the function (equal up to rounding, tested in
-float64), for speed: E_a's "conv3x3 then 2x2 average pool" runs as one 4x4 stride-2 convolution
-(:meth:`_ReflectConv2d.pooled`); E_a's tiled domain planes and G's last tiled attribute planes are
-constant over the image, so their share of the next layer is added as one vector per image
-instead of being convolved; G's final 1x1 transposed convolution is a matrix product. Together
-with the bf16 padding they make a bf16 update on a 2-core CPU ~10 % faster (``make bench``).
+Three more rewrites change the arithmetic, not the function (equal up to rounding; tests compare
+each with the layer-by-layer form), for speed: E_a's "conv3x3 then 2x2 average pool" runs as one
+4x4 stride-2 convolution (:meth:`_ReflectConv2d.pooled`); E_a's tiled domain planes and G's last
+tiled attribute planes are constant over the image, so their share of the next layer is added as
+one vector per image instead of being convolved; G's final 1x1 transposed convolution is a matrix
+product. Together with the bf16 padding they make a bf16 update on a 2-core CPU ~10 % faster
+(``make bench``).
 """
 
 from __future__ import annotations
