@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: run test bench lint report clean
+.PHONY: run test bench gpu-smoke lint report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_segment.py
 	$(BIN)/python bench/bench_dag.py
 	$(BIN)/python bench/bench_gan.py  # last: exits 1 when a target is missed
+
+## gpu-smoke: on a CUDA machine, the paper-size GAN and both baselines for a few dozen bf16
+## iterations each, TTA prediction, speeds, peak GPU memory and projected schedule times (< 5 min;
+## one line and exit 0 without CUDA)
+gpu-smoke: $(STAMP)
+	$(BIN)/python bench/gpu_smoke.py
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(STAMP)

@@ -1,9 +1,12 @@
 """Rule train_gan: train the style-transfer GAN (resumes from its checkpoint after a kill)."""
 
+from nucleistyle.gan.evaluate import TransferMonitor
 from nucleistyle.gan.trainer import GanConfig, train_gan
+from nucleistyle.torchutils import set_torch_threads
 from nucleistyle.utils import setup_logging
 
 setup_logging(snakemake.log[0])
+set_torch_threads(snakemake.threads)
 train_gan(
     snakemake.input.images,
     snakemake.input.assignments,
@@ -11,4 +14,9 @@ train_gan(
     GanConfig.from_config(snakemake.params.gan),
     checkpoint=snakemake.params.checkpoint,
     history_tsv=snakemake.output.history,
+    monitor=TransferMonitor(
+        snakemake.input.cluster_model,
+        seed=snakemake.params.gan.get("seed", 0),
+        device=snakemake.params.gan.get("device", "auto"),
+    ),
 )

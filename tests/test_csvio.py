@@ -167,7 +167,7 @@ def test_read_submission_tolerates_bom_and_rejects_binary(tmp_path: Path) -> Non
     path.write_bytes(b"\xef\xbb\xbfImageId,EncodedPixels\na,1 1\n")
     assert read_submission(path) == {"a": ["1 1"]}  # in a submission `1 1` is a real pixel
     path.write_bytes(b"ImageId,EncodedPixels\na,\xff\xfe\n")
-    with pytest.raises(NucleistyleError, match=r"sub.csv line .*unreadable CSV"):
+    with pytest.raises(NucleistyleError, match=r"sub.csv line 2: not UTF-8 text"):
         read_submission(path)
     with pytest.raises(NucleistyleError, match="cannot open"):
         read_submission(tmp_path / "absent.csv")

@@ -243,12 +243,13 @@ def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_
     out, manifest_csv = tmp_path / "aug", tmp_path / "manifest.csv"
     manifest = augment_dataset(
         trained["images"], trained["assignments"], trained["model"], out, manifest_csv,
-        fraction=0.5, seed=3, device="cpu",
+        copies=2, seed=3, device="cpu",
     )  # fmt: skip
     originals = {r.image_id: r for r in list_images(trained["images"])}
-    assert len(manifest) == 6 == round(0.5 * len(originals))
+    assert len(manifest) == 2 * len(originals)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
-    assert manifest["source_ImageId"].is_unique
+    assert (manifest["source_ImageId"].value_counts() == 2).all()
+    assert manifest["ImageId"].is_unique
     assert all(re.fullmatch("[0-9a-f]{64}", i) for i in manifest["ImageId"])
     assert not set(manifest["ImageId"]) & set(originals)
     assert (manifest["target_domain"] != manifest["source_cluster"]).all()
@@ -269,7 +270,7 @@ def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_
     pd.testing.assert_frame_equal(pd.read_csv(manifest_csv, dtype={"ImageId": str}), manifest)
     again = augment_dataset(
         trained["images"], trained["assignments"], trained["model"], tmp_path / "aug2",
-        tmp_path / "m2.csv", fraction=0.5, seed=3, device="cpu",
+        tmp_path / "m2.csv", copies=2, seed=3, device="cpu",
     )  # fmt: skip
     pd.testing.assert_frame_equal(
         again.drop(columns="source_image"), manifest.drop(columns="source_image")

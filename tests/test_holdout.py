@@ -68,8 +68,10 @@ def test_holdout_writes_the_local_layout_with_the_held_out_masks_as_solution(
 
 def test_holdout_refuses_an_existing_folder_and_a_set_without_masks(synthetic_train, tmp_path):
     (tmp_path / "taken").mkdir()
-    with pytest.raises(NucleistyleError, match="already exists"):
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(NucleistyleError, match="already exists and is not empty"):
         make_holdout(synthetic_train, tmp_path / "taken")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     flat = tmp_path / "flat"
     flat.mkdir()
     first = list_images(synthetic_train)[0]

@@ -69,9 +69,10 @@ def test_deep_retina_defaults_match_baselines_md() -> None:
     assert cfg.optim.lr_factors == pytest.approx((1.0, 0.1, 1 / 30))
     assert (cfg.epochs, cfg.batch_size, cfg.val_fraction, cfg.selection) == (75, 2, 0.0, "last")
     p = cfg.post
+    # no 1-px dilation: torchvision's masks are not Matterport's (test_learning.py shows the cap)
     assert (p.mask_threshold, p.dilation, p.max_lost, p.min_area, p.fill_holes) == (
         0.5,
-        1,
+        0,
         0.7,
         0,
         False,
@@ -100,8 +101,9 @@ def test_mirzaev_defaults_match_baselines_md() -> None:
     assert cfg.optim.lr_factors == (1.0, 0.1, 0.01)
     assert (cfg.val_fraction, cfg.split_seed, cfg.selection) == (0.1, 11, "best_val")
     p = cfg.post
+    # 0.5, not the original 0.35 (tuned for Matterport's masks; 0.5 scored higher here)
     assert (p.mask_threshold, p.min_area, p.fill_holes, p.closing, p.drop_fragmented) == (
-        0.35,
+        0.5,
         10,
         True,
         True,
@@ -115,7 +117,6 @@ DOC_ROWS = [
     (r"\| TRAIN_ROIS_PER_IMAGE \| \*\*(\d+)\*\*", "deep_retina", "model.box_batch_size_per_image"),
     (r"\| DETECTION_MIN_CONFIDENCE \| \*\*([\d.]+)\*\*", "deep_retina", "model.box_score_thresh"),
     (r"\| DETECTION_MAX_INSTANCES \| \*\*(\d+)\*\* \|", "mirzaev", "model.box_detections_per_img"),
-    (r"\| DETECTION_MASK_THRESHOLD \| \*\*([\d.]+)\*\*", "mirzaev", "post.mask_threshold"),
     (r"\| RPN_TRAIN_ANCHORS_PER_IMAGE \| \*\*(\d+)", "mirzaev", "model.rpn_batch_size_per_image"),
 ]  # fmt: skip
 
@@ -366,7 +367,7 @@ def test_overlaps_go_to_the_higher_score() -> None:
 
 def test_deep_retina_drops_an_instance_that_lost_most_of_its_area() -> None:
     big, inside = _box((12, 12), 0, 10, 0, 10), _box((12, 12), 2, 8, 2, 9)
-    cfg = get_config("deep_retina").post
+    cfg = get_config("deep_retina", {"post": {"dilation": 1}}).post
     labels = postprocess(_instances([inside, big], [0.6, 0.9]), cfg)
     assert labels.max() == 1  # the inner box lost 100 % to the better one
     # dilation by a 3x3 cross grows a 10x10 box to 10x10 + 4 x 10 edge pixels (+ clipping)
@@ -502,7 +503,8 @@ def test_plot_training_draws_every_history(tmp_path: Path) -> None:
     with_val.to_csv(tmp_path / "b.tsv", sep="\t", index=False)
     plot_training({"a": tmp_path / "a.tsv", "b": tmp_path / "b.tsv"}, tmp_path / "curves.png")
     with Image.open(tmp_path / "curves.png") as im:
-        assert im.width > 4 * im.height > 0  # four panels side by side
+        # two rows (learning curves above, the four loss panels below), four panels wide
+        assert im.width / im.height == pytest.approx(4 * 4 / 6.4, rel=0.01)
     (tmp_path / "bad.tsv").write_text("x\ty\n1\t2\n")
     with pytest.raises(NucleistyleError, match=r"bad\.tsv: not a training history"):
         plot_training({"bad": tmp_path / "bad.tsv"}, tmp_path / "x.png")

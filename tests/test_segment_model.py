@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
 from nucleistyle.segment.model import PreparedTransform, build_model
 from nucleistyle.segment.predict import Detections, Segmenter, load_segmenter, predict_folder
-from nucleistyle.tta import TTAConfig
+from nucleistyle.tta import DIHEDRAL, TTAConfig
 from nucleistyle.utils import NucleistyleError
 from tests.conftest import TINY_SEGMENTER
 
@@ -94,9 +95,14 @@ def test_training_writes_a_loadable_model_and_a_finite_history(trained: dict[str
     assert state["format"] == engine.MODEL_FORMAT and state["iterations"] == 2
     assert state["config"]["model.box_score_thresh"] == 0.9
     history = pd.read_csv(trained["history"], sep="\t")
-    assert history["iteration"].tolist() == [1, 2]
-    losses = history[["loss", "loss_mask", "loss_classifier", "loss_objectness"]].to_numpy()
+    losses = history.dropna(subset="loss")
+    assert losses["iteration"].tolist() == [1, 2]
+    losses = losses[["loss", "loss_mask", "loss_classifier", "loss_objectness"]].to_numpy()
     assert np.isfinite(losses).all() and (losses > 0).all()
+    # the learning curve: the DSB score of the monitored training images (no validation split)
+    scored = history.dropna(subset="train_score")
+    assert scored["iteration"].tolist() == [2]
+    assert 0 <= scored["train_score"].iloc[0] <= 1 and (scored["cpu_s"] > 0).all()
     assert torch.load(trained["checkpoint"], weights_only=True)["iteration"] == 2
 
 
@@ -162,8 +168,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)["model"]
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
-    a = pd.read_csv(tmp_path / "straight.tsv", sep="\t").drop(columns="sec_per_it")
-    b = pd.read_csv(tmp_path / "resumed.tsv", sep="\t").drop(columns="sec_per_it")
+    timings = ["sec_per_it", "wall_s", "cpu_s"]
+    a = pd.read_csv(tmp_path / "straight.tsv", sep="\t").drop(columns=timings)
+    b = pd.read_csv(tmp_path / "resumed.tsv", sep="\t").drop(columns=timings)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -201,7 +208,7 @@ def test_sigkill_then_rerun_continues_from_the_checkpoint(demo: Path, tmp_path: 
         history_tsv=tmp_path / "h.tsv",
     )
     history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
-    assert history["iteration"].tolist() == list(range(1, done + 2))
+    assert history.dropna(subset="loss")["iteration"].tolist() == list(range(1, done + 2))
     assert torch.load(ckpt, weights_only=True)["iteration"] == done + 1
 
 
@@ -425,9 +432,14 @@ def test_tta_batches_every_variant_of_several_images_through_one_network_pass(
 ) -> None:
     model = _eager_model("deep_retina", tmp_path / "m.pt")
     calls = _record_raw_calls(monkeypatch)
-    predict_folder(model, demo / "stage1_test", tmp_path / "a.csv", tta={"batch_size": 16})
+    tta = {"batch_size": 16, "deep_retina": {"transforms": list(DIHEDRAL)}}
+    predict_folder(model, demo / "stage1_test", tmp_path / "a.csv", tta=tta)
     # 5 images of 64 x 64, 8 dihedral variants: 2 images (16 variants) per pass
     assert [len(c) for c in calls] == [16, 16, 8]
+    calls.clear()
+    predict_folder(model, demo / "stage1_test", tmp_path / "b.csv", tta={"batch_size": 30})
+    # Deep Retina's own TTA: 15 variants, 2 images (30 variants) per pass
+    assert [len(c) for c in calls] == [30, 30, 15]
     calls.clear()
     seg = load_segmenter(model, device="cpu")
     labels = seg.segment([np.zeros((40, 72, 3), np.uint8)], TTAConfig(batch_size=3))
@@ -488,7 +500,7 @@ def test_submission_rows_and_labels_follow_descending_confidence(
     Image.fromarray(image).save(flat / "squares.png")
     model = _eager_model("deep_retina", tmp_path / "m.pt")
     monkeypatch.setattr(Segmenter, "raw", _bright_squares)
-    for name, tta in (("single", None), ("tta", {})):  # {}: the 8 dihedral variants, vote
+    for name, tta in (("single", None), ("tta", {"transforms": list(DIHEDRAL)})):
         out = tmp_path / f"{name}.csv"
         predict_folder(model, flat, out, labels_dir=tmp_path / name, tta=tta)
         with Image.open(tmp_path / name / "squares.png") as im:
@@ -555,3 +567,73 @@ def test_bad_tta_settings_and_no_output_are_errors(tmp_path: Path) -> None:
     with pytest.raises(NucleistyleError, match=r"model file not found: .*m\.pt"):
         predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+def _restyled_copies(train: Path, out: Path, copies: int = 2) -> tuple[Path, Path]:
+    """Copies of every training image in BBBC038 layout with a manifest, as
+    :func:`nucleistyle.gan.augment.augment_dataset` writes them (inverted colours stand in for
+    the GAN; masks linked)."""
+    from nucleistyle.data.bbbc038 import write_sample
+
+    rows = []
+    for record in list_images(train):
+        for k in range(copies):
+            new_id = f"{record.image_id}-copy{k}"
+            folder = write_sample(out / "style", new_id, 255 - read_image(record.image_path)[0])
+            (folder / "masks").mkdir()
+            for mask in record.mask_paths:
+                (folder / "masks" / mask.name).hardlink_to(mask)
+            rows.append((new_id, record.image_id))
+    pd.DataFrame(rows, columns=["ImageId", "source_ImageId"]).to_csv(out / "m.csv", index=False)
+    return out / "style", out / "m.csv"
+
+
+def test_the_style_arm_trains_as_long_as_none_and_never_on_copies_of_validation_images(
+    demo: Path, tmp_path: Path
+) -> None:
+    style, manifest = _restyled_copies(demo / "stage1_train", tmp_path)
+    cfg = tiny("mirzaev", iterations=2)  # Mirzaev: a 10 % validation split
+    train = [demo / "stage1_train"]
+    train_segmenter(train, tmp_path / "none.pt", cfg)
+    train_segmenter(
+        train,
+        tmp_path / "style.pt",
+        cfg,
+        arm="style",
+        style_dirs=[style],
+        style_manifests=[manifest],
+    )
+    none, styled = (torch.load(tmp_path / f, weights_only=True) for f in ("none.pt", "style.pt"))
+    assert none["iterations"] == styled["iterations"] == 2
+    assert none["train_images"] == styled["train_images"] and len(styled["val_images"]) == 1
+    assert none["val_images"] == styled["val_images"]
+    assert (
+        styled["restyled_copies"] == 2 * len(styled["train_images"]) and not none["restyled_copies"]
+    )
+    with pytest.raises(NucleistyleError, match="only arm style"):
+        train_segmenter(
+            train, tmp_path / "x.pt", cfg, style_dirs=[style], style_manifests=[manifest]
+        )
+
+
+def test_a_draw_shows_a_restyled_copy_with_probability_style_p_else_the_none_arms_sample(
+    demo: Path,
+) -> None:
+    from nucleistyle.segment.dataset import DrawDataset, list_training_records, load_items
+    from nucleistyle.segment.transforms import training_pipeline
+
+    cfg = tiny()
+    items = load_items(list_training_records([demo / "stage1_train"]), False)
+    restyled = [dataclasses.replace(it, variants=(255 - it.image,)) for it in items]
+    pipeline = training_pipeline(cfg)
+    plain = DrawDataset(items, pipeline, 200, 0, 256)
+    styled = DrawDataset(restyled, pipeline, 200, 0, 256, style_p=0.5)
+    same = 0
+    for draw in range(200):
+        (a, target_a), (b, target_b) = plain[draw], styled[draw]
+        same += bool(torch.equal(a, b))
+        for key in ("boxes", "masks", "labels"):  # labels are inherited: always the same target
+            assert torch.equal(target_a[key], target_b[key])
+    assert 70 <= same <= 130  # about half the draws show the original, augmented identically
+    assert all(torch.equal(plain[j][0], DrawDataset(restyled, pipeline, 200, 0, 256)[j][0])
+               for j in range(20))  # style_p 0: never a copy  # fmt: skip

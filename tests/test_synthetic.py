@@ -317,6 +317,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_generate_writes_the_bbbc038_layout(small_set: tuple[Path, pd.DataFrame]) -> None:
     out, table = small_set
     assert sorted(p.name for p in out.iterdir()) == [
+        ".nucleistyle",  # the marker that lets a later run with overwrite replace it
         "modalities.csv",
         "stage1_solution.csv",
         "stage1_test",
@@ -362,13 +363,20 @@ def test_generated_masks_and_solution_hold_the_generated_labels(
             np.testing.assert_array_equal(truth.label_image()[0], labels)
 
 
-def test_generate_is_byte_identical_for_a_seed_and_replaces_old_output(
+def test_generate_is_byte_identical_for_a_seed_and_replaces_only_its_own_output(
     small_set: tuple[Path, pd.DataFrame], tmp_path: Path
 ) -> None:
     out, _ = small_set
     again = tmp_path / "again"
     (again / "stale").mkdir(parents=True)
-    generate(SMALL, again)
+    with pytest.raises(NucleistyleError, match="already exists and is not empty"):
+        generate(SMALL, again)
+    with pytest.raises(NucleistyleError, match="was not written by nucleistyle synthesize"):
+        generate(SMALL, again, overwrite=True)
+    assert [p.name for p in again.iterdir()] == ["stale"]
+    (again / "stale").rmdir()
+    generate(SMALL, again)  # an empty folder is fine
+    generate(SMALL, again, overwrite=True)  # and so is replacing its own output
     assert _files(again) == _files(out)
     other = tmp_path / "other"
     generate(SyntheticConfig(seed=4, n_train=10, n_test_per_modality=1, height=64, width=80), other)

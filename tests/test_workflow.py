@@ -26,6 +26,7 @@ TINY = [
     "representation_size: 32, rpn_pre_nms_top_n_test: 100, rpn_post_nms_top_n_test: 50}}, "
     "mirzaev: {prep: {size: 64, crop: 48}}, deep_retina: {prep: {size: 64}}}",
     "tta={transforms: [identity, hflip]}",
+    "augment={copies: 2}",
 ]
 
 pytestmark = pytest.mark.workflow
@@ -189,7 +190,8 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tiny_demo):
 def test_tiny_demo_trains_every_model_and_scores_it_in_table1(tiny_demo):
     copy = tiny_demo
     manifest = pd.read_csv(copy / "results/augment/manifest.csv")
-    assert len(manifest) == round(0.5 * 15)  # augment.fraction of the training images
+    assert len(manifest) == 2 * 15  # augment.copies of every training image
+    assert (manifest["source_ImageId"].value_counts() == 2).all()
     assert (manifest["target_domain"] != manifest["source_cluster"]).all()
     for augmented in manifest["ImageId"]:
         assert (copy / "results/augment/stage1_train" / augmented / "masks").is_dir()

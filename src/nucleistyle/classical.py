@@ -50,7 +50,12 @@ from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
 from nucleistyle.data.csvio import CompressedLabels, write_submission
-from nucleistyle.utils import NucleistyleError, config_from_mapping
+from nucleistyle.utils import (
+    NucleistyleError,
+    config_from_mapping,
+    published_together,
+    quiet_interrupts,
+)
 
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
 
@@ -302,11 +307,14 @@ def segment_folder(
         images_dir: A BBBC038-layout folder (``<id>/images/<id>.png``) or a flat folder of
             images (see :func:`nucleistyle.data.bbbc038.list_images`).
         submission_csv: Output submission (``ImageId,EncodedPixels``; an image without nuclei
-            gets one row with empty EncodedPixels), written atomically.
+            gets one row with empty EncodedPixels).
         cfg: Hyper-parameters; ``None`` means the defaults.
         workers: Worker processes (1 = in this process).
-        labels_dir: If given, also write ``<labels_dir>/<ImageId>.png`` (16-bit label images,
-            each atomically).
+        labels_dir: If given, also write ``<labels_dir>/<ImageId>.png`` (16-bit label images;
+            other files of the folder stay).
+
+    Both outputs are staged and appear together once every image is done: a bad image or a
+    kill leaves neither a submission nor any label image.
 
     Returns:
         The number of images segmented.
@@ -318,22 +326,25 @@ def segment_folder(
     if workers < 1:
         raise NucleistyleError(f"workers must be >= 1, got {workers}")
     records = list_images(images_dir)
-    out_dir = None if labels_dir is None else Path(labels_dir)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     log.info("classical segmentation of %d images in %s (%s)", len(records), images_dir, cfg)
     predictions = CompressedLabels()
-    jobs = [(r.image_id, r.image_path, cfg, out_dir) for r in records]
-    progress = tqdm(total=len(jobs), desc="classical", unit="image", disable=None, file=sys.stderr)
-    with progress:
+    progress = tqdm(
+        total=len(records), desc="classical", unit="image", disable=None, file=sys.stderr
+    )
+    with published_together() as outputs, progress:
+        staging = None if labels_dir is None else outputs.files_into(labels_dir)
+        jobs = [(r.image_id, r.image_path, cfg, staging) for r in records]
         if workers == 1:
             for job in jobs:
                 predictions.add_compressed(*_segment_file(*job))
                 progress.update()
         else:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=quiet_interrupts)
+            try:
                 for result in pool.map(_segment_file, *zip(*jobs, strict=True), chunksize=4):
                     predictions.add_compressed(*result)
                     progress.update()
-    write_submission(submission_csv, predictions)
+            finally:  # on an error or Ctrl-C, drop the queued images at once
+                pool.shutdown(cancel_futures=True)
+        write_submission(submission_csv, predictions, outputs=outputs)
     return len(predictions)

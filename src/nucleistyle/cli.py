@@ -1,35 +1,64 @@
 """The ``nucleistyle`` command line: the pipeline's library functions for users' own data.
 
-Every subcommand reports bad input as one line (``error: ...``) on stderr and exits with status 2.
+Every subcommand reports bad input as one line (``error: ...``) on stderr and exits with status 2
+(130 when interrupted). Before any work, inputs are checked (they exist, are of the right kind and
+readable), outputs are checked (writable, of the right kind) and kept apart from the inputs: no
+output may be, contain or lie inside an input. Numeric options take their bounds from the config
+schema, the same bounds the workflow enforces.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import functools
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from nucleistyle import __version__
-from nucleistyle.utils import NucleistyleError, setup_logging
+from nucleistyle.utils import (
+    NucleistyleError,
+    check_input,
+    check_output,
+    check_separate,
+    describe_os_error,
+    setup_logging,
+    user_paths,
+)
 
 log = logging.getLogger("nucleistyle")
 
+MAX_WORKERS = 1024  # --workers and --threads: 1..MAX_WORKERS
+
+# (description, path, is a folder) of a command's inputs and outputs
+_Paths = list[tuple[str, Any, bool]]
+
+
+def _available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or taskset limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+
 
 def _score(args: argparse.Namespace) -> int:
-    from nucleistyle.metrics import score_files
+    from nucleistyle.metrics import read_groups, score_files
+    from nucleistyle.utils import atomic_path
 
-    groups = None
-    if args.groups:
-        from nucleistyle.metrics import read_groups
-
-        groups = read_groups(args.groups, column=args.group_column)
+    groups = None if not args.groups else read_groups(args.groups, column=args.group_column)
     per_image, summary = score_files(args.solution, args.submission, groups=groups)
     if args.per_image:
-        from nucleistyle.utils import atomic_path
-
         with atomic_path(args.per_image) as tmp:
             per_image.to_csv(tmp, index=False)
     if args.json:
@@ -55,7 +84,7 @@ def _synthesize(args: argparse.Namespace) -> int:
             "width": args.size,
         }
     )
-    table = generate(cfg, Path(args.out_dir))
+    table = generate(cfg, Path(args.out_dir), overwrite=args.overwrite)
     print(f"wrote {len(table)} images to {args.out_dir}")
     return 0
 
@@ -90,15 +119,16 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from nucleistyle.segment.predict import predict_folder
-    from nucleistyle.tta import TTAConfig
+    from nucleistyle.torchutils import set_torch_threads
 
+    set_torch_threads(args.threads)
     n = predict_folder(
         args.model,
         args.images_dir,
         args.submission,
         labels_dir=args.out_dir,
         device=args.device,
-        tta=TTAConfig() if args.tta else None,
+        tta=bool(args.tta),
     )
     extra = f" and {args.submission}" if args.submission else ""
     print(f"segmented {n} images -> {args.out_dir}{extra}")
@@ -107,7 +137,9 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _stylize(args: argparse.Namespace) -> int:
     from nucleistyle.gan.stylize import stylize_folder
+    from nucleistyle.torchutils import set_torch_threads
 
+    set_torch_threads(args.threads)
     n = stylize_folder(
         args.model,
         args.images_dir,
@@ -125,7 +157,12 @@ def _holdout(args: argparse.Namespace) -> int:
     from nucleistyle.data.holdout import make_holdout
 
     table = make_holdout(
-        args.train_dir, args.out_dir, fraction=args.fraction, seed=args.seed, k=args.k
+        args.train_dir,
+        args.out_dir,
+        fraction=args.fraction,
+        seed=args.seed,
+        k=args.k,
+        overwrite=args.overwrite,
     )
     counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
     n_test = int((table["set"] == "stage1_test").sum())
@@ -134,11 +171,146 @@ def _holdout(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# the paths each command reads and writes: checked before any work
+
+
+def _score_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    inputs = [
+        ("solution file", a.solution, False),
+        ("submission file", a.submission, False),
+        ("groups file", a.groups, False),
+    ]
+    return inputs, [("per-image table", a.per_image, False)]
+
+
+def _synthesize_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    return [], [("output folder", a.out_dir, True)]
+
+
+def _classical_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    outputs = [("submission file", a.submission, False), ("label folder", a.labels_dir, True)]
+    return [("image folder", a.images_dir, True)], outputs
+
+
+def _cluster_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    outputs = [("assignment table", a.out, False), ("model file", a.model, False)]
+    return [("image folder", a.images_dir, True)], outputs
+
+
+def _model_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    inputs = [("model file", a.model, False), ("image folder", a.images_dir, True)]
+    outputs = [("output folder", a.out_dir, True)]
+    outputs += [("submission file", getattr(a, "submission", None), False)]
+    return inputs, outputs
+
+
+def _holdout_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    return [("training folder", a.train_dir, True)], [("output folder", a.out_dir, True)]
+
+
+def check_paths(inputs: _Paths, outputs: _Paths) -> None:
+    """Check a command's paths before it starts: inputs usable, outputs writable and apart.
+
+    Raises:
+        NucleistyleError: the first problem, naming the path.
+    """
+    for what, path, folder in inputs:
+        if path is not None:
+            check_input(path, what, folder=folder)
+    check_separate(
+        {what: path for what, path, _ in inputs}, {what: path for what, path, _ in outputs}
+    )
+    for what, path, folder in outputs:
+        if path is not None:
+            check_output(path, what, folder=folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# bounds of numeric options: the config schema's
+
+
+@functools.cache
+def _schema_bounds(key: str) -> dict[str, float]:
+    """minimum / maximum / exclusiveMinimum / exclusiveMaximum of a config key in the schema
+    (``{}`` when this installation has no schema: the library's own checks still apply)."""
+    import yaml
+
+    from nucleistyle.workflow import SCHEMA_PATH
+
+    path = Path(__file__).resolve().parents[2] / SCHEMA_PATH
+    if not path.is_file():
+        return {}
+    node = yaml.safe_load(path.read_text())
+    for part in key.split("."):
+        node = node["properties"][part]
+    names = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    return {name: node[name] for name in names if name in node}
+
+
+def _number(kind: type, key: str | None = None, **bounds: float) -> Callable[[str], int | float]:
+    """An argparse type: an int or finite float within the bounds of config ``key`` (or the
+    given ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        limits = {**(_schema_bounds(key) if key else {}), **bounds}
+        source = f" (config key {key})" if key else ""
+        for name, test, words in (
+            ("minimum", lambda v, b: v >= b, "at least"),
+            ("exclusiveMinimum", lambda v, b: v > b, "greater than"),
+            ("maximum", lambda v, b: v <= b, "at most"),
+            ("exclusiveMaximum", lambda v, b: v < b, "less than"),
+        ):
+            if name in limits and not test(value, limits[name]):
+                raise argparse.ArgumentTypeError(
+                    f"must be {words} {limits[name]}{source}, got {text}"
+                )
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"  # argparse names it in errors
+    return parse
+
+
+_WORKERS = _number(int, minimum=1, maximum=MAX_WORKERS)
+
+
+# ------------------------------------------------------------------------------------------------
+# the parser
+
+
+class _UsageError(Exception):
+    """A bad command line (argparse's error, reported as one line by :func:`main`)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_WORKERS,
+        default=None,
+        metavar="N",
+        help=f"PyTorch CPU threads (default: the cores available to this process, "
+        f"{_available_cores()})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nucleistyle", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nucleistyle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    seed = _number(int, "seed")
 
     p = sub.add_parser(
         "score", help="official DSB 2018 score of a submission against a solution file"
@@ -162,31 +334,50 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object (score, n_images, groups, missing)",
     )
-    p.set_defaults(func=_score)
+    p.set_defaults(func=_score, paths=_score_paths)
 
     p = sub.add_parser(
         "synthesize", help="write the synthetic multi-modality data set in BBBC038 layout"
     )
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=120)
-    p.add_argument("--n-test-per-modality", type=int, default=6)
-    p.add_argument("--size", type=int, default=128, help="image height and width (px)")
-    p.set_defaults(func=_synthesize)
+    p.add_argument("out_dir", help="new (or empty) folder")
+    p.add_argument("--seed", type=_number(int, "data.synthetic.seed"), default=0)
+    p.add_argument("--n-train", type=_number(int, "data.synthetic.n_train"), default=120)
+    p.add_argument(
+        "--n-test-per-modality", type=_number(int, "data.synthetic.n_test_per_modality"), default=6
+    )
+    p.add_argument(
+        "--size",
+        type=_number(int, "data.synthetic.height"),
+        default=128,
+        help="image height and width (px)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR if it is a non-empty folder written by this command before",
+    )
+    p.set_defaults(func=_synthesize, paths=_synthesize_paths)
 
     p = sub.add_parser("cluster", help="group images into modalities: K-means on HSV features")
     p.add_argument(
         "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder"
     )
-    p.add_argument("--k", type=int, default=6, help="number of clusters (default: 6)")
+    p.add_argument(
+        "--k", type=_number(int, "cluster.k"), default=6, help="number of clusters (default: 6)"
+    )
     p.add_argument("--out", required=True, metavar="ASSIGNMENTS.csv", help="ImageId, cluster, ...")
     p.add_argument(
         "--model", metavar="MODEL.json", help="also save the model (to assign new images)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-init", type=int, default=20, help="K-means restarts (default: 20)")
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=_cluster)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--n-init",
+        type=_number(int, "cluster.n_init"),
+        default=20,
+        help="K-means restarts (default: 20)",
+    )
+    p.add_argument("--workers", type=_WORKERS, default=2)
+    p.set_defaults(func=_cluster, paths=_cluster_paths)
 
     p = sub.add_parser(
         "classical", help="segment a folder with the classical threshold + watershed baseline"
@@ -196,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("submission", help="output submission CSV")
     p.add_argument("--labels-dir", help="also write 16-bit label PNGs here")
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=_classical)
+    p.add_argument("--workers", type=_WORKERS, default=2)
+    p.set_defaults(func=_classical, paths=_classical_paths)
 
     p = sub.add_parser(
         "segment", help="segment a folder with a trained Mask R-CNN (single pass or --tta)"
@@ -214,12 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: the 8 dihedral variants, merged by voting",
+        help="the baseline's own test-time augmentation (Deep Retina: 15 variants and a "
+        "5-of-15 pixel vote; Mirzaev: identity + horizontal flip, union merge)",
     )
     p.add_argument(
         "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
     )
-    p.set_defaults(func=_segment)
+    _add_threads(p)
+    p.set_defaults(func=_segment, paths=_model_paths)
 
     p = sub.add_parser(
         "stylize", help="render a folder of images in another domain with the trained style GAN"
@@ -234,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
         help="seed of the attribute draws; each image's draw also depends on its ImageId",
     )
@@ -246,30 +439,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
     )
-    p.set_defaults(func=_stylize)
+    _add_threads(p)
+    p.set_defaults(func=_stylize, paths=_model_paths)
 
     p = sub.add_parser(
         "holdout",
         help="split a training folder into train + held-out test (data.source local layout)",
     )
     p.add_argument("train_dir", help="BBBC038-layout training folder (<id>/images, <id>/masks)")
-    p.add_argument("out_dir", help="new folder: stage1_train/, stage1_test/, stage1_solution.csv")
-    p.add_argument("--fraction", type=float, default=0.2, help="share held out per cluster")
-    p.add_argument("--k", type=int, default=6, help="HSV clusters used as strata")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_holdout)
+    p.add_argument(
+        "out_dir", help="new (or empty) folder: stage1_train/, stage1_test/, stage1_solution.csv"
+    )
+    p.add_argument(
+        "--fraction",
+        type=_number(float, exclusiveMinimum=0, exclusiveMaximum=1),
+        default=0.2,
+        help="share held out per cluster, in (0, 1)",
+    )
+    p.add_argument(
+        "--k", type=_number(int, "cluster.k"), default=6, help="HSV clusters used as strata"
+    )
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR if it is a non-empty folder written by this command before",
+    )
+    p.set_defaults(func=_holdout, paths=_holdout_paths)
     return parser
 
 
+# ------------------------------------------------------------------------------------------------
+# errors as one line
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped: one line, always."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# Parse errors of the file formats read by the commands (pandas' are matched by module).
+_PARSE_ERRORS = (csv.Error, UnicodeError, json.JSONDecodeError, zipfile.BadZipFile)
+
+
+def _message(exc: BaseException) -> str | None:
+    """The one-line report of an expected failure; None for a bug (its traceback is kept)."""
+    if isinstance(exc, NucleistyleError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    if isinstance(exc, _PARSE_ERRORS) or type(exc).__module__.startswith(("pandas", "yaml")):
+        return f"cannot parse an input file: {exc}"
+    return None
+
+
+class _Warnings(logging.Handler):
+    """Holds the library's warnings of a run: printed after a success, dropped after a
+    failure, whose one line then says all."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"warning: {_one_line(record.getMessage())}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.verbose:
-        setup_logging()
+    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    warnings = _Warnings()
+    root = logging.getLogger()
     try:
-        return args.func(args)
-    except (NucleistyleError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            setup_logging()
+        else:
+            root.addHandler(warnings)
+        if getattr(args, "threads", "") is None:
+            args.threads = _available_cores()
+        check_paths(*args.paths(args))
+        status = args.func(args)
+        for line in warnings.lines:
+            print(line, file=sys.stderr)
+        return status
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except _UsageError as exc:
+        message = str(exc)
+    except Exception as exc:
+        found = _message(exc)
+        if found is None:
+            raise
+        message = found
+    finally:
+        root.removeHandler(warnings)
+    print(f"error: {_one_line(user_paths(message))}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

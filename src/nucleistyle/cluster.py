@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,11 @@ from threadpoolctl import threadpool_limits
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
 from nucleistyle.utils import (
     NucleistyleError,
-    atomic_dir,
+    OutputSet,
     atomic_path,
     config_from_mapping,
     link_or_copy,
+    published_together,
 )
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "compute_features",
     "enhance_dataset",
     "enhance_image",
+    "features_table",
     "fit_clusters",
     "hsv_features",
     "silhouette_by_k",
@@ -203,9 +205,15 @@ def compute_features(images_dir: PathLike, workers: int = 2) -> pd.DataFrame:
     else:
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hsv") as pool:
             rows = list(pool.map(_features_of, records))
-    table = pd.DataFrame(np.vstack(rows), columns=list(FEATURE_NAMES))
-    table.insert(0, "ImageId", [r.image_id for r in records])
+    table = features_table([r.image_id for r in records], rows)
     log.info("HSV features of %d images from %s", len(table), images_dir)
+    return table
+
+
+def features_table(image_ids: Sequence[str], rows: Sequence[np.ndarray]) -> pd.DataFrame:
+    """The :func:`compute_features` table of :func:`hsv_features` vectors (one per ImageId)."""
+    table = pd.DataFrame(np.vstack(rows), columns=list(FEATURE_NAMES))
+    table.insert(0, "ImageId", list(image_ids))
     return table
 
 
@@ -347,8 +355,9 @@ class ClusterModel:
         """Coordinates of each row on the two principal axes, float64 shape (N, 2)."""
         return (self.standardised(features) - self.pca_mean) @ self.pca_components.T
 
-    def to_json(self, path: PathLike) -> None:
-        """Write the model as plain JSON (atomically); floats round-trip exactly."""
+    def to_json(self, path: PathLike, outputs: OutputSet | None = None) -> None:
+        """Write the model as plain JSON (atomically, or published with ``outputs``); floats
+        round-trip exactly."""
         payload = {
             "format": "nucleistyle.cluster/1",
             "config": dataclasses.asdict(self.config),
@@ -362,7 +371,7 @@ class ClusterModel:
             "pca_explained": list(self.pca_explained),
             "table": self.table.to_dict(orient="list"),
         }
-        with atomic_path(path) as tmp:
+        with atomic_path(path, outputs) as tmp:
             tmp.write_text(json.dumps(payload, indent=1) + "\n")
 
     @classmethod
@@ -523,16 +532,20 @@ def cluster_dataset(
     cfg: ClusterConfig,
     workers: int = 2,
     model_json: PathLike | None = None,
+    outputs: OutputSet | None = None,
 ) -> pd.DataFrame:
     """Cluster a training set: features, K-means, PCA; write the assignment table (and model).
 
+    The table and the model appear together or not at all.
+
     Args:
         images_dir: Training images (BBBC038 layout or a flat folder).
-        out_csv: Assignment table (written atomically): ImageId, cluster, name, the
-            :data:`FEATURE_NAMES` columns, pc1, pc2; ImageId order.
+        out_csv: Assignment table: ImageId, cluster, name, the :data:`FEATURE_NAMES` columns,
+            pc1, pc2; ImageId order.
         cfg: K-means settings.
         workers: Decoding threads.
         model_json: Where to write the fitted :class:`ClusterModel` as JSON (optional).
+        outputs: Publish both with these other outputs (default: on their own, at the end).
 
     Returns:
         The assignment table.
@@ -542,10 +555,11 @@ def cluster_dataset(
             larger than the number of images.
     """
     model = fit_clusters(compute_features(images_dir, workers=workers), cfg)
-    with atomic_path(out_csv) as tmp:
-        model.table.to_csv(tmp, index=False)
-    if model_json is not None:
-        model.to_json(model_json)
+    with published_together(outputs) as together:
+        with atomic_path(out_csv, together) as tmp:
+            model.table.to_csv(tmp, index=False)
+        if model_json is not None:
+            model.to_json(model_json, together)
     return model.table
 
 
@@ -771,7 +785,7 @@ def enhance_dataset(
         out_dir: Output folder.
         cfg: CLAHE settings.
         workers: Threads (CLAHE and PNG encoding run mostly outside the GIL).
-        table_csv: Where to also write the returned table (atomically), optional.
+        table_csv: Where to also write the returned table (it appears with the folder), optional.
 
     Returns:
         One row per image in ImageId order: ImageId, cluster, enhanced (bool), v_median_before,
@@ -792,12 +806,15 @@ def enhance_dataset(
             raise NucleistyleError(
                 f"ImageId {record.image_id} of {images_dir} has no row in the cluster assignments"
             )
-    with atomic_dir(out_dir) as tmp:
+    with published_together() as outputs:  # the folder and its table together
+        tmp = outputs.folder(out_dir)
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
             rows = list(
                 pool.map(lambda r: _enhance_one(r, cluster_of[r.image_id], cfg, tmp), records)
             )
-    table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if table_csv is not None:
+            table.to_csv(outputs.file(table_csv), index=False)
     log.info(
         "CLAHE (clip %.3g, select %s): %d of %d images enhanced into %s",
         cfg.clip_limit,
@@ -806,9 +823,6 @@ def enhance_dataset(
         len(table),
         out_dir,
     )
-    if table_csv is not None:
-        with atomic_path(table_csv) as out:
-            table.to_csv(out, index=False)
     return table
 
 
@@ -833,15 +847,17 @@ def cluster_training_set(
     Returns:
         The assignment table.
     """
-    table = cluster_dataset(
-        images_dir, assignments_csv, cfg, workers=workers, model_json=model_json
-    )
-    ks = range(2, min(max_k, len(table) - 1) + 1)
-    silhouette = silhouette_by_k(
-        table, ks, seed=cfg.seed, n_init=cfg.n_init, standardise=cfg.standardise
-    )
-    with atomic_path(silhouette_csv) as tmp:
-        silhouette.to_csv(tmp, index=False)
+    with published_together() as outputs:
+        table = cluster_dataset(
+            images_dir, assignments_csv, cfg, workers=workers, model_json=model_json,
+            outputs=outputs,
+        )  # fmt: skip
+        ks = range(2, min(max_k, len(table) - 1) + 1)
+        silhouette = silhouette_by_k(
+            table, ks, seed=cfg.seed, n_init=cfg.n_init, standardise=cfg.standardise
+        )
+        with atomic_path(silhouette_csv, outputs) as tmp:
+            silhouette.to_csv(tmp, index=False)
     return table
 
 

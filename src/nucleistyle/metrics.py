@@ -33,12 +33,13 @@ import pandas as pd
 
 from nucleistyle.data.csvio import (
     CompressedLabels,
+    read_rows,
     read_solution,
     read_submission,
     select_usage,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.utils import NucleistyleError, published_together
 
 __all__ = [
     "THRESHOLDS",
@@ -385,15 +386,34 @@ def score_files(
 def read_groups(path: str | os.PathLike[str], column: str = "modality") -> dict[str, str]:
     """ImageId -> group (modality, cluster) from a CSV with columns ``ImageId`` and ``column``.
 
+    Other columns are ignored; an ImageId may repeat with the same group.
+
     Raises:
-        NucleistyleError: the file lacks one of the two columns.
+        NucleistyleError: an unreadable, empty or non-CSV file, a missing column, a row without
+            those cells, or an ImageId given two different groups (naming it and both lines).
     """
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"ImageId", column} <= set(table.columns):
-        raise NucleistyleError(
-            f"{path}: expected columns ImageId and {column}, found {list(table.columns)}"
-        )
-    return dict(zip(table["ImageId"], table[column], strict=True))
+    rows = read_rows(path)
+    first = next(rows, None)
+    header = [] if first is None else first[1]
+    if "ImageId" not in header or column not in header:
+        raise NucleistyleError(f"{path}: expected columns ImageId and {column}, found {header}")
+    key, value = header.index("ImageId"), header.index(column)
+    groups: dict[str, str] = {}
+    where: dict[str, int] = {}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise NucleistyleError(
+                f"{path} line {line}: expected {len(header)} columns, found {len(row)}"
+            )
+        image_id, group = row[key], row[value]
+        if image_id in groups and groups[image_id] != group:
+            raise NucleistyleError(
+                f"{path}: ImageId {image_id} has group {groups[image_id]!r} on line "
+                f"{where[image_id]} and {group!r} on line {line}"
+            )
+        groups[image_id] = group
+        where.setdefault(image_id, line)
+    return groups
 
 
 def score_to_files(
@@ -405,7 +425,7 @@ def score_to_files(
     group_column: str = "modality",
 ) -> dict[str, object]:
     """:func:`score_files` with COCO AP, writing the per-image table (CSV) and the summary (JSON)
-    atomically.
+    together (both appear, or neither).
 
     Args:
         solution_csv, submission_csv: as in :func:`score_files`.
@@ -428,10 +448,9 @@ def score_to_files(
     per_image, summary = score_files(solution_csv, submission_csv, groups, ap=True)
     if groups is not None:
         per_image["group"] = [groups.get(i, "unknown") for i in per_image["ImageId"]]
-    with atomic_path(per_image_csv) as tmp:
-        per_image.to_csv(tmp, index=False, lineterminator="\n")
-    with atomic_path(summary_json) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    with published_together() as outputs:  # both files or neither
+        per_image.to_csv(outputs.file(per_image_csv), index=False, lineterminator="\n")
+        outputs.file(summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

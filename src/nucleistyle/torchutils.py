@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.utils import NucleistyleError, atomic_path, first_line
 
 __all__ = [
     "LossHistory",
@@ -43,6 +43,7 @@ __all__ = [
     "seed_everything",
     "select_device",
     "set_rng_state",
+    "set_torch_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def set_torch_threads(n: int) -> None:
+    """Run PyTorch's CPU operators on ``n`` threads (intra-op), for a command's ``--threads``.
+
+    Set before any work: more threads than the cores a job was given only oversubscribe them.
+
+    Raises:
+        NucleistyleError: ``n`` is not an integer >= 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise NucleistyleError(f"threads must be an integer >= 1, got {n!r}")
+    torch.set_num_threads(n)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) global generators."""
     random.seed(seed)
@@ -199,9 +213,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise NucleistyleError(
-            f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}"
-        ) from exc
+        raise NucleistyleError(f"cannot load checkpoint {path}: {first_line(exc)}") from exc
     if expected_config is not None:
         found = state.get("config")
         if not isinstance(found, Mapping):

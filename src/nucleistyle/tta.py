@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from nucleistyle.utils import NucleistyleError, config_from_mapping
 
 __all__ = [
+    "BASELINE_TTA",
     "DIHEDRAL",
     "Instances",
     "PredictFn",
@@ -72,6 +73,7 @@ up-down flips, and the transposes about the main and the anti-diagonal."""
 # dihedral name -> its inverse (rotations invert each other, every reflection is its own)
 _DIHEDRAL_INVERSE = {name: name for name in DIHEDRAL} | {"rot90": "rot270", "rot270": "rot90"}
 _MERGES = ("vote", "union", "none")
+_VOTE_BASES = ("members", "variants")
 _MAX_JITTER_SHIFT = 15.0  # grey levels, Deep Retina's channel-shift range (baselines.md §1.5)
 _MAX_JITTER_GAIN = 0.1  # brightness gain in [0.9, 1.1]
 
@@ -335,8 +337,11 @@ class TTAConfig:
             Retina's value), in (0, 1].
         min_votes: Fraction of the variants a cluster must appear in to be kept, in [0, 1]
             (at least ``ceil(min_votes * n_variants)`` variants, and at least 1).
-        pixel_vote: ``"vote"`` only: fraction of a cluster's masks that must cover a pixel,
-            in (0, 1] (at least ``ceil(pixel_vote * n_members)``, and at least 1).
+        pixel_vote: ``"vote"`` only: fraction that must cover a pixel, in (0, 1]: of the
+            cluster's masks (``vote_base: members``, at least ``ceil(pixel_vote * n_members)``)
+            or of all variants (``vote_base: variants``, Deep Retina's ">= 5 of 15"); at
+            least 1.
+        vote_base: ``"members"`` or ``"variants"``, see ``pixel_vote``.
         mask_threshold: A soft mask covers a pixel where it is ``>=`` this, in (0, 1).
         batch_size: Images per ``predict_fn`` call, counting every variant of every image;
             0 sends all variants of all images in one call. Larger batches are faster where
@@ -352,6 +357,7 @@ class TTAConfig:
     iou_match: float = 0.6
     min_votes: float = 0.5
     pixel_vote: float = 0.5
+    vote_base: str = "members"
     mask_threshold: float = 0.5
     batch_size: int = 0
     min_size: int = 0
@@ -362,6 +368,10 @@ class TTAConfig:
         make_transforms(self.transforms)
         if self.merge not in _MERGES:
             raise NucleistyleError(f"tta.merge must be one of {_MERGES}, got {self.merge!r}")
+        if self.vote_base not in _VOTE_BASES:
+            raise NucleistyleError(
+                f"tta.vote_base must be one of {_VOTE_BASES}, got {self.vote_base!r}"
+            )
         ranges = {
             "iou_match": (0.0, False, 1.0, True),
             "min_votes": (0.0, True, 1.0, True),
@@ -385,6 +395,69 @@ class TTAConfig:
     def from_config(cls, mapping: Mapping[str, Any]) -> TTAConfig:
         """Build from the config section ``tta`` (missing keys take the defaults)."""
         return config_from_mapping(cls, mapping, "tta")
+
+    @classmethod
+    def for_baseline(cls, baseline: str, mapping: Mapping[str, Any] | None = None) -> TTAConfig:
+        """The TTA of ``baseline`` (:data:`BASELINE_TTA`), then the section's common keys, then
+        its ``<baseline>`` sub-section; the other baselines' sub-sections are ignored.
+
+        Raises:
+            NucleistyleError: An unknown baseline, key or an invalid value.
+        """
+        if baseline not in BASELINE_TTA:
+            raise NucleistyleError(f"no TTA preset for baseline {baseline!r}")
+        mapping = dict(mapping or {})
+        own = mapping.pop(baseline, None) or {}
+        common = {k: v for k, v in mapping.items() if k not in BASELINE_TTA}
+        base = {**BASELINE_TTA[baseline], **common}
+        config = config_from_mapping(cls, base, "tta")
+        if not own:
+            return config
+        try:
+            return config_from_mapping(cls, {**base, **own}, "tta")
+        except NucleistyleError as exc:  # name the key where the user wrote it
+            raise NucleistyleError(str(exc).replace("tta.", f"tta.{baseline}.", 1)) from None
+
+
+BASELINE_TTA: dict[str, dict[str, Any]] = {
+    # Deep Retina's submitted TTA: 15 variants (vertical flip, horizontal flip, rot90 x k, then
+    # an anisotropic resize, in that order), matched at mask IoU 0.6, a pixel kept with >= 5 of
+    # the 15 votes. One deviation: the original skipped a downscale when the image had a side
+    # under 512 px; here every variant always runs.
+    "deep_retina": {
+        "transforms": (
+            "identity",
+            "scale:2",
+            "scale:0.7x0.8",
+            "scale:1.5",
+            "vflip+hflip+rot90+scale:0.9x0.8",
+            "vflip+rot180+scale:1.1x1.2",
+            "hflip+rot270+scale:0.5",
+            "hflip+rot270+scale:1x1.2",
+            "vflip+hflip+rot180",
+            "vflip+hflip+rot180",
+            "hflip+rot270",
+            "vflip+rot90",
+            "vflip+hflip+rot270+scale:1x0.9",
+            "hflip+rot270+scale:1.5",
+            "rot270+scale:1.2x1",
+        ),
+        "merge": "vote",
+        "iou_match": 0.6,
+        "min_votes": 0.0,
+        "pixel_vote": 5 / 15,
+        "vote_base": "variants",
+    },
+    # Mirzaev: the original and its horizontal flip; a detection is kept only when the other
+    # pass found it too (mask IoU > 0.1), as the union of both masks.
+    "mirzaev": {
+        "transforms": ("identity", "hflip"),
+        "merge": "union",
+        "iou_match": 0.1,
+        "min_votes": 1.0,
+    },
+}
+"""Each baseline's own test-time augmentation (docs/baselines.md)."""
 
 
 # -- matching and merging ---------------------------------------------------------------------
@@ -507,7 +580,8 @@ def _merge(variants: Sequence[Instances], cfg: TTAConfig, how: str) -> Instances
             for k, i in members:
                 votes += binaries[k][i]
             fraction = votes / len(members)
-            kept = votes >= _need(cfg.pixel_vote, len(members))
+            base = len(variants) if cfg.vote_base == "variants" else len(members)
+            kept = votes >= _need(cfg.pixel_vote, base)
             masks[j] = np.where(kept, mt + (1.0 - mt) * fraction, mt * fraction)
     nonempty = (masks >= mt).any(axis=(1, 2))
     return Instances(masks[nonempty], scores[nonempty])

@@ -1,12 +1,25 @@
-"""Small shared helpers: the project's error type, atomic output, logging set-up."""
+"""Small shared helpers: the project's error type, safe output, input checks, logging set-up.
+
+Outputs are staged beside their targets under hidden names (``.NAME.XXXXXXXX.tmp``) and moved
+into place only when complete, several at once when a command has several outputs
+(:func:`published_together`): a failure or a kill leaves no half-written output, and the next run
+into the same place removes the staging left by a killed one. An output never replaces a
+folder, a FIFO or a device by a file, nor a file by a folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import logging
 import os
+import re
+import secrets
 import shutil
+import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -14,14 +27,25 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MARKER_NAME",
     "NucleistyleError",
+    "OutputSet",
     "atomic_dir",
     "atomic_path",
+    "check_input",
+    "check_output",
+    "check_separate",
     "config_from_mapping",
+    "describe_os_error",
     "link_or_copy",
+    "published_together",
+    "quiet_interrupts",
     "setup_logging",
     "staged_files",
+    "user_paths",
 ]
+
+PathLike = str | os.PathLike[str]
 
 
 def _umask() -> int:
@@ -34,6 +58,17 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
+MARKER_NAME = ".nucleistyle"
+"""File naming the command that wrote a folder: ``--overwrite`` replaces only such folders."""
+
+# Staging of an output NAME (".NAME.XXXXXXXX.tmp") and the old copy of a replaced one (".old").
+_STAGING_RE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<kind>tmp|old)")
+_STAGING_IN_TEXT = re.compile(
+    r"(?<![^/\s'\"])\.(?P<name>[^/\s]+)\.[a-z0-9_]{8}\.(?:tmp|old)(?=$|[/\s'\":,])"
+)
+# Links written through in place (/dev/stdout, /proc/self/fd/N), never replaced by a rename.
+_IN_PLACE_ROOTS = ("/dev/", "/proc/")
+
 
 class NucleistyleError(ValueError):
     """Bad input or configuration: the message is one line naming the file or config key.
@@ -42,75 +77,500 @@ class NucleistyleError(ValueError):
     """
 
 
+# ------------------------------------------------------------------------------------------------
+# messages
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages ("a file", "a FIFO", ...)."""
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def user_paths(text: str) -> str:
+    """``text`` with every staging name (``.NAME.XXXXXXXX.tmp``) replaced by its NAME: messages
+    name the user's output, never an internal temporary file."""
+    return _STAGING_IN_TEXT.sub(lambda m: m["name"], text)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: ``cannot <access|write> <path>: <reason>``."""
+    name = exc.filename if exc.filename is not None else exc.filename2
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EPIPE)
+    what = "cannot write" if full else "cannot access"
+    if name is None:
+        return f"{what} the output: {_reason(exc)}"
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return f"{what} {user_paths(name)}: {_reason(exc)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# checks done before any work
+
+
+def _stat(path: Path, what: str) -> os.stat_result | None:
+    """``os.stat(path)``, None when it does not exist; other failures as one line."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        parent = next(p for p in path.parents if p.exists())
+        raise NucleistyleError(f"{what} {path}: {parent} is a file, expected a folder") from None
+    except OSError as exc:
+        raise NucleistyleError(f"{what} {path}: {_reason(exc)}") from exc
+
+
+def check_input(path: PathLike, what: str, *, folder: bool = False) -> Path:
+    """Refuse an input that is missing, of the wrong kind or unreadable (one line naming it).
+
+    "not found" is said only of a path that does not exist.
+    """
+    path = Path(path)
+    st = _stat(path, what)
+    if st is None:
+        raise NucleistyleError(f"{what} not found: {path}")
+    if folder and not stat.S_ISDIR(st.st_mode):
+        raise NucleistyleError(f"{what} {path}: is {_kind(st.st_mode)}, expected a folder")
+    if not folder and stat.S_ISDIR(st.st_mode):
+        raise NucleistyleError(f"{what} {path}: is a folder, expected a file")
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        raise NucleistyleError(f"{what} {path}: permission denied")
+    return path
+
+
+def _writes_in_place(path: Path, st: os.stat_result | None) -> bool:
+    """Whether ``path`` is written directly: a FIFO, a character device, or a link such as
+    /dev/stdout or /proc/self/fd/N (which may stand for the shell's redirection)."""
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        return True
+    return path.is_symlink() and str(path.absolute()).startswith(_IN_PLACE_ROOTS)
+
+
+def _existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest existing folder above ``path`` (refused when it is not a folder)."""
+    for parent in path.absolute().parents:
+        st = _stat(parent, what)
+        if st is None:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise NucleistyleError(f"{what} {path}: {parent} is a file, expected a folder")
+        return parent
+    return Path("/")
+
+
+def _output_target(path: Path, what: str, folder: bool) -> tuple[Path, os.stat_result | None]:
+    """The path an output really goes to (a symbolic link is followed) and its stat, after
+    refusing the wrong kind: a non-folder for a folder; a folder, block device or socket for a
+    file."""
+    if path.is_symlink() and not str(path.absolute()).startswith(_IN_PLACE_ROOTS):
+        path = _resolved(path)
+    st = _stat(path, what)
+    mode = 0 if st is None else st.st_mode
+    if st is not None and folder and not stat.S_ISDIR(mode):
+        raise NucleistyleError(f"{what} {path}: is {_kind(mode)}, expected a folder")
+    if st is not None and not folder and stat.S_ISDIR(mode):
+        raise NucleistyleError(f"{what} {path}: is a folder, expected a file")
+    if not folder and (stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)):
+        raise NucleistyleError(f"{what} {path}: is {_kind(mode)}, not a file to write")
+    return path, st
+
+
+def check_output(path: PathLike, what: str, *, folder: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work is done: a file where a
+    folder is wanted or the reverse, a block device or socket, an unwritable place."""
+    path, st = _output_target(Path(path), what, folder)
+    if not folder and _writes_in_place(path, st):
+        if st is not None and not os.access(path, os.W_OK):
+            raise NucleistyleError(f"{what} {path}: permission denied")
+        return path
+    place = _existing_ancestor(path, what)
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise NucleistyleError(f"{what} {path}: permission denied (cannot write in {place})")
+    if folder and st is not None and not os.access(path, os.W_OK | os.X_OK):
+        raise NucleistyleError(f"{what} {path}: permission denied")
+    return path
+
+
+def _resolved(path: PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_separate(
+    inputs: Mapping[str, PathLike | None], outputs: Mapping[str, PathLike | None]
+) -> None:
+    """Refuse an output that is, contains or lies inside an input or another output.
+
+    Symbolic links are resolved first, and existing paths are compared by identity too (hard
+    links, bind mounts), so that no run can write over what it reads.
+
+    Args:
+        inputs: Description (e.g. "image folder") -> path; None entries are skipped.
+        outputs: Likewise for the outputs.
+    """
+    ins = [(what, Path(p)) for what, p in inputs.items() if p is not None]
+    outs = [(what, Path(p)) for what, p in outputs.items() if p is not None]
+    pairs = [(o, i) for o in outs for i in ins]
+    pairs += [(a, b) for k, a in enumerate(outs) for b in outs[k + 1 :]]
+    for (out_what, out), (in_what, other) in pairs:
+        a, b = _resolved(out), _resolved(other)
+        same = a == b
+        if not same and a.exists() and b.exists():
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(a, b)
+        if same:
+            raise NucleistyleError(f"{out_what} {out} is the {in_what} {other}: choose another")
+        if a.is_relative_to(b):
+            raise NucleistyleError(f"{out_what} {out} lies inside the {in_what} {other}")
+        if b.is_relative_to(a):
+            raise NucleistyleError(f"{out_what} {out} contains the {in_what} {other}")
+
+
+def _check_replaceable(path: Path, marker: str | None, overwrite: bool) -> None:
+    """Refuse to replace anything but a missing or empty folder, unless ``overwrite`` (and, with
+    a ``marker``, only a folder that the same command wrote)."""
+    if _output_target(path, "output folder", folder=True)[1] is None:
+        return
+    try:
+        entries = [name for name in os.listdir(path) if name != MARKER_NAME]
+    except OSError as exc:
+        raise NucleistyleError(f"output folder {path}: {_reason(exc)}") from exc
+    if not entries:
+        return
+    if not overwrite:
+        raise NucleistyleError(
+            f"output folder {path} already exists and is not empty (pass --overwrite to replace "
+            "a folder that this command wrote)"
+        )
+    if marker is not None and _marker_of(path) != marker:
+        raise NucleistyleError(
+            f"output folder {path} was not written by nucleistyle {marker} (no {MARKER_NAME} "
+            "file naming it): refusing to replace it, even with --overwrite"
+        )
+
+
+def _marker_of(folder: Path) -> str | None:
+    try:
+        text = (folder / MARKER_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text.removeprefix("nucleistyle ").strip()
+
+
+# ------------------------------------------------------------------------------------------------
+# staged output
+
+
+def _held(path: Path) -> bool:
+    """Whether a live run holds the staging ``path`` (each run locks its own with flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return True  # not ours to judge (a link, unreadable): leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove what a killed run left beside ``target``: its unlocked staging, and the old copy of
+    a replaced folder once ``target`` exists again (before that, it is the only copy)."""
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGING_RE.fullmatch(entry.name)
+        if match is None or match["name"] != target.name or entry.is_symlink():
+            continue
+        if match["kind"] == "old" and not os.path.lexists(target):
+            continue
+        path = Path(entry.path)
+        if match["kind"] == "old" or not _held(path):
+            _remove(path)
+
+
+def _unique_sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def _backup(path: Path) -> Path | None:
+    """A second name for an existing file about to be replaced (to restore it on failure)."""
+    if not os.path.lexists(path):
+        return None
+    backup = _unique_sibling(path, ".old")
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except OSError:  # no hard links here: move it aside instead
+        os.rename(path, backup)
+    return backup
+
+
+def _copy_into(staged: Path, target: Path) -> None:
+    """Write a staged file's bytes into a target that is written in place (FIFO, device)."""
+    with staged.open("rb") as src:
+        stdout = sys.__stdout__
+        if stdout is not None and _same_file(target, stdout.fileno()):
+            stdout.flush()
+            shutil.copyfileobj(src, stdout.buffer)
+            stdout.flush()
+            return
+        with target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except (OSError, ValueError):
+        return False
+
+
+@dataclasses.dataclass
+class _Staged:
+    how: str  # "file" (replace), "in_place" (write into), "folder" (replace), "into" (merge)
+    target: Path
+    staging: Path
+    marker: str | None = None
+    overwrite: bool = True
+
+
+class OutputSet:
+    """Outputs that appear together or not at all.
+
+    Each output is staged beside its target (:meth:`file`, :meth:`folder`, :meth:`files_into`);
+    :meth:`publish` moves them all into place, and if one move fails, undoes the others (what was
+    there before is restored). Use it through :func:`published_together`.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[_Staged] = []
+        self._locks: list[int] = []
+        self._created: list[Path] = []  # folders made for the outputs
+        self._published = False
+
+    def _make_parent(self, path: Path) -> None:
+        parent = path.parent
+        missing = [p for p in (parent, *parent.parents) if not os.path.lexists(p)]
+        self._created += [p for p in missing if p not in self._created]
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NucleistyleError(f"cannot create folder {parent}: {_reason(exc)}") from exc
+
+    def _lock(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        self._locks.append(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _stage(self, path: Path, folder: bool) -> Path:
+        """A new locked staging file or folder ``.NAME.XXXXXXXX.tmp`` beside ``path``."""
+        self._make_parent(path)
+        _remove_stale(path)
+        prefix = f".{path.name}."
+        try:
+            if folder:
+                staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+            else:
+                fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+                os.close(fd)
+                staging = Path(name)
+        except OSError as exc:
+            raise NucleistyleError(f"cannot write {path}: {_reason(exc)}") from exc
+        self._lock(staging)
+        return staging
+
+    def file(self, path: PathLike) -> Path:
+        """Stage the file ``path``; returns the temporary file to write.
+
+        A symbolic link is written through; a FIFO or a character device (``/dev/stdout``) is
+        written in place; a folder, block device or socket is refused.
+        """
+        path, st = _output_target(Path(path), "output file", folder=False)
+        if _writes_in_place(path, st):
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            self._staged.append(_Staged("in_place", path, Path(name)))
+            self._lock(Path(name))
+            return Path(name)
+        staging = self._stage(path, folder=False)
+        self._staged.append(_Staged("file", path, staging))
+        return staging
+
+    def folder(self, path: PathLike, *, marker: str | None = None, overwrite: bool = True) -> Path:
+        """Stage the folder ``path``, replaced as a whole; returns the staging folder to fill.
+
+        A missing or empty ``path`` is always fine. A non-empty one is replaced only with
+        ``overwrite``, and, when ``marker`` names a command, only if that command wrote it (its
+        :data:`MARKER_NAME` file, written into the new folder too). A file is never replaced.
+        """
+        path = _output_target(Path(path), "output folder", folder=True)[0]
+        _check_replaceable(path, marker, overwrite)
+        staging = self._stage(path, folder=True)
+        self._staged.append(_Staged("folder", path, staging, marker, overwrite))
+        return staging
+
+    def files_into(self, path: PathLike) -> Path:
+        """Stage files to be moved into the folder ``path`` (created if missing; its other files
+        stay, same names are replaced); returns the staging folder."""
+        path = _output_target(Path(path), "output folder", folder=True)[0]
+        staging = self._stage(path, folder=True)
+        self._staged.append(_Staged("into", path, staging))
+        return staging
+
+    def publish(self) -> None:
+        """Move every staged output into place; on a failure undo those already moved."""
+        undo: list[tuple[Path, Path | None]] = []  # (published path, what to restore or None)
+        made: list[Path] = []
+        try:
+            for item in self._staged:
+                if item.how == "file":
+                    os.chmod(item.staging, _FILE_MODE)
+                    undo.append((item.target, _backup(item.target)))
+                    os.replace(item.staging, item.target)
+                elif item.how == "folder":
+                    _check_replaceable(item.target, item.marker, item.overwrite)
+                    if item.marker is not None:
+                        (item.staging / MARKER_NAME).write_text(f"nucleistyle {item.marker}\n")
+                    os.chmod(item.staging, _DIR_MODE)
+                    old = None
+                    if os.path.lexists(item.target):
+                        old = _unique_sibling(item.target, ".old")
+                        os.rename(item.target, old)
+                    undo.append((item.target, old))
+                    os.replace(item.staging, item.target)
+                elif item.how == "into":
+                    if not item.target.is_dir():
+                        item.target.mkdir()
+                        made.append(item.target)
+                    for path in sorted(item.staging.iterdir()):
+                        dest = item.target / path.name
+                        undo.append((dest, _backup(dest)))
+                        os.replace(path, dest)
+            for item in self._staged:
+                if item.how == "in_place":
+                    _copy_into(item.staging, item.target)
+        except BaseException:
+            for path, previous in reversed(undo):
+                with contextlib.suppress(OSError):
+                    _remove(path)
+                    if previous is not None:
+                        os.rename(previous, path)
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+        self._published = True
+        for _, previous in undo:
+            if previous is not None:
+                _remove(previous)
+
+    def discard(self) -> None:
+        """Remove what is still staged, and after a failure the folders made for the outputs."""
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+        for item in self._staged:
+            if os.path.lexists(item.staging):
+                _remove(item.staging)
+        if not self._published:  # the folders made here, deepest first, if still empty
+            for folder in sorted(self._created, key=lambda p: len(p.absolute().parts))[::-1]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.
+def published_together(outputs: OutputSet | None = None) -> Iterator[OutputSet]:
+    """Stage several outputs and publish them together when the block succeeds.
+
+    Given an enclosing set ``outputs``, the block joins it: its outputs are published with
+    that set's, later.
+
+    Example:
+        >>> with published_together() as out:  # doctest: +SKIP
+        ...     table.to_csv(out.file("a.csv"))
+        ...     model.save(out.file("model.json"))
+    """
+    if outputs is not None:
+        yield outputs
+        return
+    outputs = OutputSet()
+    try:
+        yield outputs
+        outputs.publish()
+    finally:
+        outputs.discard()
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, outputs: OutputSet | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; move it onto ``path`` only on success.
 
     A reader never sees a half-written file, and a failure leaves neither a partial file nor
-    damages an existing one (the old file stays until the rename).
+    damages an existing one. FIFOs and character devices are written in place, never replaced.
+    With ``outputs``, the file is published with that set's other outputs instead.
 
     Example:
         >>> with atomic_path("out.csv") as tmp:  # doctest: +SKIP
         ...     tmp.write_text("a,b\\n")
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with published_together(outputs) as together:
+        yield together.file(path)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a directory: build it beside ``path``, then rename.
+def atomic_dir(
+    path: PathLike, *, marker: str | None = None, overwrite: bool = True
+) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a folder: build it beside ``path``, then rename it there.
 
-    An existing ``path`` is replaced only once the new directory is complete.
+    See :meth:`OutputSet.folder` for when an existing ``path`` may be replaced (never a file).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, _DIR_MODE)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with published_together() as outputs:
+        yield outputs.folder(path, marker=marker, overwrite=overwrite)
 
 
 @contextlib.contextmanager
-def staged_files(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_files(out_dir: PathLike) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out_dir``; on success move its files into
-    ``out_dir`` (created if missing; each file by an atomic rename; other files of ``out_dir``
-    stay, same names are replaced). On an error remove the staging folder and the parent folders
-    created for it, so a failed run leaves nothing behind."""
-    out_dir = Path(out_dir)
-    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield staging
-        out_dir.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out_dir / path.name)
-        created = []
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # deepest first; only the empty folders made above
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+    ``out_dir`` (created if missing; other files of ``out_dir`` stay, same names are replaced).
+    On an error remove the staging folder and the parent folders created for it, so a failed run
+    leaves nothing behind."""
+    with published_together() as outputs:
+        yield outputs.files_into(out_dir)
+
+
+def quiet_interrupts() -> None:
+    """Initializer of worker processes: Ctrl-C ends a worker at once and without a traceback;
+    the parent, interrupted too, cancels the pool and reports it as one line."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def setup_logging(
@@ -141,6 +601,11 @@ def setup_logging(
             previous(kind, value, tb)
 
         sys.excepthook = log_exception
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def config_from_mapping(cls: type, mapping: Mapping[str, Any], section: str) -> Any:

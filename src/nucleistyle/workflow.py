@@ -30,7 +30,7 @@ __all__ = [
 # What a clean clone does not have: environments, outputs, downloads, caches.
 _NOT_WORKFLOW = shutil.ignore_patterns(
     ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
-    "*.egg-info", ".pytest_cache", ".ruff_cache",
+    "*.egg-info", ".pytest_cache", ".ruff_cache", ".hypothesis", ".mypy_cache",
 )  # fmt: skip
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
@@ -135,13 +135,13 @@ def check_config(config: MutableMapping[str, Any]) -> None:
         raise NucleistyleError(
             "config key data.test_sets: the synthetic source provides stage1_test only"
         )
-    from nucleistyle.segment.configs import get_config  # no torch: cheap at parse time
+    from nucleistyle.segment.configs import get_config, merge_overrides  # no torch: cheap
     from nucleistyle.tta import TTAConfig
 
     segment = config["segment"]
     for baseline in segment["baselines"]:
-        get_config(baseline, {**segment["common"], **segment[baseline]})
-    TTAConfig.from_config(config["tta"])
+        get_config(baseline, merge_overrides(segment["common"], segment[baseline]))
+        TTAConfig.for_baseline(baseline, config["tta"])
 
 
 def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-# Stage 4 — the style-augmented training set: a fraction of the training images restyled to a
-# random other domain with a random attribute; content fixed, masks inherited unchanged.
+# Stage 4 — the style-augmented training set: augment.copies restyled copies of every training
+# image, each in a random other domain with a random attribute; content fixed, masks inherited.
+# Training shows a copy instead of the original in a share of the draws (segment augment.style_p).
 
 
 rule augment_dataset:
@@ -17,13 +18,13 @@ rule augment_dataset:
         "benchmarks/augment_dataset.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=get_gpu,
         mem_mb=8000,
         runtime=120,
     params:
-        fraction=config["augment"]["fraction"],
+        copies=config["augment"]["copies"],
         seed=config["seed"],
     script:
         "../../scripts/augment_dataset.py"

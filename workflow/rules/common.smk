@@ -17,6 +17,8 @@ validate_config(config, workflow.basedir)
 check_config(config)  # includes checking the segmenter settings: errors before any job
 
 SEGMENT = config["segment"]
+# torch's thread count in every torch job (one per process on a shared small machine)
+TORCH_THREADS = config["resources"]["threads"]
 # Trained segmenters are named "<baseline>-<arm>"; each predicts once ("deep_retina-style") and,
 # with predict.tta, also with test-time augmentation ("deep_retina-style-tta").
 SEGMENTERS = [f"{b}-{a}" for b in SEGMENT["baselines"] for a in SEGMENT["arms"]]
@@ -194,7 +196,11 @@ def get_runtime_train(wildcards, attempt):
 
 def get_segmenter_overrides(wildcards):
     """segment.common, then segment.<baseline>, then the global seed (see segment/configs.py)."""
-    return {**SEGMENT["common"], **SEGMENT[wildcards.baseline], "seed": config["seed"]}
+    from nucleistyle.segment.configs import merge_overrides
+
+    return merge_overrides(
+        SEGMENT["common"], SEGMENT[wildcards.baseline], {"seed": config["seed"]}
+    )
 
 
 def get_segmenter_checkpoint(wildcards):
@@ -206,15 +212,13 @@ def get_segmenter_checkpoint(wildcards):
     return f"results/segment/{wildcards.baseline}-{wildcards.arm}/checkpoints/{key}.pt"
 
 
-def get_segmenter_train_dirs(wildcards):
-    """The original training set, plus the style-augmented images for the "style" arm."""
-    dirs = [get_train_images()]
-    if wildcards.arm == "style":
-        dirs.append("results/augment/stage1_train")
-    return dirs
-
-
 def get_segmenter_extra_inputs(wildcards):
+    """The restyled copies for the "style" arm, the clusters for "oversample"."""
+    if wildcards.arm == "style":
+        return {
+            "style_images": "results/augment/stage1_train",
+            "style_manifest": "results/augment/manifest.csv",
+        }
     if wildcards.arm == "oversample":
         return {"assignments": "results/cluster/assignments.csv"}
     return {}

@@ -6,7 +6,16 @@ rule train_gan:
     input:
         images="results/cluster/enhanced/stage1_train",
         assignments="results/cluster/assignments.csv",
-        code=lib("gan/networks.py", "gan/losses.py", "gan/data.py", "gan/trainer.py"),
+        cluster_model="results/cluster/model.json",
+        code=lib(
+            "gan/networks.py",
+            "gan/losses.py",
+            "gan/data.py",
+            "gan/trainer.py",
+            "gan/evaluate.py",
+            "gan/stylize.py",
+            "torchutils.py",
+        ),
     output:
         model=protected("results/gan/model.pt"),
         history="results/gan/history.tsv",
@@ -16,7 +25,7 @@ rule train_gan:
         "benchmarks/train_gan.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=get_gpu,
         mem_mb=get_mem_mb_train,
@@ -45,7 +54,7 @@ rule evaluate_gan:
         "logs/evaluate_gan.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=get_gpu,
         mem_mb=4000,
@@ -78,7 +87,7 @@ rule plot_gan:
         "logs/plot_gan.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000,
         runtime=30,

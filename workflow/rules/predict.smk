@@ -28,7 +28,7 @@ rule predict_shard:
         shard=r"\d+",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=get_gpu,
         mem_mb=8000,

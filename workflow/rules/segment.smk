@@ -6,13 +6,18 @@
 rule train_segmenter:
     input:
         unpack(get_segmenter_extra_inputs),
-        train_dirs=get_segmenter_train_dirs,
+        train_dirs=get_train_images(),
         code=lib(
             "segment/configs.py",
             "segment/dataset.py",
             "segment/engine.py",
             "segment/model.py",
             "segment/transforms.py",
+            "segment/predict.py",
+            "segment/postprocess.py",
+            "metrics.py",
+            "tta.py",
+            "torchutils.py",
         ),
     output:
         model=protected("results/segment/{baseline}-{arm}/model.pt"),
@@ -23,7 +28,7 @@ rule train_segmenter:
         "benchmarks/train_segmenter/{baseline}-{arm}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=get_gpu,
         mem_mb=get_mem_mb_train,

@@ -35,8 +35,8 @@ from nucleistyle import __version__
 from nucleistyle.utils import (
     NucleistyleError,
     atomic_dir,
-    atomic_path,
     link_or_copy,
+    published_together,
 )
 
 __all__ = [
@@ -45,6 +45,8 @@ __all__ = [
     "FIXES_ARCHIVE_URL",
     "FIXES_COMMIT",
     "MANIFEST_COLUMNS",
+    "MAX_EXTRACT_BYTES",
+    "MAX_EXTRACT_RATIO",
     "SOLUTION_FILES",
     "STAGE1_TRAIN_DIGEST_FIXED",
     "STAGE1_TRAIN_DIGEST_ORIGINAL",
@@ -100,6 +102,11 @@ _OFFLINE_HINT = (
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _IGNORED_NAMES = ("__MACOSX",)
+# Zip-bomb limits of safe_extract: BBBC038's largest set (stage2_test_final) unpacks to well
+# under 1 GiB, and PNGs barely compress, so real sets are far from both limits.
+MAX_EXTRACT_BYTES = 16 << 30
+MAX_EXTRACT_RATIO = 100.0
+RATIO_FLOOR = 1 << 20  # members up to this size may compress better (text, blank masks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,23 +422,79 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def safe_extract(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+def _check_sizes(
+    zip_path: Path, infos: list[zipfile.ZipInfo], max_bytes: int, max_ratio: float
+) -> None:
+    """Refuse an archive whose declared content exceeds ``max_bytes`` in all, or a member that
+    expands more than ``max_ratio`` times (beyond :data:`RATIO_FLOOR` bytes): a zip bomb."""
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes:
+        raise NucleistyleError(
+            f"{zip_path}: refusing to extract {total:,} bytes (limit {max_bytes:,}; "
+            "raise max_bytes for a larger data set)"
+        )
+    for info in infos:
+        if info.file_size > RATIO_FLOOR and info.file_size > max_ratio * info.compress_size:
+            raise NucleistyleError(
+                f"{zip_path}: refusing to extract member {info.filename!r}: it expands "
+                f"{info.file_size / max(info.compress_size, 1):,.0f} times (limit {max_ratio:g})"
+            )
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> int:
+    """Write one checked member under ``root``; stop as soon as it outgrows its declared size.
+
+    Returns the bytes written.
+    """
+    target = root.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, target.open("wb") as dst:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise NucleistyleError(
+                    f"{zf.filename}: member {info.filename!r} holds more than its declared "
+                    f"{info.file_size:,} bytes: refusing to extract it"
+                )
+            dst.write(chunk)
+    return written
+
+
+def safe_extract(
+    zip_path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_EXTRACT_BYTES,
+    max_ratio: float = MAX_EXTRACT_RATIO,
+) -> Path:
     """Extract a zip into ``dest`` after checking every member; all or nothing.
 
-    Rejects absolute paths, drive letters, ``..`` components, symbolic links and special files
-    before anything is written. Extraction goes to a temporary folder beside ``dest`` that is
-    renamed onto it only on success, so a rejected or corrupt zip (bad archive, CRC error) leaves
-    neither files outside ``dest`` nor a partial ``dest``. An existing ``dest`` is replaced.
+    Rejects absolute paths, drive letters, ``..`` components, symbolic links and special files,
+    and zip bombs: more than ``max_bytes`` declared in all, a member declaring an expansion of
+    more than ``max_ratio`` times, or a member that turns out larger than it declared (the
+    extraction stops there). Everything is checked before anything is written, except the real
+    sizes, checked while streaming. Extraction goes to a temporary folder beside ``dest`` that
+    is renamed onto it only on success, so a rejected or corrupt zip (bad archive, CRC error)
+    leaves neither files outside ``dest`` nor a partial ``dest``. An existing ``dest`` folder is
+    replaced.
 
     Args:
         zip_path: the archive.
         dest: folder to create (its parent is created if needed).
+        max_bytes: limit of the total uncompressed size (default 16 GiB, well above BBBC038's
+            largest set).
+        max_ratio: limit of a member's uncompressed / compressed size (members up to 1 MiB are
+            exempt).
 
     Returns:
         ``dest`` as a Path.
 
     Raises:
-        NucleistyleError: naming the zip (and member) that is corrupt or unsafe.
+        NucleistyleError: naming the zip (and member) that is corrupt, unsafe or too large.
     """
     zip_path, dest = Path(zip_path), Path(dest)
     member = None
@@ -444,10 +507,11 @@ def safe_extract(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str])
                     raise NucleistyleError(
                         f"{zip_path}: refusing to extract member {info.filename!r} ({reason})"
                     )
+            _check_sizes(zip_path, infos, max_bytes, max_ratio)
             with atomic_dir(dest) as tmp:
                 for info in infos:
                     member = info.filename
-                    zf.extract(info, tmp)
+                    _extract_member(zf, info, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         where = f" member {member!r}" if member else ""
         raise NucleistyleError(f"cannot extract {zip_path}{where}: {_one_line(exc)}") from exc
@@ -499,6 +563,8 @@ def extract_set(
     *,
     name: str,
     expected_digest: str | None = None,
+    max_bytes: int = MAX_EXTRACT_BYTES,
+    max_ratio: float = MAX_EXTRACT_RATIO,
 ) -> dict[str, object]:
     """Extract one BBBC038 set zip so that ``dest`` is the set folder itself.
 
@@ -510,6 +576,7 @@ def extract_set(
         dest: the set folder to create (replaced if it exists and everything checks out).
         name: set name (e.g. ``stage1_train``); it prefixes the paths of the content digest.
         expected_digest: content digest to verify (see :func:`content_digest`), or None.
+        max_bytes, max_ratio: zip-bomb limits (see :func:`safe_extract`).
 
     Returns:
         ``{"name", "n_images", "n_masks", "content_digest"}`` (the rule writes it as JSON).
@@ -520,7 +587,7 @@ def extract_set(
     """
     zip_path, dest = Path(zip_path), Path(dest)
     with atomic_dir(dest) as tmp:
-        raw = safe_extract(zip_path, tmp / ".raw")
+        raw = safe_extract(zip_path, tmp / ".raw", max_bytes=max_bytes, max_ratio=max_ratio)
         for entry in _visible(_set_root(raw)):
             os.replace(entry, tmp / entry.name)
         shutil.rmtree(raw)
@@ -614,8 +681,8 @@ def apply_fixes(
     Args:
         original: the original ``stage1_train`` folder.
         fixed: the corrected ``stage1_train`` folder (see :func:`find_fixes_root`).
-        dest: folder to create (atomically; replaced if it exists).
-        manifest: TSV to write (atomically) with :data:`MANIFEST_COLUMNS`.
+        dest: folder to create (replaced if it exists); appears together with ``manifest``.
+        manifest: TSV to write with :data:`MANIFEST_COLUMNS`.
 
     Returns:
         The manifest, one row per changed ImageId sorted by ImageId: ``change`` is
@@ -654,10 +721,9 @@ def apply_fixes(
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     table = table.astype({c: "int64" for c in MANIFEST_COLUMNS[2:7]} | {"image_changed": bool})
 
-    with atomic_dir(dest) as tmp:
-        shutil.copytree(fixed, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
-    with atomic_path(manifest) as tmp_manifest:
-        table.to_csv(tmp_manifest, sep="\t", index=False)
+    with published_together() as outputs:  # the set and its manifest, together
+        shutil.copytree(fixed, outputs.folder(dest), copy_function=link_or_copy, dirs_exist_ok=True)
+        table.to_csv(outputs.file(manifest), sep="\t", index=False)
 
     counts = table["change"].value_counts()
     log.info(
@@ -683,6 +749,8 @@ def apply_fixes_archive(
     manifest: str | os.PathLike[str],
     *,
     expected_digest: str | None = None,
+    max_bytes: int = MAX_EXTRACT_BYTES,
+    max_ratio: float = MAX_EXTRACT_RATIO,
 ) -> pd.DataFrame:
     """Unpack the fixes repository archive, verify its ``stage1_train``, then :func:`apply_fixes`.
 
@@ -692,6 +760,7 @@ def apply_fixes_archive(
         dest: folder to create with the fixed set.
         manifest: TSV of the changes (see :func:`apply_fixes`).
         expected_digest: content digest of the fixed ``stage1_train`` (None: record, don't check).
+        max_bytes, max_ratio: zip-bomb limits (see :func:`safe_extract`).
 
     Raises:
         NucleistyleError: unsafe or corrupt archive, no ``stage1_train`` inside, digest mismatch.
@@ -699,7 +768,9 @@ def apply_fixes_archive(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fixes.", dir=dest.parent) as tmp:
-        extracted = safe_extract(archive, Path(tmp) / "archive")
+        extracted = safe_extract(
+            archive, Path(tmp) / "archive", max_bytes=max_bytes, max_ratio=max_ratio
+        )
         fixed = find_fixes_root(extracted)
         digest = content_digest(fixed.parent, fixed.name)
         if expected_digest is not None and digest != expected_digest:

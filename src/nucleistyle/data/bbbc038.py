@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucleistyle.utils import NucleistyleError, atomic_dir, atomic_path
+from nucleistyle.utils import (
+    NucleistyleError,
+    atomic_dir,
+    atomic_path,
+    check_input,
+    quiet_interrupts,
+)
 
 __all__ = [
     "ImageRecord",
@@ -117,13 +123,11 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageRecord]:
         One :class:`ImageRecord` per sample, sorted by ImageId; mask paths sorted by file name.
 
     Raises:
-        NucleistyleError: ``root`` is missing or holds no images, a sample folder lacks its
-            image, a flat folder has two images with the same stem, or ``root`` mixes sample
-            folders with loose images.
+        NucleistyleError: ``root`` is missing, not a folder, unreadable or holds no images, a
+            sample folder lacks its image, a flat folder has two images with the same stem, or
+            ``root`` mixes sample folders with loose images.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise NucleistyleError(f"image folder not found: {root}")
+    root = check_input(root, "image folder", folder=True)
     entries = sorted(p for p in root.iterdir() if _visible(p))
     folders = [p for p in entries if p.is_dir()]
     flat = [p for p in entries if p.is_file() and p.suffix.lower() in FLAT_SUFFIXES]
@@ -372,7 +376,9 @@ def _pool(
     # time in GIL-free conversions, and threads avoid pickling them back. "fork" starts at once
     # and, unlike "spawn", does not re-run the caller's __main__ (a Snakemake script); Linux only.
     if masks and sys.platform == "linux":
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp.get_context("fork"))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp.get_context("fork"), initializer=quiet_interrupts
+        )
         return pool, _load_in_worker
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bbbc038")
     return pool, _load_in_thread

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from nucleistyle.data.rle import _parse_runs, rle_decode_labels, rle_encode_labels
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.utils import NucleistyleError, OutputSet, atomic_path
 
 __all__ = [
+    "MAX_PIXELS",
     "PLACEHOLDER_RLE",
     "SOLUTION_HEADER",
     "SUBMISSION_HEADER",
@@ -35,6 +36,7 @@ __all__ = [
     "GroundTruth",
     "Submission",
     "gather_submissions",
+    "read_rows",
     "read_solution",
     "read_submission",
     "select_usage",
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 SOLUTION_HEADER = ("ImageId", "EncodedPixels", "Height", "Width", "Usage")
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 PLACEHOLDER_RLE = "1 1"
+# Largest image a solution may describe (its label image is decoded: 4 bytes per pixel); DSB
+# images are at most a few megapixels.
+MAX_PIXELS = 1 << 26
 
 
 @dataclass
@@ -115,11 +120,17 @@ class Submission(dict[str, list[str]]):
         return [f"{self.source} line {n}, ImageId {image_id}" for n in self.lines[image_id]]
 
 
-def _rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, row)`` after checking the header exactly; blank lines skipped.
+def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, cells)`` of every non-blank row of a CSV file, header included.
 
-    A UTF-8 byte-order mark and whitespace around cells are tolerated.
+    A UTF-8 byte-order mark and whitespace around cells are tolerated. Line numbers are 1-based
+    physical lines, right also for errors found while decoding the text.
+
+    Raises:
+        NucleistyleError: the file cannot be opened, is not UTF-8 text or not CSV (naming the
+            file and line).
     """
+    path = Path(path)
     try:
         f = path.open(newline="", encoding="utf-8-sig")
     except OSError as e:
@@ -127,22 +138,47 @@ def _rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]
     with f:
         reader = csv.reader(f)
         try:
-            found = next(reader, None)
-            if found is None or tuple(h.strip() for h in found) != header:
-                raise NucleistyleError(
-                    f"{path}: header must be {','.join(header)!r}, found {','.join(found or [])!r}"
-                )
             for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    raise NucleistyleError(
-                        f"{path} line {reader.line_num}: expected {len(header)} columns, "
-                        f"found {len(row)}"
-                    )
-                yield reader.line_num, [cell.strip() for cell in row]
-        except (csv.Error, UnicodeDecodeError) as e:
+                if any(cell.strip() for cell in row):
+                    yield reader.line_num, [cell.strip() for cell in row]
+        except UnicodeDecodeError as e:
+            line = _first_undecodable_line(path)
+            raise NucleistyleError(f"{path} line {line}: not UTF-8 text ({e.reason})") from e
+        except csv.Error as e:
             raise NucleistyleError(f"{path} line {reader.line_num}: unreadable CSV ({e})") from e
+        except OSError as e:
+            raise NucleistyleError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The 1-based line holding the first byte that is not UTF-8 (text is decoded in blocks,
+    so the reader's own line count can lag behind)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, row)`` after checking the header exactly; blank lines skipped."""
+    rows = read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise NucleistyleError(f"{path}: empty file (expected the header {','.join(header)!r})")
+    found = first[1]
+    if tuple(found) != header:
+        raise NucleistyleError(
+            f"{path}: header must be {','.join(header)!r}, found {','.join(found)!r}"
+        )
+    for line, row in rows:
+        if len(row) != len(header):
+            raise NucleistyleError(
+                f"{path} line {line}: expected {len(header)} columns, found {len(row)}"
+            )
+        yield line, row
 
 
 def _positive_int(text: str, what: str, where: str) -> int:
@@ -172,9 +208,9 @@ def read_solution(
 
     Raises:
         NucleistyleError: unreadable file, wrong header, wrong column count, Height/Width not a
-            positive integer or not constant per ImageId, Usage not constant per ImageId, a
-            malformed RLE row (RLEError), or a ``usage`` filter that keeps no row. Messages name
-            the file, and the line and ImageId where relevant.
+            positive integer, over :data:`MAX_PIXELS` pixels or not constant per ImageId, Usage
+            not constant per ImageId, a malformed RLE row (RLEError), or a ``usage`` filter that
+            keeps no row. Messages name the file, and the line and ImageId where relevant.
     """
     path = Path(path)
     images: dict[str, GroundTruth] = {}
@@ -184,6 +220,10 @@ def read_solution(
             raise NucleistyleError(f"{path} line {line}: empty ImageId")
         height = _positive_int(h, "Height", where)
         width = _positive_int(w, "Width", where)
+        if height * width > MAX_PIXELS:
+            raise NucleistyleError(
+                f"{where}: image size {height}x{width} is over {MAX_PIXELS:,} pixels"
+            )
         gt = images.get(image_id)
         if gt is None:
             gt = images[image_id] = GroundTruth(
@@ -304,7 +344,12 @@ def _encode(labels: np.ndarray, image_id: str, path: Path) -> list[str]:
     return rles
 
 
-def write_submission(path: str | os.PathLike[str], predictions: Mapping[str, np.ndarray]) -> None:
+def write_submission(
+    path: str | os.PathLike[str],
+    predictions: Mapping[str, np.ndarray],
+    *,
+    outputs: OutputSet | None = None,
+) -> None:
     """Write a submission CSV from predicted label images, atomically.
 
     Args:
@@ -313,12 +358,13 @@ def write_submission(path: str | os.PathLike[str], predictions: Mapping[str, np.
             any other value one nucleus, labels need not be sequential). Rows follow the mapping's
             order; nuclei in ascending label order; an image without nuclei gets one row with an
             empty EncodedPixels.
+        outputs: publish the file with these other outputs (default: on its own, now).
 
     Raises:
         NucleistyleError: an invalid ImageId or label image; nothing is written then.
     """
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(path, outputs) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SUBMISSION_HEADER)
         for image_id, labels in predictions.items():

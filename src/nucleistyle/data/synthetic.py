@@ -947,7 +947,9 @@ def _plan(cfg: SyntheticConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageId", "set", "modality", "index"])
 
 
-def generate(cfg: SyntheticConfig, out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+def generate(
+    cfg: SyntheticConfig, out_dir: str | os.PathLike[str], *, overwrite: bool = False
+) -> pd.DataFrame:
     """Write the synthetic data set to ``out_dir`` (atomically: built beside it, then renamed).
 
     Layout::
@@ -962,10 +964,16 @@ def generate(cfg: SyntheticConfig, out_dir: str | os.PathLike[str]) -> pd.DataFr
 
     Args:
         cfg: What to make.
-        out_dir: Output folder; an existing one is replaced once the new one is complete.
+        out_dir: Output folder: new, empty, or (with ``overwrite``) one that ``generate`` wrote
+            before (its marker file), replaced once the new one is complete. Anything else
+            (a file, a folder of other files) is refused, so nothing of the user's is lost.
+        overwrite: Replace a non-empty ``out_dir`` written by ``generate``.
 
     Returns:
         The modalities table (columns ImageId, set, modality), train then test images.
+
+    Raises:
+        NucleistyleError: ``out_dir`` cannot be replaced (see ``overwrite``) or written.
     """
     plan = _plan(cfg)
     truth: dict[str, np.ndarray] = {}
@@ -985,7 +993,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | os.PathLike[str]) -> pd.DataFr
         disable=None,
         file=sys.stderr,
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker="synthesize", overwrite=overwrite) as tmp:
         for row in rows:
             # index + 1: stream 0 of each set shuffles the modalities in _plan
             rng = np.random.default_rng([cfg.seed, SETS.index(row.set), row.index + 1])

@@ -1,10 +1,13 @@
 """The style-augmented training set (paper §2.3): stylised copies that inherit the masks.
 
-For a random ``fraction`` of the training images (0.5 in the paper), a copy is rendered in a
-random **other** domain with a random attribute and written in BBBC038 layout beside the
-original set. The target domain is drawn uniformly from the domains other than the image's own
-cluster: the augmentation is meant to add modalities an image does not have, and a same-domain
-copy (which HistAuGAN's on-line augmentation also allows) adds little beyond colour jitter.
+Every training image gets ``copies`` restyled copies, each rendered in a random **other** domain
+with its own random attribute, written in BBBC038 layout beside the original set. Training
+(:mod:`nucleistyle.segment.dataset`) shows a random copy instead of the original in a share of
+the draws (the paper restyles half of the images), so the domain and attribute vary from epoch
+to epoch as in the paper's random draw, and copies of validation images can be left out. The
+target domain is drawn uniformly from the domains other than the image's own cluster: the
+augmentation is meant to add modalities an image does not have, and a same-domain copy (which
+HistAuGAN's on-line augmentation also allows) adds little beyond colour jitter.
 
 The content code is kept, so nuclei stay where they were and the mask PNGs are hard-linked
 (byte-identical, no extra space; copied where links are impossible). A new ImageId is the
@@ -15,8 +18,8 @@ target_name, seed (of the attribute draw), attribute_source and source_image (th
 
 Example:
     >>> manifest = augment_dataset("resources/stage1_train", "results/cluster/assignments.csv",
-    ...     "results/gan/model.pt", "results/augment/stage1_train", "results/augment/manifest.csv")
-    ... # doctest: +SKIP
+    ...     "results/gan/model.pt", "results/augment/stage1_train", "results/augment/manifest.csv",
+    ...     copies=3)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from tqdm import tqdm
 from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.stylize import load_stylizer
-from nucleistyle.utils import NucleistyleError, atomic_dir, atomic_path, link_or_copy
+from nucleistyle.utils import NucleistyleError, link_or_copy, published_together
 
 __all__ = ["MANIFEST_COLUMNS", "augment_dataset", "augmented_id"]
 
@@ -63,11 +66,11 @@ def augment_dataset(
     model_path: PathLike,
     out_dir: PathLike,
     manifest_csv: PathLike,
-    fraction: float = 0.5,
+    copies: int = 1,
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Write stylised copies of a random ``fraction`` of the training images.
+    """Write ``copies`` stylised copies of every training image.
 
     Args:
         train_dir: Training images with masks (BBBC038 layout).
@@ -75,19 +78,19 @@ def augment_dataset(
         model_path: GAN model from :func:`nucleistyle.gan.trainer.train_gan`.
         out_dir: Output folder (BBBC038 layout, new images only); written atomically.
         manifest_csv: Manifest (:data:`MANIFEST_COLUMNS`), one row per new image.
-        fraction: Share of the training images to copy, in [0, 1] (rounded to whole images).
-        seed: Seeds the choice of images, target domains and attributes.
+        copies: Restyled copies per image (each with its own target domain and attribute).
+        seed: Seeds the target domains and attributes.
         device: ``auto``, ``cpu`` or ``cuda``.
 
     Returns:
         The manifest.
 
     Raises:
-        NucleistyleError: Bad fraction, an image without a row in the assignment table or with
+        NucleistyleError: Bad ``copies``, an image without a row in the assignment table or with
             a cluster the model does not know (naming the file), an unreadable model or image.
     """
-    if not 0 <= fraction <= 1:
-        raise NucleistyleError(f"augment fraction must be in [0, 1], got {fraction}")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise NucleistyleError(f"augment copies must be an integer >= 1, got {copies!r}")
     records = list_images(train_dir)
     stylizer = load_stylizer(model_path, device)
     table = read_assignments(assignments_csv, stylizer.n_domains)
@@ -99,39 +102,37 @@ def augment_dataset(
                 f"({record.image_path})"
             )
     rng = np.random.default_rng(seed)
-    n = round(fraction * len(records))
-    chosen = np.sort(rng.choice(len(records), size=n, replace=False))
     rows = []
-    with atomic_dir(out_dir) as tmp:
-        for index in tqdm(chosen, desc="augment", disable=None, file=sys.stderr):
-            record = records[index]
+    with published_together() as outputs:  # the folder and its manifest, or nothing
+        tmp = outputs.folder(out_dir)
+        for record in tqdm(records, desc="augment", disable=None, file=sys.stderr):
             source = int(cluster_of[record.image_id])
             others = [d for d in range(stylizer.n_domains) if d != source]
-            target = int(rng.choice(others))
-            image_seed = int(rng.integers(2**31))
-            new_id = augmented_id(record.image_id, target, image_seed)
             image = read_image(record.image_path)[0]
-            styled = stylizer.stylize([image], target, seed=image_seed)[0]
-            folder = write_sample(tmp, new_id, styled)
-            if record.mask_paths:
-                (folder / "masks").mkdir()
-                for mask in record.mask_paths:
-                    link_or_copy(mask, folder / "masks" / mask.name)
-            rows.append(
-                (
-                    new_id,
-                    record.image_id,
-                    source,
-                    target,
-                    stylizer.domain_names[target],
-                    image_seed,
-                    stylizer.attribute_source,
-                    str(record.image_path),
+            for _ in range(copies):
+                target = int(rng.choice(others))
+                image_seed = int(rng.integers(2**31))
+                new_id = augmented_id(record.image_id, target, image_seed)
+                styled = stylizer.stylize([image], target, seed=image_seed)[0]
+                folder = write_sample(tmp, new_id, styled)
+                if record.mask_paths:
+                    (folder / "masks").mkdir()
+                    for mask in record.mask_paths:
+                        link_or_copy(mask, folder / "masks" / mask.name)
+                rows.append(
+                    (
+                        new_id,
+                        record.image_id,
+                        source,
+                        target,
+                        stylizer.domain_names[target],
+                        image_seed,
+                        stylizer.attribute_source,
+                        str(record.image_path),
+                    )
                 )
-            )
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    with atomic_path(manifest_csv) as tmp_csv:
-        manifest.to_csv(tmp_csv, index=False, lineterminator="\n")
+        manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+        manifest.to_csv(outputs.file(manifest_csv), index=False, lineterminator="\n")
     log.info(
         "wrote %d stylised copies of %d training images to %s", len(manifest), len(records), out_dir
     )

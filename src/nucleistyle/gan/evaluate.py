@@ -38,12 +38,19 @@ from scipy import ndimage as ndi
 from nucleistyle.classical import segment_image
 from nucleistyle.cluster import FEATURE_NAMES, ClusterModel, hsv_features
 from nucleistyle.data.bbbc038 import list_images, load_sample
-from nucleistyle.gan.data import read_assignments
-from nucleistyle.gan.stylize import load_stylizer
+from nucleistyle.gan.data import DomainSet, read_assignments
+from nucleistyle.gan.stylize import Stylizer, load_stylizer
 from nucleistyle.metrics import image_score
+from nucleistyle.torchutils import select_device
 from nucleistyle.utils import NucleistyleError, atomic_path
 
-__all__ = ["EVALUATION_COLUMNS", "edge_similarity", "evaluate_transfer", "foreground_iou"]
+__all__ = [
+    "EVALUATION_COLUMNS",
+    "TransferMonitor",
+    "edge_similarity",
+    "evaluate_transfer",
+    "foreground_iou",
+]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -103,6 +110,73 @@ def foreground_iou(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b) / union) if union else float("nan")
 
 
+def _transfer_row(
+    stylizer: Stylizer,
+    clusters: ClusterModel,
+    image: np.ndarray,
+    target: int,
+    seed: int,
+    seg_original: np.ndarray,
+) -> dict[str, float]:
+    """Structure and style measures of one image restyled to ``target``."""
+    styled = stylizer.stylize([image], target, seed=seed)[0]
+    seg_styled = segment_image(styled)
+    features = pd.DataFrame([hsv_features(styled)], columns=list(FEATURE_NAMES))
+    assigned = int(clusters.assign(features)[0])
+    return {
+        "seg_score": image_score(seg_original, seg_styled),
+        "fg_iou": foreground_iou(seg_original, seg_styled),
+        "edge_corr": edge_similarity(image, styled),
+        "style_hit": float(assigned == stylizer.cluster_ids[target]),
+        "_styled": seg_styled,
+    }
+
+
+class TransferMonitor:
+    """Off-diagonal transfer quality during GAN training (the report's learning curve).
+
+    Called by :func:`nucleistyle.gan.trainer.train_gan` with the current model state and the
+    training set; restyles ``per_domain`` fixed images of every domain to every other domain
+    and returns the means of ``style_hit``, ``fg_iou``, ``edge_corr`` and ``seg_score``, plus
+    ``style_hit_chance`` (1 / number of domains).
+
+    Args:
+        cluster_model_json: The fitted cluster model (decides which style an image has).
+        per_domain: Images per source domain (the first ones by ImageId).
+        seed: Seeds the attribute draws (the same at every evaluation).
+        device: Where the generator runs (``auto``, ``cpu``, ``cuda``...), in fp32.
+    """
+
+    def __init__(
+        self, cluster_model_json: PathLike, per_domain: int = 2, seed: int = 0, device="auto"
+    ) -> None:
+        self.clusters = ClusterModel.from_json(cluster_model_json)
+        self.per_domain = per_domain
+        self.seed = seed
+        self.device = select_device(device)
+
+    def __call__(self, state: dict, data: DomainSet) -> dict[str, float]:
+        stylizer = Stylizer(state, self.device, None)
+        rows = []
+        for source, members in enumerate(data.members):
+            for k, index in enumerate(members[: self.per_domain]):
+                image = data.images[index]
+                seg_original = segment_image(image)
+                for target in range(data.n_domains):
+                    if target != source:
+                        seed = self.seed + 1000 * k + target
+                        rows.append(
+                            _transfer_row(
+                                stylizer, self.clusters, image, target, seed, seg_original
+                            )
+                        )
+        table = pd.DataFrame(rows).drop(columns="_styled")
+        return {
+            **{f"eval_{k}": float(v) for k, v in table.mean().items()},
+            "eval_style_hit_chance": 1.0 / data.n_domains,
+        }
+
+
 def evaluate_transfer(
     images_dir: PathLike,
     assignments_csv: PathLike,
@@ -160,24 +234,20 @@ def evaluate_transfer(
             seg_original = segment_image(sample.image)
             gt_original = image_score(truth, seg_original) if truth is not None else np.nan
             for target in range(stylizer.n_domains):
-                styled = stylizer.stylize([sample.image], target, seed=int(rng.integers(2**31)))[0]
-                seg_styled = segment_image(styled)
-                features = pd.DataFrame([hsv_features(styled)], columns=list(FEATURE_NAMES))
-                assigned = int(clusters.assign(features)[0])
-                rows.append(
-                    {
-                        "source_domain": source,
-                        "target_domain": target,
-                        "seg_score": image_score(seg_original, seg_styled),
-                        "fg_iou": foreground_iou(seg_original, seg_styled),
-                        "edge_corr": edge_similarity(sample.image, styled),
-                        "gt_score_original": gt_original,
-                        "gt_score_stylised": image_score(truth, seg_styled)
-                        if truth is not None
-                        else np.nan,
-                        "style_hit": float(assigned == stylizer.cluster_ids[target]),
-                    }
+                row = _transfer_row(
+                    stylizer,
+                    clusters,
+                    sample.image,
+                    target,
+                    int(rng.integers(2**31)),
+                    seg_original,
                 )
+                seg_styled = row.pop("_styled")
+                row["gt_score_original"] = gt_original
+                row["gt_score_stylised"] = (
+                    image_score(truth, seg_styled) if truth is not None else np.nan
+                )
+                rows.append({"source_domain": source, "target_domain": target, **row})
     per_image = pd.DataFrame(rows)
     metrics = list(EVALUATION_COLUMNS[5:])
     result = (
@@ -194,10 +264,11 @@ def evaluate_transfer(
     off = result[result.source_domain != result.target_domain]
     log.info(
         "style transfer on %d images: off-diagonal mean seg_score %.3f, edge_corr %.3f, "
-        "style_hit %.2f",
+        "style_hit %.2f (chance %.2f)",
         len(per_image) // max(1, stylizer.n_domains),
         off["seg_score"].mean(),
         off["edge_corr"].mean(),
         off["style_hit"].mean(),
+        1 / stylizer.n_domains,
     )
     return result

@@ -23,7 +23,9 @@ checks them. Deliberate deviations, all without a parameter change:
    D_c only works for crops of 209-240 px (DRIT issue #42); at crop 216 nothing changes.
 4. The image discriminator's domain head has kernel ``max(1, crop // 64)`` (3 at 216, as
    upstream) so that small test crops work; its real/fake head keeps upstream's ``padding=1``
-   (a ring of zero logits; changing it would re-weight the adversarial loss).
+   (a ring of zero logits; changing it would re-weight the adversarial loss). Below crop 128
+   it has fewer than six stride-2 layers (:func:`discriminator_depth`), so that its real/fake
+   map stays 4 x 4 as at the paper's crop; at crop 216 nothing changes.
 5. The attribute encoder's log-variance is clamped to ``±logvar_clamp`` (HistAuGAN saw ``inf``
    from ``exp(logvar)``).
 6. G's first residual block (``share``) depends on z_c only; :meth:`Generator.decode` lets the
@@ -41,6 +43,7 @@ product. Together with the bf16 padding they make a bf16 update on a 2-core CPU 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,7 @@ __all__ = [
     "Generator",
     "ImageDiscriminator",
     "count_parameters",
+    "discriminator_depth",
     "init_weights",
     "tile",
 ]
@@ -166,13 +170,14 @@ class _ConvInsRelu(nn.Sequential):
 class ResBlock(nn.Module):
     """[conv3, IN, ReLU, conv3, IN] + identity; no activation after the sum ("INSResBlock")."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, conv: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
+        conv = conv or _conv  # the layer-by-layer reference passes its plain padded conv
         self.body = nn.Sequential(
-            _conv(channels, channels, 3, 1, 1),
+            conv(channels, channels, 3, 1, 1),
             nn.InstanceNorm2d(channels),
             nn.ReLU(inplace=True),
-            _conv(channels, channels, 3, 1, 1),
+            conv(channels, channels, 3, 1, 1),
             nn.InstanceNorm2d(channels),
         )
 
@@ -329,23 +334,44 @@ class Generator(nn.Module):
         return self.decode(self.share(content), attribute, domain)
 
 
+def discriminator_depth(crop: int) -> int:
+    """Stride-2 layers of the image discriminator for ``crop``: 6 (upstream) unless fewer are
+    needed to keep its real/fake map at least 4 x 4 px.
+
+    At crop 216 six layers leave a 4 x 4 map (16 informative logits of the 36 that the padded
+    1x1 head gives). At crop 64 six layers would leave 1 x 1, one informative logit of 9, a
+    quarter of the paper's adversarial signal; four layers keep 4 x 4.
+    """
+    depth, side = 0, crop
+    while depth < 6 and -(-side // 2) >= 4:
+        side = -(-side // 2)
+        depth += 1
+    return max(depth, 1)
+
+
 class ImageDiscriminator(nn.Module):
-    """dis1 / dis2: 6 x [conv3 s2 + LReLU .01] (b .. 16b), real/fake and domain heads.
+    """dis1 / dis2: ``discriminator_depth(crop)`` x [conv3 s2 + LReLU .01] (b .. 16b; six at
+    the paper's crop), real/fake and domain heads.
 
     Args:
         n_domains: C.
-        crop: Training crop; sets the domain head's kernel ``max(1, crop // 64)``.
+        crop: Training crop; sets the depth and the domain head's kernel
+            ``min(max(1, crop // 64), final map side)``.
         base: Width b.
     """
 
     def __init__(self, n_domains: int, crop: int = 216, base: int = 64) -> None:
         super().__init__()
-        widths = [3, base, 2 * base, 4 * base, 8 * base, 16 * base, 16 * base]
+        depth = discriminator_depth(crop)
+        widths = [3, base, 2 * base, 4 * base, 8 * base, 16 * base, 16 * base][: depth + 1]
+        side = crop
+        for _ in range(depth):
+            side = -(-side // 2)
         self.trunk = nn.Sequential(
             *(_ConvLeaky(a, b, 3, 2, 1) for a, b in itertools.pairwise(widths))
         )
         self.real_fake = nn.Conv2d(widths[-1], 1, 1, padding=1, bias=False)
-        self.domain = nn.Conv2d(widths[-1], n_domains, max(1, crop // 64), bias=False)
+        self.domain = nn.Conv2d(widths[-1], n_domains, min(max(1, crop // 64), side), bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3, H, W) -> patch logits (N, h*w) and domain logits (N, C), float32."""

@@ -9,7 +9,13 @@ Choices made on purpose (the upstream pitfalls of gan.md §10):
 
 * **Single generator step.** All E_c/E_a/G terms are summed and back-propagated once, then the
   three nets step together (HistAuGAN's fix; MDMM's two-step update raises an in-place error on
-  PyTorch >= 1.5). E_a therefore also receives the latent-regression gradient, as in HistAuGAN.
+  PyTorch >= 1.5).
+* **Latent regression trains G and E_c only** (``latent_regression: mdmm``): E_a encodes the
+  random-attribute fake with its weights detached, as MDMM's separate ``backward_G_alone``
+  step effectively did. HistAuGAN's single step lets the term train E_a too
+  (``latent_regression: histaugan``); E_a can then satisfy it by mapping every fake to the
+  prior, and on a two-domain toy with a known answer that form collapsed to one style in 1 of
+  3 seeds, the MDMM form in none (docs/gan.md).
 * **Batch-size-independent losses** (see :mod:`nucleistyle.gan.losses`): equal to upstream's at
   batch 2.
 * **Content discriminator at any crop** and a **clamped log-variance** (see
@@ -34,7 +40,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,10 +117,13 @@ RESUME_IGNORES = (
     "workers",
     "attribute_source",
     "stats_images",
+    "monitor_every",
 )
+MONITOR_STATS_IMAGES = 8  # images per domain for the attribute statistics of a monitor pass
 ATTRIBUTE_SOURCES = ("prior", "domain_stats")
 LR_POLICIES = ("linear", "step")
-MIN_CROP = 36  # the image discriminator's six stride-2 reflect-padded convs need >= 2 px
+LATENT_REGRESSIONS = ("mdmm", "histaugan")
+MIN_CROP = 16  # below the paper crop the discriminators adapt (depth, resize); tested down to 16
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class GanConfig:
 
     Attributes:
         n_domains: Number of domains C (the cluster k), >= 2.
-        crop: Training crop side (px), a multiple of 4, >= 36 (216 upstream).
+        crop: Training crop side (px), a multiple of 4, >= 16 (216 upstream).
         resize: Side images are resized to before cropping (256 upstream); 0 = native size.
         flip: Random horizontal flips.
         batch_size: Images per full update, even (two halves A and B), 2 upstream.
@@ -145,6 +154,8 @@ class GanConfig:
         w_cls_g: Domain classification, generator side (fakes).
         w_recon: Self-reconstruction L1.
         w_latent: Latent regression L1.
+        latent_regression: ``mdmm`` (the term trains G and E_c, not E_a) or ``histaugan``
+            (it trains E_a too); see the module docstring.
         w_kl: KL of the attribute code.
         w_kl_content: L2 of the content code.
         attribute_dim: Size of the attribute code z_a.
@@ -160,6 +171,8 @@ class GanConfig:
             ``prior`` N(0, I), or ``domain_stats`` N(mean_d, diag(std_d²)) of E_a on the
             training images of the target domain (HistAuGAN).
         stats_images: Training images per domain used for the attribute statistics (0: all).
+        monitor_every: Iterations between transfer-quality evaluations during training (the
+            learning curve; 0: only at the end); needs a monitor passed to :func:`train_gan`.
         workers: Image decoding threads.
         seed: Seeds weights, sampling and noise.
     """
@@ -187,6 +200,7 @@ class GanConfig:
     w_cls_g: float = 5.0
     w_recon: float = 10.0
     w_latent: float = 10.0
+    latent_regression: str = "mdmm"
     w_kl: float = 0.01
     w_kl_content: float = 0.01
     attribute_dim: int = 8
@@ -197,6 +211,7 @@ class GanConfig:
     channels_last: bool = False
     attribute_source: str = "domain_stats"
     stats_images: int = 0
+    monitor_every: int = 0
     workers: int = 2
     seed: int = 0
 
@@ -214,6 +229,7 @@ class GanConfig:
             "attribute_dim": 1,
             "base_channels": 1,
             "stats_images": 0,
+            "monitor_every": 0,
             "workers": 0,
             "seed": 0,
         }
@@ -252,6 +268,7 @@ class GanConfig:
         if not 0 <= self.decay_start <= 1:
             raise NucleistyleError(f"gan.decay_start must be in [0, 1], got {self.decay_start}")
         choices = {
+            "latent_regression": LATENT_REGRESSIONS,
             "lr_policy": LR_POLICIES,
             "precision": PRECISIONS,
             "attribute_source": ATTRIBUTE_SOURCES,
@@ -295,15 +312,22 @@ class GanNets(nn.Module):
     Weights are initialised as upstream (conv ~ N(0, 0.02)) from the global torch generator.
     """
 
+    # the network classes; the layer-by-layer reference (gan/reference.py) swaps in its own
+    content_encoder: type[nn.Module] = ContentEncoder
+    attribute_encoder: type[nn.Module] = AttributeEncoder
+    generator: type[nn.Module] = Generator
+    image_discriminator: type[nn.Module] = ImageDiscriminator
+    content_discriminator: type[nn.Module] = ContentDiscriminator
+
     def __init__(self, cfg: GanConfig) -> None:
         super().__init__()
         c, b, a = cfg.n_domains, cfg.base_channels, cfg.attribute_dim
-        self.enc_c = ContentEncoder(b)
-        self.enc_a = AttributeEncoder(c, b, a, cfg.logvar_clamp)
-        self.gen = Generator(c, b, a)
-        self.dis1 = ImageDiscriminator(c, cfg.crop, b)
-        self.dis2 = ImageDiscriminator(c, cfg.crop, b)
-        self.dis_c = ContentDiscriminator(c, b)
+        self.enc_c = self.content_encoder(b)
+        self.enc_a = self.attribute_encoder(c, b, a, cfg.logvar_clamp)
+        self.gen = self.generator(c, b, a)
+        self.dis1 = self.image_discriminator(c, cfg.crop, b)
+        self.dis2 = self.image_discriminator(c, cfg.crop, b)
+        self.dis_c = self.content_discriminator(c, b)
         init_weights(self)
 
 
@@ -443,10 +467,17 @@ class GanTrainer:
             )
             fake_cross, fake_self, fake_random = fakes.split(n)  # cross: B's content, A's style
             content_cross = net.enc_c(fake_cross.contiguous(memory_format=self.memory_format))
-            mu_fake, logvar_fake = net.enc_a(torch.cat([fake_cross, fake_random]), c.repeat(2, 1))
-            attribute_cross = _reparameterise(mu_fake[:n], logvar_fake[:n])
+            if cfg.latent_regression == "histaugan":
+                mu_fake, logvar_fake = net.enc_a(
+                    torch.cat([fake_cross, fake_random]), c.repeat(2, 1)
+                )
+                mu_cross, logvar_cross, mu_random = mu_fake[:n], logvar_fake[:n], mu_fake[n:]
+            else:  # E_a's weights get no gradient from the latent regression (MDMM)
+                mu_cross, logvar_cross = net.enc_a(fake_cross, c)
+                detached = {k: v.detach() for k, v in net.enc_a.named_parameters()}
+                mu_random, _ = torch.func.functional_call(net.enc_a, detached, (fake_random, c))
+            attribute_cross = _reparameterise(mu_cross, logvar_cross)
             cycle = net.gen(_swap(content_cross), attribute_cross, c)
-            mu_random = mu_fake[n:]
 
             d_values: dict[str, torch.Tensor] = {}
             for name, dis, fake in (("d1", net.dis1, fake_cross), ("d2", net.dis2, fake_random)):
@@ -600,6 +631,29 @@ def _model_state(
     }
 
 
+def _monitor(
+    monitor: Callable[[dict[str, Any], DomainSet], Mapping[str, float]],
+    trainer: GanTrainer,
+    data: DomainSet,
+    cfg: GanConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, float]:
+    """Run ``monitor`` on the current weights (attribute statistics from a few images)."""
+    tic = time.perf_counter()
+    mean, std = attribute_statistics(
+        trainer.nets.enc_a, data, cfg.crop, device, dtype, MONITOR_STATS_IMAGES
+    )
+    values = dict(monitor(_model_state(trainer, data, cfg, mean, std), data))
+    log.info(
+        "iteration %d monitor (%.1f s): %s",
+        trainer.iteration,
+        time.perf_counter() - tic,
+        "  ".join(f"{k} {v:.3g}" for k, v in values.items()),
+    )
+    return values
+
+
 class _Window:
     """Running sums of the losses between two history rows (part of the checkpoint)."""
 
@@ -626,6 +680,7 @@ def train_gan(
     cfg: GanConfig,
     checkpoint: PathLike | None = None,
     history_tsv: PathLike | None = None,
+    monitor: Callable[[dict[str, Any], DomainSet], Mapping[str, float]] | None = None,
 ) -> Path:
     """Train the GAN on the clustered training images and write the inference model.
 
@@ -642,7 +697,12 @@ def train_gan(
             statistics, domain names and cluster ids; ``torch.load(weights_only=True)``-able).
         cfg: Hyper-parameters.
         checkpoint: Training checkpoint to resume from and write (None: no checkpoints).
-        history_tsv: Loss history (one row per ``log_every`` iterations, averaged).
+        history_tsv: Loss history (one row per ``log_every`` iterations, averaged), plus the
+            monitor's rows.
+        monitor: Called every ``cfg.monitor_every`` iterations and at the end with the
+            current model state (as written to the model file) and the training set; what it
+            returns is added to the history at that iteration (e.g.
+            :class:`nucleistyle.gan.evaluate.TransferMonitor`).
 
     Returns:
         ``out_model``.
@@ -716,6 +776,10 @@ def train_gan(
                     speed,
                     "  ".join(f"{k} {v:.4g}" for k, v in means.items()),
                 )
+            if monitor is not None and (
+                it == cfg.iterations or (cfg.monitor_every and it % cfg.monitor_every == 0)
+            ):
+                history.append(it, _monitor(monitor, trainer, data, cfg, device, dtype))
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 save()
     except TrainingDiverged:

@@ -108,8 +108,29 @@ def plot_figure3(
     save_figure(fig, out_png)
 
 
+def _plot_monitor(ax, rows: pd.DataFrame) -> None:
+    """The learning curve: style reached (style_hit against chance) and structure kept."""
+    for column, label in (
+        ("eval_style_hit", "style_hit"),
+        ("eval_fg_iou", "foreground IoU"),
+        ("eval_edge_corr", "edge correlation"),
+    ):
+        if column in rows:
+            ax.plot(rows["iteration"], rows[column], marker="o", ms=3, label=label)
+    if "eval_style_hit_chance" in rows:
+        ax.axhline(rows["eval_style_hit_chance"].iloc[-1], color="grey", ls="--", lw=0.8)
+        ax.text(rows["iteration"].iloc[0], rows["eval_style_hit_chance"].iloc[-1], " chance",
+                fontsize=7, va="bottom", color="grey")  # fmt: skip
+    ax.set_ylim(0, 1.02)
+    ax.set_title("transfer to other domains (training images)", fontsize=9)
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False)
+
+
 def plot_losses(history_tsv: PathLike, out_png: PathLike) -> None:
-    """Loss curves from the training history TSV, one panel per group of terms.
+    """Loss curves from the training history TSV, one panel per group of terms, and the
+    monitor's learning curve (style_hit, foreground IoU, edge correlation) when logged.
 
     Raises:
         NucleistyleError: The file is missing, unreadable or has no rows.
@@ -120,15 +141,20 @@ def plot_losses(history_tsv: PathLike, out_png: PathLike) -> None:
         raise NucleistyleError(f"cannot read loss history {history_tsv}: {exc}") from exc
     if history.empty or "iteration" not in history:
         raise NucleistyleError(f"loss history {history_tsv} has no rows")
-    fig, axes = plt.subplots(1, len(LOSS_PANELS), figsize=(3.3 * len(LOSS_PANELS), 2.8))
-    window = max(1, len(history) // 50)
-    for ax, (title, names) in zip(axes, LOSS_PANELS, strict=True):
+    monitored = "eval_style_hit" in history and history["eval_style_hit"].notna().any()
+    panels = len(LOSS_PANELS) + monitored
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 2.8))
+    if monitored:
+        _plot_monitor(axes[-1], history.dropna(subset=["eval_style_hit"]))
+    losses = history.dropna(subset=["g_total"]) if "g_total" in history else history
+    window = max(1, len(losses) // 50)
+    for ax, (title, names) in zip(axes, LOSS_PANELS, strict=False):
         for name in names:
-            if name not in history:
+            if name not in losses:
                 continue
-            (line,) = ax.plot(history["iteration"], history[name], alpha=0.25, lw=0.8)
-            smooth = history[name].rolling(window, min_periods=1).mean()
-            ax.plot(history["iteration"], smooth, color=line.get_color(), lw=1.3, label=name)
+            (line,) = ax.plot(losses["iteration"], losses[name], alpha=0.25, lw=0.8)
+            smooth = losses[name].rolling(window, min_periods=1).mean()
+            ax.plot(losses["iteration"], smooth, color=line.get_color(), lw=1.3, label=name)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)

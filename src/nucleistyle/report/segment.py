@@ -48,6 +48,40 @@ PANELS = (
     ("loss_classifier", "box classification loss"),
     ("val_loss", "validation loss"),
 )
+SCORES = ("val_score", "train_score")  # the learning curve: validation, else monitored training
+
+
+def _score_column(table: pd.DataFrame) -> str | None:
+    return next((c for c in SCORES if c in table.columns and table[c].notna().any()), None)
+
+
+def _plot_scores(ax_iter, ax_cpu, tables: Mapping[str, pd.DataFrame]) -> None:
+    """DSB score against iteration and against CPU minutes, each model's post-processing
+    ceiling as a dashed line in its colour."""
+    kinds = set()
+    for i, (name, table) in enumerate(tables.items()):
+        column = _score_column(table)
+        if column is None:
+            continue
+        kinds.add("validation" if column == "val_score" else "training (no validation split)")
+        rows = table.dropna(subset=[column])
+        colour = f"C{i % 10}"
+        ax_iter.plot(rows["iteration"], rows[column], color=colour, marker="o", ms=3, label=name)
+        if "cpu_s" in rows:
+            ax_cpu.plot(rows["cpu_s"] / 60, rows[column], color=colour, marker="o", ms=3)
+        if "score_ceiling" in rows:
+            for ax in (ax_iter, ax_cpu):
+                ax.axhline(rows["score_ceiling"].iloc[-1], color=colour, ls="--", lw=0.8)
+    what = " / ".join(sorted(kinds)) or "no scores logged"
+    ax_iter.set_title(f"DSB score ({what} images)", fontsize=9)
+    ax_cpu.set_title("DSB score against CPU time (dashed: post-processing ceiling)", fontsize=9)
+    ax_iter.set_xlabel("iteration")
+    ax_cpu.set_xlabel("CPU minutes of training")
+    for ax in (ax_iter, ax_cpu):
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    if ax_iter.get_legend_handles_labels()[0]:
+        ax_iter.legend(fontsize=7)
 
 
 def _read_history(path: PathLike) -> pd.DataFrame:
@@ -64,10 +98,12 @@ def _read_history(path: PathLike) -> pd.DataFrame:
 
 
 def plot_training(history_tsvs: Mapping[str, PathLike], out_png: PathLike) -> None:
-    """Loss curves of several models, one colour per model, one panel per loss.
+    """Learning and loss curves of several models, one colour per model.
 
-    Panels: total training loss, mask loss, box classification loss, and the validation loss
-    when any model has one (Mirzaev's split). Smoothed values as logged (window mean).
+    Top row: the DSB score of the validation images (the first training images when a model
+    has no validation split) against iteration and against CPU minutes, with each model's
+    post-processing ceiling. Bottom row: total training loss, mask loss, box classification
+    loss, and the validation loss when any model has one. Smoothed values as logged.
 
     Args:
         history_tsvs: ``{model name: history TSV}`` in legend order.
@@ -84,8 +120,14 @@ def plot_training(history_tsvs: Mapping[str, PathLike], out_png: PathLike) -> No
         for col, title in PANELS
         if any(col in t.columns and t[col].notna().any() for t in tables.values())
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (column, title) in zip(axes[0], panels, strict=True):
+    width = max(len(panels), 2)
+    fig, axes = plt.subplots(2, width, figsize=(4 * width, 6.4), squeeze=False)
+    _plot_scores(axes[0][0], axes[0][1], tables)
+    for ax in axes[0][2:]:
+        ax.axis("off")
+    for ax in axes[1][len(panels) :]:
+        ax.axis("off")
+    for ax, (column, title) in zip(axes[1], panels, strict=False):
         for i, (name, table) in enumerate(tables.items()):
             if column not in table.columns:
                 continue
@@ -102,7 +144,6 @@ def plot_training(history_tsvs: Mapping[str, PathLike], out_png: PathLike) -> No
         ax.set_xlabel("iteration")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out_png)
 

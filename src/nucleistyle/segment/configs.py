@@ -8,7 +8,7 @@ overrides of the config file (sections ``segment.common`` and ``segment.<baselin
 Example:
     >>> cfg = get_config("deep_retina", {"backbone": "resnet18", "iterations": 200})
     >>> cfg.model.box_score_thresh, cfg.post.dilation, cfg.total_iterations(100)
-    (0.9, 1, 200)
+    (0.9, 0, 200)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "config_from_fingerprint",
     "flatten",
     "get_config",
+    "merge_overrides",
 ]
 
 BASELINES = ("deep_retina", "mirzaev")
@@ -115,10 +116,10 @@ class ModelConfig:
             heads, not the backbone, dominate the cost on small images).
         representation_size: Width of the box head's two fully connected layers (1024, §5).
         head_norm: Batch norm after each layer of the box head (2 x 1024 fully connected) and
-            the mask head (4 convolutions), as in Matterport's heads (§5: BN inside the two
-            1024 "FC" layers; the mask head's convolutions likewise). torchvision's v1 heads
-            have none; from scratch it makes training converge much faster (measured, see
-            the demo settings). False gives torchvision's plain heads.
+            the mask head (4 convolutions), as in Matterport's heads. Off by default:
+            torchvision's v1 heads have none, and COCO weights (which cover these heads) would
+            meet untrained normalisation layers, so it is refused with ``weights: coco``. From
+            scratch it can speed up convergence (the CPU configs' choice is measured).
     """
 
     trainable_layers: int = 5
@@ -139,7 +140,7 @@ class ModelConfig:
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     fpn_channels: int = 256
     representation_size: int = 1024
-    head_norm: bool = True
+    head_norm: bool = False
 
     def __post_init__(self) -> None:
         _check_int("model.fpn_channels", self.fpn_channels, 8)
@@ -238,6 +239,9 @@ class AugmentConfig:
             borders, relabelled by connected components (§2.5: 0.5; Deep Retina none).
         affine_scale: Its isotropic scale range (§2.5: 0.5-2).
         affine_deg: Its angle range +-deg (§2.5: 15).
+        style_p: Arm ``style`` only: probability that a draw shows one of the image's
+            GAN-restyled copies instead of the original (the paper restyles half of the
+            training images: 0.5).
         jitter_p: Arm ``jitter`` only: probability of a strong colour jitter, the share of
             images the GAN restyles (seed paper §2.3: half of the training images).
         jitter_hue: Hue shift U(-v, v) in turns (0.5 = any hue).
@@ -258,6 +262,7 @@ class AugmentConfig:
     affine_p: float = 0.0
     affine_scale: tuple[float, float] = (0.5, 2.0)
     affine_deg: float = 15.0
+    style_p: float = 0.5
     jitter_p: float = 0.5
     jitter_hue: float = 0.5
     jitter_saturation: tuple[float, float] = (0.5, 1.5)
@@ -266,7 +271,8 @@ class AugmentConfig:
     jitter_invert: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "vflip", "rotate_p", "affine_p", "jitter_p", "jitter_invert"):
+        probabilities = ("hflip", "vflip", "rotate_p", "affine_p", "style_p", "jitter_p")
+        for name in (*probabilities, "jitter_invert"):
             _check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
         _check_choice("augment.rot90", self.rot90, ("any", "pm1", "none"))
         for name in ("rotate_deg", "affine_deg", "channel_shift"):
@@ -360,11 +366,16 @@ class PostConfig:
     left is in several 8-connected pieces; drop if <= ``min_area`` px.
 
     Attributes:
-        mask_threshold: Mask probability threshold (§1.3: 0.5, §2.3: 0.35).
+        mask_threshold: Mask probability threshold. 0.5 for both: Mirzaev's 0.35 was tuned for
+            Matterport's 28 x 28 mask geometry; on torchvision's masks it scored a trained model
+            0.201 against 0.349 at 0.5 (docs/baselines.md).
         min_area: Instances of at most this many px are dropped (§2.7: 10; §1.7: none = 0).
         fill_holes: Fill holes of each mask (§2.7 yes).
         closing: Binary closing with a 3x3 cross (§2.7 yes).
-        dilation: Binary dilations with a 3x3 cross (§1.7a: 1 px).
+        dilation: Binary dilations with a 3x3 cross. 0 for both: Deep Retina dilated
+            Matterport's masks by 1 px because they came out too small; torchvision's are
+            already at least as large as the ground truth, and the dilation capped the ground
+            truth itself at 0.573 (docs/baselines.md).
         max_lost: Drop an instance that lost more than this share of its area to better ones
             (§1.7a: 0.7; 1.0 never).
         drop_fragmented: Drop an instance left in several pieces (§2.7 yes).
@@ -377,7 +388,7 @@ class PostConfig:
     min_area: int = 0
     fill_holes: bool = False
     closing: bool = False
-    dilation: int = 1
+    dilation: int = 0
     max_lost: float = 0.7
     drop_fragmented: bool = False
     fallback_canvas: int = 0
@@ -478,6 +489,12 @@ class SegmenterConfig:
         _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
         _check_choice("selection", self.selection, ("last", "best_val"))
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        if self.model.head_norm and self.weights == "coco":
+            raise _fail(
+                "model.head_norm",
+                "false with weights coco (the COCO box and mask heads have no batch norm)",
+                self.model.head_norm,
+            )
         if self.selection == "best_val" and self.val_fraction == 0:
             raise _fail("selection", "last when val_fraction is 0", self.selection)
 
@@ -521,11 +538,9 @@ _MIRZAEV: dict[str, Any] = {
         "lr_factors": (1.0, 0.1, 0.01),
     },
     "post": {  # §2.7
-        "mask_threshold": 0.35,
         "min_area": 10,
         "fill_holes": True,
         "closing": True,
-        "dilation": 0,
         "max_lost": 1.0,
         "drop_fragmented": True,
         "fallback_canvas": 4,
@@ -557,6 +572,19 @@ def _build_section(name: str, values: Mapping[str, Any]) -> Any:
             f"unknown config key segment.{name}.{unknown[0]} (known: {', '.join(sorted(known))})"
         )
     return cls(**{k: _tuples(v) for k, v in values.items()})
+
+
+def merge_overrides(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge config layers left to right (``segment.common``, then ``segment.<baseline>``);
+    the sections (``model``, ``prep``, ...) are merged key by key, not replaced."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in dict(layer or {}).items():
+            if key in _SECTIONS and isinstance(value, Mapping):
+                out[key] = {**out.get(key, {}), **value}
+            else:
+                out[key] = value
+    return out
 
 
 def get_config(baseline: str, overrides: Mapping[str, Any] | None = None) -> SegmenterConfig:

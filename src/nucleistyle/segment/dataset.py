@@ -8,11 +8,17 @@ of DataLoader workers, sees exactly the same samples.
 
 Orders: a shuffled permutation per epoch (both solutions); arm ``oversample`` draws with
 replacement so that each cluster of the assignment table is equally likely (instead of the
-GAN). Arm ``style`` simply adds the GAN folder's images to the pool.
+GAN). Arm ``style`` does not add images to the pool: each original carries its GAN-restyled
+copies (``TrainItem.variants``), and a draw shows one of them, chosen at random, with
+probability ``style_p`` (the paper restyles half of the images to a random domain with a random
+attribute). Epochs, the schedule and the validation split are therefore the same in every arm,
+and a draw of an original is augmented identically in all arms; restyled copies of validation
+images are never trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -35,6 +41,7 @@ from nucleistyle.utils import NucleistyleError
 __all__ = [
     "DrawDataset",
     "TrainItem",
+    "attach_variants",
     "cluster_weights",
     "fill_label_holes",
     "image_kind",
@@ -57,6 +64,7 @@ class TrainItem:
         labels: uint16 or int32 (H, W) instance labels, 0 = background.
         source: Index of the training folder it came from (0 = the original set).
         kind: Stratification key of the validation split (:func:`image_kind`).
+        variants: Restyled copies of ``image`` (same size, same labels), arm ``style``.
     """
 
     image_id: str
@@ -64,6 +72,7 @@ class TrainItem:
     labels: np.ndarray
     source: int
     kind: str
+    variants: tuple[np.ndarray, ...] = ()
 
 
 def list_training_records(train_dirs: Sequence[PathLike]) -> list[tuple[int, ImageRecord]]:
@@ -226,6 +235,67 @@ def cluster_weights(
     return weights / weights.sum()
 
 
+def attach_variants(
+    items: Sequence[TrainItem],
+    style_dirs: Sequence[PathLike],
+    manifests: Sequence[PathLike],
+    left_out: Sequence[str] = (),
+) -> tuple[list[TrainItem], int]:
+    """Attach the restyled copies of each original (arm ``style``).
+
+    Args:
+        items: The originals that train.
+        style_dirs: Folders of restyled images (BBBC038 layout, :mod:`nucleistyle.gan.augment`).
+        manifests: One manifest per folder (columns ImageId, source_ImageId).
+        left_out: ImageIds whose copies are skipped (the validation images).
+
+    Returns:
+        The items with ``variants`` set, and the number of copies attached.
+
+    Raises:
+        NucleistyleError: an unreadable manifest, a copy missing from its folder, a copy whose
+            source is not a training image, or one whose size differs from its source.
+    """
+    from nucleistyle.data.bbbc038 import read_image
+
+    by_id = {item.image_id: item for item in items}
+    skipped = set(left_out)
+    copies: dict[str, list[np.ndarray]] = {}
+    for folder, manifest in zip(style_dirs, manifests, strict=True):
+        try:
+            table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise NucleistyleError(
+                f"cannot read restyled-image manifest {manifest}: {exc}"
+            ) from exc
+        if not {"ImageId", "source_ImageId"} <= set(table.columns):
+            raise NucleistyleError(
+                f"{manifest}: expected columns ImageId and source_ImageId, found "
+                f"{list(table.columns)}"
+            )
+        records = {record.image_id: record for record in list_images(folder)}
+        for new_id, source_id in zip(table["ImageId"], table["source_ImageId"], strict=True):
+            if source_id in skipped:
+                continue
+            if new_id not in records:
+                raise NucleistyleError(f"{manifest}: image {new_id} is not in {folder}")
+            if source_id not in by_id:
+                raise NucleistyleError(
+                    f"{manifest}: image {new_id} restyles {source_id}, not a training image"
+                )
+            image = read_image(records[new_id].image_path)[0]
+            if image.shape != by_id[source_id].image.shape:
+                raise NucleistyleError(
+                    f"{records[new_id].image_path}: size {image.shape[:2]} differs from its "
+                    f"source {source_id} {by_id[source_id].image.shape[:2]}"
+                )
+            copies.setdefault(source_id, []).append(image)
+    out = [
+        dataclasses.replace(item, variants=tuple(copies.get(item.image_id, ()))) for item in items
+    ]
+    return out, sum(len(v) for v in copies.values())
+
+
 def images_digest(image_ids: Sequence[str]) -> str:
     """SHA-256 of the sorted ImageIds (recorded in checkpoints: same data on resume)."""
     return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()
@@ -242,6 +312,7 @@ class DrawDataset(torch.utils.data.Dataset):
         max_instances: Instance cap per sample.
         weights: Per-item sampling probabilities (with replacement), or None for a shuffled
             permutation per epoch.
+        style_p: Probability that a draw of an item with ``variants`` shows one of them.
     """
 
     def __init__(
@@ -252,6 +323,7 @@ class DrawDataset(torch.utils.data.Dataset):
         seed: int,
         max_instances: int,
         weights: np.ndarray | None = None,
+        style_p: float = 0.0,
     ) -> None:
         self.items = list(items)
         self.pipeline = pipeline
@@ -259,6 +331,7 @@ class DrawDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.max_instances = max_instances
         self.weights = weights
+        self.style_p = style_p
         self._order = lru_cache(maxsize=2)(self._epoch_order)
 
     def __len__(self) -> int:
@@ -278,8 +351,13 @@ class DrawDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, draw: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         item = self.items[self.item_index(draw)]
+        image = item.image
+        if item.variants:  # its own generator: the draw's augmentation is the same in every arm
+            pick = np.random.default_rng([self.seed, 4, draw])
+            if pick.random() < self.style_p:
+                image = item.variants[int(pick.integers(len(item.variants)))]
         rng = np.random.default_rng([self.seed, 2, draw])
-        image, labels = self.pipeline(item.image, item.labels.astype(np.int32), rng)
+        image, labels = self.pipeline(image, item.labels.astype(np.int32), rng)
         return to_target(image, labels, self.max_instances, rng)
 
 
@@ -305,8 +383,8 @@ def check_arm(arm: str, assignments_csv: PathLike | None, n_dirs: int) -> None:
         raise NucleistyleError(f"unknown augmentation arm {arm!r} (known: {ARMS})")
     if arm == "oversample" and assignments_csv is None:
         raise NucleistyleError("arm oversample needs the cluster assignments table")
-    if arm == "style" and n_dirs < 2:
-        log.warning("arm style with a single training folder: no restyled images added")
+    if arm == "style" and n_dirs < 1:
+        log.warning("arm style without restyled folders: no restyled images added")
 
 
 def training_config_summary(cfg: SegmenterConfig, n_train: int, n_val: int) -> str:

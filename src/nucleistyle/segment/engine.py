@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -37,6 +38,8 @@ from tqdm import tqdm
 from nucleistyle.segment.configs import SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
     DrawDataset,
+    TrainItem,
+    attach_variants,
     check_arm,
     cluster_weights,
     images_digest,
@@ -150,13 +153,19 @@ def fingerprint(
 
 
 def make_optimizer(model: nn.Module, cfg: SegmenterConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (Deep Retina, §1.6) or Adam/AMSGrad (Mirzaev, §2.6) over the
-    trainable parameters; the learning rate is set per iteration by the engine."""
+    """SGD with momentum (Deep Retina) or Adam/AMSGrad (Mirzaev) over the trainable
+    parameters; the learning rate is set per iteration by the engine. Fused: one kernel per
+    step instead of a Python loop over ~200 tensors (measured: the loop took 0.2 s of a 1.2 s
+    CPU iteration)."""
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, amsgrad=o.amsgrad, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=True
+        )
+    return torch.optim.Adam(
+        params, lr=o.lr, amsgrad=o.amsgrad, weight_decay=o.weight_decay, fused=True
+    )
 
 
 def _clip_per_tensor(params: Iterable[torch.Tensor], max_norm: float) -> None:
@@ -284,6 +293,43 @@ def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+MONITOR_IMAGES = 8  # training images scored along the way when there is no validation split
+
+
+@torch.no_grad()
+def score_items(
+    model: nn.Module,
+    cfg: SegmenterConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    items: Sequence[TrainItem],
+) -> float:
+    """Mean DSB score of the model (single pass, the baseline's post-processing) on ``items``.
+
+    This is the learning curve's measure: the metric the model is judged by, not a loss. The
+    model is left in training mode.
+    """
+    from nucleistyle.metrics import image_score
+    from nucleistyle.segment.predict import Segmenter
+
+    segmenter = Segmenter(model, cfg, device, dtype)
+    try:
+        scores = [
+            image_score(item.labels.astype(np.int32), labels)
+            for item in items
+            for labels in segmenter.segment([item.image])
+        ]
+    finally:
+        model.train()
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _ceiling(truths: Sequence[np.ndarray], cfg: SegmenterConfig) -> float:
+    from nucleistyle.segment.predict import ceiling_score
+
+    return ceiling_score(truths, cfg)
+
+
 def train_segmenter(
     train_dirs: Sequence[PathLike],
     out_model: PathLike,
@@ -292,12 +338,22 @@ def train_segmenter(
     history_tsv: PathLike | None = None,
     arm: str = "none",
     assignments_csv: PathLike | None = None,
+    style_dirs: Sequence[PathLike] = (),
+    style_manifests: Sequence[PathLike] = (),
 ) -> Path:
     """Train one segmenter and write its model file.
 
+    Every arm trains the same number of iterations with the same schedule: epochs count the
+    original images only. Every ``val_every`` iterations the validation images (or, without a
+    validation split, the first :data:`MONITOR_IMAGES` training images) are segmented and
+    scored with the DSB metric; the history gets ``val_score`` (or ``train_score``), the
+    ``score_ceiling`` (the ground truth of those images after the post-processing: no model can
+    score above it), ``wall_s`` and ``cpu_s`` (seconds of training so far, wall clock and this
+    process's CPU time).
+
     Args:
-        train_dirs: BBBC038-layout folders with masks: the original training set first, then
-            (arm ``style``) the GAN-restyled folder(s); ImageIds must be distinct.
+        train_dirs: BBBC038-layout folders with masks (the original training set); ImageIds
+            must be distinct.
         out_model: The model file (weights + configuration), written atomically; load it with
             :func:`nucleistyle.segment.predict.load_segmenter`.
         cfg: The configuration (:func:`~.configs.get_config`).
@@ -306,10 +362,14 @@ def train_segmenter(
             ``cfg.checkpoint_every`` iterations and at the end.
         history_tsv: Where to write the loss history (iteration, smoothed losses, lr,
             sec_per_it, and val_* columns on validation rows).
-        arm: ``none``, ``style`` (extra folders), ``jitter`` (strong colour jitter) or
-            ``oversample`` (clusters of ``assignments_csv`` drawn equally often).
+        arm: ``none``, ``style`` (restyled copies shown with probability
+            ``cfg.augment.style_p``), ``jitter`` (strong colour jitter) or ``oversample``
+            (clusters of ``assignments_csv`` drawn equally often).
         assignments_csv: Cluster table (ImageId, cluster): needed for ``oversample``; if given,
             the validation split is stratified by cluster.
+        style_dirs: Arm ``style``: folders of restyled copies (:mod:`nucleistyle.gan.augment`).
+        style_manifests: Their manifests (which original each copy restyles); copies of
+            validation images are left out.
 
     Returns:
         ``out_model`` as a Path.
@@ -320,7 +380,9 @@ def train_segmenter(
             (naming the file and key), unavailable pretrained weights.
         TrainingDiverged: a non-finite loss.
     """
-    check_arm(arm, assignments_csv, len(train_dirs))
+    check_arm(arm, assignments_csv, len(style_dirs))
+    if arm != "style" and style_dirs:
+        raise NucleistyleError(f"restyled folders given for arm {arm}: only arm style uses them")
     device = select_device(cfg.device, "segment.device")
     keep_freed_memory()  # no page faults for the same activations every step
     dtype = resolve_precision(cfg.precision, device, "segment.precision")
@@ -330,6 +392,24 @@ def train_segmenter(
     train_idx, val_idx = split_validation(items, cfg.val_fraction, cfg.split_seed, clusters)
     train_items = [items[i] for i in train_idx]
     val_items = [items[i] for i in val_idx]
+    copies: list[str] = []
+    if style_dirs:
+        train_items, n_copies = attach_variants(
+            train_items, style_dirs, style_manifests, [it.image_id for it in val_items]
+        )
+        copies = [f"{it.image_id}:{len(it.variants)}" for it in train_items if it.variants]
+        log.info(
+            "arm style: %d restyled copies of %d training images, each draw restyled with "
+            "p = %.2f (copies of the %d validation images left out)",
+            n_copies,
+            len(copies),
+            cfg.augment.style_p,
+            len(val_items),
+        )
+    monitor = val_items or sorted(train_items, key=lambda it: it.image_id)[:MONITOR_IMAGES]
+    score_key = "val_score" if val_items else "train_score"
+    ceiling = _ceiling([it.labels for it in monitor], cfg)
+    log.info("post-processing ceiling on the %d monitored images: %.4f", len(monitor), ceiling)
     weights = None
     if arm == "oversample":
         assert clusters is not None and assignments_csv is not None
@@ -339,12 +419,13 @@ def train_segmenter(
     expected = fingerprint(
         cfg, arm, [it.image_id for it in train_items], [it.image_id for it in val_items]
     )
+    expected["data.restyled"] = images_digest(copies)
 
     seed_everything(cfg.seed)
     resume = checkpoint is not None and Path(checkpoint).exists()
     model = build_model(cfg, pretrained=not resume).to(device)
     optimizer = make_optimizer(model, cfg)
-    start, history, best = 0, LossHistory(), None
+    start, history, best, clock = 0, LossHistory(), None, {"wall_s": 0.0, "cpu_s": 0.0}
     if resume:
         assert checkpoint is not None
         state = load_checkpoint(checkpoint, expected, ignore=RESUMABLE_KEYS)
@@ -358,6 +439,7 @@ def train_segmenter(
         optimizer.load_state_dict(state["optimizer"])
         history = LossHistory(state["history"])
         best = state.get("best")
+        clock = dict(state.get("clock", clock))
         log.info("resumed from %s at iteration %d of %d", checkpoint, start, total)
 
     dataset = DrawDataset(
@@ -367,6 +449,7 @@ def train_segmenter(
         cfg.seed,
         cfg.prep.max_instances,
         weights,
+        cfg.augment.style_p if arm == "style" else 0.0,
     )
     batches = _batches(dataset, start, cfg.batch_size, cfg.workers)
     val_samples = validation_samples(val_items, eval_pipeline(cfg), cfg.prep.max_instances)
@@ -389,11 +472,13 @@ def train_segmenter(
                 "history": history.state(),
                 "rng": get_rng_state(),
                 "best": best,
+                "clock": clock,
             },
         )
         log.info("checkpoint %s at iteration %d", checkpoint, iteration)
 
     iteration = start
+    wall, cpu = time.perf_counter(), time.process_time()
     while iteration < total:
         stop = min(
             total,
@@ -415,10 +500,23 @@ def train_segmenter(
             checkpoint,
         )
         iteration = stop
-        if val_samples and (iteration % val_every == 0 or iteration == total):
-            scores = evaluate(model, val_samples, device, dtype, cfg.batch_size)
-            history.append(iteration, scores)
-            log.info("iteration %d validation: val_loss %.4f", iteration, scores["val_loss"])
+        now_wall, now_cpu = time.perf_counter(), time.process_time()
+        clock["wall_s"] += now_wall - wall
+        clock["cpu_s"] += now_cpu - cpu
+        if iteration % val_every == 0 or iteration == total:
+            scores = (
+                evaluate(model, val_samples, device, dtype, cfg.batch_size) if val_samples else {}
+            )
+            scores[score_key] = score_items(model, cfg, device, dtype, monitor)
+            scores["score_ceiling"] = ceiling
+            history.append(iteration, {**scores, **clock})
+            log.info(
+                "iteration %d: %s %.4f%s",
+                iteration,
+                score_key,
+                scores[score_key],
+                f", val_loss {scores['val_loss']:.4f}" if val_samples else "",
+            )
             if (
                 cfg.selection == "best_val"
                 and iteration > last_phase
@@ -432,6 +530,7 @@ def train_segmenter(
                 }
         if iteration % cfg.checkpoint_every == 0 or iteration == total:
             save(iteration)
+        wall, cpu = time.perf_counter(), time.process_time()  # scoring and saving not counted
 
     selected = total
     final_state = _state_on_cpu(model)
@@ -452,6 +551,7 @@ def train_segmenter(
             "selected_iteration": selected,
             "train_images": [it.image_id for it in train_items],
             "val_images": [it.image_id for it in val_items],
+            "restyled_copies": sum(len(it.variants) for it in train_items),
             "environment": {k: str(v) for k, v in environment.items()},
         },
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,15 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import misc as misc_nn_ops
 
 from nucleistyle.segment.configs import SegmenterConfig
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.utils import NucleistyleError, first_line
 
-__all__ = ["PreparedTransform", "build_model", "keep_geometry_in_float32", "read_weights_file"]
+__all__ = [
+    "PreparedTransform",
+    "build_model",
+    "keep_geometry_in_float32",
+    "modern_key_names",
+    "read_weights_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +114,7 @@ class NormMLPHead(nn.Module):
 
 def _offline_error(what: str, url: str, exc: Exception) -> NucleistyleError:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = first_line(getattr(exc, "reason", None) or exc)
     return NucleistyleError(
         f"cannot download the {what} weights from {url} ({reason}): this machine seems "
         f"offline; put the file into {hub}/ or set segment weights to a local file, or none"
@@ -134,9 +141,7 @@ def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files raise several types
-        raise NucleistyleError(
-            f"cannot load weights file {path}: {str(exc).splitlines()[0]}"
-        ) from exc
+        raise NucleistyleError(f"cannot load weights file {path}: {first_line(exc)}") from exc
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not any(
@@ -146,10 +151,31 @@ def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+_LEGACY_MASK_FCN = re.compile(r"^(roi_heads\.mask_head\.)mask_fcn(\d+)\.(weight|bias)$")
+
+
+def modern_key_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the legacy mask-head keys of torchvision's released COCO file.
+
+    The file names the mask head's convolutions ``mask_fcn1..4``; current torchvision builds the
+    head as a Sequential (``0.0 .. 3.0``) and renames the keys only inside ``load_state_dict``.
+    Filtering by name before that call would silently drop all four convolutions.
+    """
+    out = {}
+    for key, value in state.items():
+        match = _LEGACY_MASK_FCN.match(key)
+        if match:
+            prefix, index, kind = match.groups()
+            key = f"{prefix}{int(index) - 1}.0.{kind}"
+        out[key] = value
+    return out
+
+
 def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load every tensor whose name and shape match (class-specific layers differ in shape
-    and are skipped, as Matterport's ``exclude=[mrcnn_class_logits, ...]``, §1.6)."""
+    and are skipped, as Matterport's ``exclude=[mrcnn_class_logits, ...]``)."""
     own = model.state_dict()
+    state = modern_key_names(state)
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise NucleistyleError(f"weights {source}: no tensor matches this model's layers")

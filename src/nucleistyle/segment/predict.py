@@ -23,8 +23,8 @@ pixel grid, so the label images always have the input's size.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -45,11 +45,11 @@ from nucleistyle.segment.model import build_model
 from nucleistyle.segment.postprocess import Instances, postprocess
 from nucleistyle.segment.transforms import resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
+from nucleistyle.tta import BASELINE_TTA, PredictFn, TTAConfig, predict_tta
 from nucleistyle.tta import Instances as DenseInstances
-from nucleistyle.tta import PredictFn, TTAConfig, predict_tta
-from nucleistyle.utils import NucleistyleError, staged_files
+from nucleistyle.utils import NucleistyleError, first_line, published_together
 
-__all__ = ["Detections", "Segmenter", "load_segmenter", "predict_folder"]
+__all__ = ["Detections", "Segmenter", "ceiling_score", "load_segmenter", "predict_folder"]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -283,6 +283,43 @@ class Segmenter:
         return self.segment([image])[0]
 
 
+def ceiling_score(
+    truths: Sequence[np.ndarray], cfg: SegmenterConfig, tta: TTAConfig | None = None
+) -> float:
+    """Mean DSB score of the ground truth itself after the baseline's post-processing.
+
+    Each true nucleus becomes a detection (scores in label order), optionally merged through
+    the TTA of ``tta`` with every variant identical, then post-processed as a prediction would
+    be. A post-processing that cannot reproduce a perfect prediction caps every model below
+    this score: it must be (close to) 1.0.
+
+    Args:
+        truths: Ground-truth label images (0 = background).
+        cfg: The segmenter configuration (``cfg.post`` is used).
+        tta: A TTA configuration to pass the detections through its merge, or None.
+
+    Returns:
+        The mean score over ``truths`` (NaN for none).
+    """
+    from nucleistyle.metrics import image_score
+    from nucleistyle.tta import merge
+
+    scores = []
+    for truth in truths:
+        truth = np.asarray(truth)
+        ids = np.unique(truth[truth > 0])
+        masks = truth[None] == ids[:, None, None]
+        ranks = np.linspace(1.0, 0.5, len(ids)).astype(np.float32)
+        if tta is None:
+            found = Instances.from_dense(masks, ranks)
+        else:
+            variant = DenseInstances(masks, ranks)
+            merged = merge([variant] * len(tta.transforms), tta)
+            found = Instances.from_dense(merged.masks >= tta.mask_threshold, merged.scores)
+        scores.append(image_score(truth.astype(np.int32), postprocess(found, cfg.post)))
+    return float(np.mean(scores)) if scores else math.nan
+
+
 def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
     """Load a model file written by :func:`~.engine.train_segmenter` (``weights_only=True``).
 
@@ -301,8 +338,7 @@ def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise NucleistyleError(
-            f"{model_path}: weights do not match the stored configuration: "
-            f"{str(exc).splitlines()[0]}"
+            f"{model_path}: weights do not match the stored configuration: {first_line(exc)}"
         ) from exc
     torch_device = select_device(device)
     dtype = resolve_precision(cfg.precision, torch_device)
@@ -324,11 +360,15 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     return index, n_shards
 
 
-def _tta_config(tta: Mapping | TTAConfig | None) -> TTAConfig | None:
-    if tta is None or isinstance(tta, TTAConfig):
-        return tta
+def _tta_config(tta: Mapping | TTAConfig | bool | None, baseline: str) -> TTAConfig | None:
+    """None/False: single pass; True: the baseline's own TTA; a mapping: the config section
+    ``tta`` resolved for ``baseline`` (:meth:`~nucleistyle.tta.TTAConfig.for_baseline`)."""
+    if tta is None or tta is False or isinstance(tta, TTAConfig):
+        return tta or None
+    if tta is True:
+        return TTAConfig.for_baseline(baseline)
     if isinstance(tta, Mapping):
-        return TTAConfig.from_config(tta)
+        return TTAConfig.for_baseline(baseline, tta)
     raise NucleistyleError(f"tta must be a mapping (config section tta) or None, got {tta!r}")
 
 
@@ -338,7 +378,7 @@ def predict_folder(
     submission_csv: PathLike | None,
     labels_dir: PathLike | None = None,
     device: str = "auto",
-    tta: Mapping | TTAConfig | None = None,
+    tta: Mapping | TTAConfig | bool | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> int:
     """Segment the images of a folder (or one shard of them), single pass or with TTA.
@@ -355,9 +395,9 @@ def predict_folder(
     score; under TTA the mean score of the merged detections): COCO AP
     (:func:`nucleistyle.metrics.coco_ap`) can take the confidence order from the row order.
 
-    Outputs appear only once every image is done: the submission by atomic rename, the label
-    images staged in a hidden folder beside ``labels_dir`` and then moved in (files of
-    ``labels_dir`` with other names are left alone). On an error nothing is written.
+    Outputs appear together, only once every image is done: the submission and the label
+    images are staged beside their targets and published in one step (files of ``labels_dir``
+    with other names are left alone). On an error nothing is written.
 
     Args:
         model_path: A model file from :func:`~.engine.train_segmenter`
@@ -368,8 +408,9 @@ def predict_folder(
         labels_dir: If given, ``<labels_dir>/<ImageId>.png``: 16-bit label images of each
             input's size (0 = background).
         device: Where to run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
-        tta: TTA settings (the config section ``tta`` as a mapping, or a
-            :class:`~nucleistyle.tta.TTAConfig`); None for a single pass.
+        tta: None or False for a single pass; True for the baseline's own TTA; the config
+            section ``tta`` as a mapping (resolved for the model's baseline), or a
+            :class:`~nucleistyle.tta.TTAConfig`.
         shard: ``(index, n_shards)``: the images sorted by ImageId, this call takes every
             ``n_shards``-th one starting at ``index`` (it may get none).
 
@@ -382,10 +423,12 @@ def predict_folder(
 
     Example:
         >>> predict_folder("results/segment/mirzaev-style/model.pt", "stage1_test",
-        ...                "shard1.csv", tta={"merge": "union"}, shard=(1, 4))  # doctest: +SKIP
+        ...                "shard1.csv", tta=True, shard=(1, 4))  # doctest: +SKIP
     """
     index, n_shards = _check_shard(shard)
-    cfg = _tta_config(tta)
+    if isinstance(tta, Mapping):  # fail on a bad section before loading the model
+        for baseline in BASELINE_TTA:
+            TTAConfig.for_baseline(baseline, tta)
     if submission_csv is None and labels_dir is None:
         raise NucleistyleError(
             "predict_folder: nothing to write (no submission_csv, no labels_dir)"
@@ -397,6 +440,7 @@ def predict_folder(
         raise NucleistyleError(f"model file not found: {model_path}")
     records = list_images(images_dir)[index::n_shards]
     segmenter = load_segmenter(model_path, device)
+    cfg = _tta_config(tta, segmenter.cfg.baseline)
     if cfg is None:
         per_call = 1
         log.info("single pass over %d images of %s", len(records), images_dir)
@@ -414,7 +458,8 @@ def predict_folder(
         )
     if n_shards > 1:
         log.info("shard %d of %d: %d images", index, n_shards, len(records))
-    with staged_files(out_dir) if out_dir is not None else contextlib.nullcontext() as staging:
+    with published_together() as outputs:  # the submission and the labels, or nothing
+        staging = outputs.files_into(out_dir) if out_dir is not None else None
         predictions = CompressedLabels()
         start = time.perf_counter()
         with tqdm(
@@ -430,7 +475,7 @@ def predict_folder(
                 bar.update(len(chunk))
         elapsed = time.perf_counter() - start
         if submission_csv is not None:
-            write_submission(submission_csv, predictions)
+            write_submission(submission_csv, predictions, outputs=outputs)
     log.info(
         "segmented %d images of %s in %.1f s (%.2f images/s)",
         len(records),

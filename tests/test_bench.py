@@ -1,0 +1,237 @@
+"""The benchmarks' own logic: reports and ratios, the targets that apply to a CPU, the bf16-absent
+path, the GPU smoke check's CPU paths, config overlays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_gan  # noqa: E402  (bench/ is scripts, not a package)
+import bench_segment  # noqa: E402
+
+CPUINFO_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+"""
+
+
+def _run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        cwd=REPO,
+        timeout=900,
+    )
+
+
+# -- bench_gan -----------------------------------------------------------------------------------
+
+
+def test_cpu_flags_are_read_and_a_cpu_without_bf16_units_is_named_in_one_line() -> None:
+    model, flags = bench_gan.cpu_info(CPUINFO_AVX2)
+    assert model == "AMD EPYC" and "avx2" in flags and "avx512_bf16" not in flags
+    line = bench_gan.no_bf16_line(model, flags)
+    assert "\n" not in line
+    assert line.startswith("no bf16 on this CPU (AMD EPYC: avx2, no avx512_bf16 or amx_bf16")
+    assert line.endswith("fp32 only, bf16 not measured")
+    assert bench_gan.cpu_info("") == ("unknown CPU", set())
+
+
+def test_gan_report_gives_ours_as_ratios_to_the_plain_update() -> None:
+    line = bench_gan.ratio_line(2, {"plain": 50.0, "fp32": 40.0, "bf16": 12.5})
+    assert line == (
+        "2 thread(s): speed vs the plain fp32 update (50.00 s): our fp32 1.25x, our bf16 4.00x"
+    )
+    timing = {"full_best": 40.0, "full_median": 41.0, "content_best": 2.5, "peak_rss_gib": 3.5}
+    assert bench_gan.speed_line(1, "fp32", timing) == (
+        "1 thread(s), our fp32: full update 40.00 s (median 41.00), content-D update 2.50 s, "
+        "peak RSS 3.50 GiB"
+    )
+    roofline = bench_gan.speed_line(1, "fp32", {**timing, "gflop": 1200.0, "matmul": 60.0})
+    assert roofline.endswith("1200 GFLOP per update = 30 GFLOP/s, 50% of this CPU's fp32 "
+                             "2048^3 matmul rate (60 GFLOP/s)")  # fmt: skip
+    contention = bench_gan.contention_line("fp32", 64, {1: 3.0, 2: 12.0})
+    assert contention.endswith("1 thread 3.00 s, 2 threads 12.00 s per update (2 threads 0.25x "
+                               "the speed of 1)")  # fmt: skip
+
+
+def _speed(kinds: list[str], seconds: dict[str, float], rss: float = 3.0) -> dict:
+    return {
+        (kind, n): {"full_best": seconds[kind], "peak_rss_gib": rss if kind != "plain" else 9.0}
+        for kind in kinds
+        for n in (1, 2)
+    }
+
+
+def test_gan_targets_are_only_those_that_apply_to_the_cpu() -> None:
+    fp32_only = _speed(["plain", "fp32"], {"plain": 50.0, "fp32": 45.0})
+    checks = bench_gan.target_checks(fp32_only, [1, 2], None)
+    assert list(checks.values()) == [True] and "peak RSS 3.00 GiB" in next(iter(checks))
+    too_big = bench_gan.target_checks(_speed(["plain", "fp32"], {"plain": 50, "fp32": 45}, 4.5),
+                                      [1, 2], None)  # fmt: skip
+    assert list(too_big.values()) == [False]  # the plain baseline's RSS is not a target
+
+    with_bf16 = _speed(["plain", "fp32", "bf16"], {"plain": 50.0, "fp32": 45.0, "bf16": 20.0})
+    checks = bench_gan.target_checks(with_bf16, [1, 2], (True, 0.05))
+    assert len(checks) == 4 and list(checks.values()) == [True, False, False, True]
+    assert "1 thread(s): bf16 2.50x the plain fp32 update (target >= 3.0x)" in checks
+
+
+def test_gan_bench_without_bf16_reports_fp32_only_and_passes_on_memory(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nucleistyle.torchutils
+
+    measured: list[list[str]] = []
+
+    def fake_speed(args, kinds):
+        measured.append(kinds)
+        return _speed(kinds, {"plain": 50.0, "fp32": 45.0, "bf16": 10.0})
+
+    monkeypatch.setattr(nucleistyle.torchutils, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(bench_gan, "cpu_info", lambda: ("AMD EPYC", {"avx2"}))
+    monkeypatch.setattr(bench_gan, "_speed", fake_speed)
+    monkeypatch.setattr(bench_gan, "_stability", lambda args: pytest.fail("bf16 stability run"))
+    assert bench_gan.main(["--contention-crop", "0"]) == 0
+    out = capsys.readouterr().out
+    assert measured == [["plain", "fp32"]]
+    assert sum("no bf16 on this CPU" in line for line in out.splitlines()) == 1
+    assert "PASS: peak RSS 3.00 GiB" in out and "FAIL" not in out and "bf16 2" not in out
+
+    monkeypatch.setattr(nucleistyle.torchutils, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(bench_gan, "_stability", lambda args: (True, 0.01))
+    assert bench_gan.main(["--contention-crop", "0"]) == 0  # bf16 5x: every target met
+    assert measured[-1] == ["plain", "fp32", "bf16"]
+    assert "no bf16" not in capsys.readouterr().out
+
+
+# -- bench_segment -------------------------------------------------------------------------------
+
+
+def test_segment_report_gives_every_speed_as_a_ratio_to_a_baseline_of_the_run() -> None:
+    stock = {"images_per_s": 0.04, "peak_rss_gib": 5.8}
+    assert "0.040 images/s (the 1.0x" in bench_segment.stock_line("demo", 1, stock, 1)
+    assert "its first iteration" in bench_segment.stock_line("demo", 1, stock, 0)
+    key = ("mirzaev", "fp32", 2, 1)
+    line = bench_segment.setting_line("cpu", key, {"images_per_s": 2.0, "peak_rss_gib": 1.2}, 0.04)
+    assert line.startswith("cpu: mirzaev     fp32, 2 thread(s), 1 worker(s):    2.00 images/s")
+    assert "=  50.0x stock" in line
+
+    results = {
+        ("deep_retina", "fp32", 1, 0): 3.0,
+        ("deep_retina", "fp32", 1, 1): 3.3,
+        ("deep_retina", "fp32", 2, 0): 1.5,
+        ("deep_retina", "fp32", 2, 1): 1.1,
+    }
+    assert bench_segment.comparison_lines("demo", results) == [
+        "demo: deep_retina fp32: 2 threads vs 1: 0.50x/0.33x; 1 worker(s) vs 0: 1.10x/0.73x "
+        "(at 0/1 workers / 1/2 threads)"
+    ]
+    assert bench_segment.comparison_lines("demo", {("mirzaev", "fp32", 1, 0): 3.0}) == []
+    line = bench_segment.contention_line("demo", "deep_retina", {1: 3.0, 2: 0.6})
+    assert line.endswith("1 thread 3.00 images/s, 2 threads 0.60 images/s (2 threads 0.20x the "
+                         "speed of 1)")  # fmt: skip
+
+
+def test_fastest_setting_is_the_best_geometric_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    results = {
+        ("deep_retina", "fp32", 1, 0): 3.0,
+        ("deep_retina", "fp32", 1, 1): 3.6,
+        ("mirzaev", "fp32", 1, 0): 2.0,
+        ("mirzaev", "fp32", 1, 1): 1.8,
+    }
+    assert bench_segment._fastest("demo", results, ["deep_retina", "mirzaev"]) == ("fp32", 1, 1)
+    out = capsys.readouterr().out
+    assert "fastest for mirzaev: fp32, 1 thread(s), 0 worker(s)" in out
+
+
+def test_bench_configs_are_the_workflows_overlays() -> None:
+    cpu_file = yaml.safe_load((REPO / "config.cpu.yaml").read_text())["segment"]
+    demo = bench_segment.segment_overrides("demo", "deep_retina")
+    assert demo["backbone"] == "resnet18" and demo["prep"] == {"size": 128}
+    assert demo["model"]["fpn_channels"] == 64  # common.model kept beside the baseline's prep
+    cpu = bench_segment.segment_overrides("cpu", "mirzaev")
+    assert cpu["prep"] == cpu_file["mirzaev"]["prep"]
+    assert cpu["model"] == {**cpu_file["common"]["model"], **cpu_file["mirzaev"]["model"]}
+    paper = bench_segment.segment_overrides("paper", "deep_retina")
+    assert paper["backbone"] == "resnet50" and "iterations" not in paper
+
+
+def test_learning_report_reads_the_score_within_each_cpu_budget(capsys) -> None:
+    rows = [
+        {"iteration": 10, "sec_per_it": 0.5},
+        {"iteration": 50, "val_score": 0.1, "cpu_s": 30.0},
+        {"iteration": 100, "val_score": 0.3, "cpu_s": 70.0},
+    ]
+    bench_segment._print_learning("demo", "mirzaev", rows, [0.25, 0.5, 1.0, 2.0])
+    out = capsys.readouterr().out
+    assert "iteration   50,  0.50 CPU-min, 1.67 it/CPU-s, val_score 0.100" in out
+    assert "0.25 CPU-min: -, 0.5 CPU-min: 0.100, 1 CPU-min: 0.100, 2 CPU-min: 0.300" in out
+
+
+def test_learning_report_without_scores_gives_iterations_per_second(capsys) -> None:
+    rows = [{"iteration": 1, "sec_per_it": 0.5}, {"iteration": 2, "sec_per_it": 0.25}]
+    bench_segment._print_learning("demo", "deep_retina", rows, [1.0])
+    out = capsys.readouterr().out
+    assert "records no score" in out and "2.67 iterations/s" in out
+
+
+# -- gpu_smoke -----------------------------------------------------------------------------------
+
+
+def test_gpu_smoke_without_cuda_says_so_in_one_line_and_succeeds() -> None:
+    result = _run("gpu_smoke.py", CUDA_VISIBLE_DEVICES="")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0]
+
+
+def test_gpu_smoke_tiny_on_the_cpu_trains_and_predicts_every_stage() -> None:
+    """The CUDA path's code (the library calls, the projections) at tiny size on the CPU."""
+    result = _run("gpu_smoke.py", "--device", "cpu", "--tiny", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "GAN (2 domains, crop 36" in out and "120,000 iterations" in out
+    for baseline, total in (("deep_retina", "25,125"), ("mirzaev", "22,650")):
+        # the paper's schedule: 75 epochs of 670 images (Mirzaev: 603 after its 10 % split)
+        assert f"{baseline} (resnet18, 64 px, batch 2" in out
+        assert f"{total} iterations (75 epochs" in out
+        assert f"{baseline} prediction with TTA" in out
+    assert "gpu_smoke: done" in out
+
+
+@pytest.mark.slow
+def test_gpu_smoke_tiny_runs_the_bf16_autocast_path() -> None:
+    """bf16 autocast through every stage (emulated on a CPU without bf16 units: ~70 s)."""
+    result = _run("gpu_smoke.py", "--device", "cpu", "--tiny", "--precision", "bf16")
+    assert result.returncode == 0, result.stderr
+    assert "crop 36, batch 2, width 4, bf16)" in result.stdout
+    assert result.stdout.count("batch 2, bf16)") == 3
+
+
+@pytest.mark.slow
+def test_gan_bench_runs_its_plain_baseline_and_reports_ratios() -> None:
+    result = _run(
+        "bench_gan.py", "--crop", "36", "--repeats", "1", "--threads", "1",
+        "--contention-crop", "0", "--stability-iterations", "3",
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr  # 1: a target missed at this toy size
+    assert "1 thread(s), plain fp32: full update" in result.stdout
+    assert "1 thread(s): speed vs the plain fp32 update (" in result.stdout
+    assert "our fp32" in result.stdout and "peak RSS" in result.stdout
