@@ -163,9 +163,10 @@ def test_fastest_setting_is_the_best_geometric_mean(capsys: pytest.CaptureFixtur
 
 def test_bench_configs_are_the_workflows_overlays() -> None:
     cpu_file = yaml.safe_load((REPO / "config.cpu.yaml").read_text())["segment"]
+    demo_file = yaml.safe_load((REPO / "config.demo.yaml").read_text())["segment"]
     demo = bench_segment.segment_overrides("demo", "deep_retina")
-    assert demo["backbone"] == "resnet18" and demo["prep"] == {"size": 128}
-    assert demo["model"]["fpn_channels"] == 64  # common.model kept beside the baseline's prep
+    assert demo["backbone"] == "resnet18" and demo["prep"] == demo_file["deep_retina"]["prep"]
+    assert demo["model"] == demo_file["common"]["model"]  # kept beside the baseline's prep
     cpu = bench_segment.segment_overrides("cpu", "mirzaev")
     assert cpu["prep"] == cpu_file["mirzaev"]["prep"]
     assert cpu["model"] == {**cpu_file["common"]["model"], **cpu_file["mirzaev"]["model"]}
