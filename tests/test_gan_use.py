@@ -333,3 +333,12 @@ def test_figure3_is_written(trained: dict, tmp_path: Path) -> None:
         device="cpu",
     )  # fmt: skip
     assert (tmp_path / "f3.png").stat().st_size > 5000
+
+
+def test_figure3_shows_images_at_the_gan_training_scale() -> None:
+    from nucleistyle.report.gan import _square
+
+    image = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
+    native = _square(image, 0)  # gan.resize: 0 trains at native scale: no resampling
+    np.testing.assert_array_equal(native, image[:, 10:50])
+    assert _square(image, 256).shape == (256, 256, 3)

@@ -23,7 +23,6 @@ from nucleistyle.utils import NucleistyleError
 __all__ = ["LOSS_PANELS", "plot_augmented_gallery", "plot_figure3", "plot_losses"]
 
 PathLike = str | os.PathLike[str]
-FIGURE_SIDE = 256  # px of each Figure 3 panel (the training resize)
 LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("discriminators", ("d1_adv", "d2_adv", "d1_cls", "d2_cls", "d_content")),
     ("generator: adversarial", ("g_adv1", "g_adv2", "g_cls1", "g_cls2", "g_content")),
@@ -32,13 +31,15 @@ LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _square(image: np.ndarray, side: int = FIGURE_SIDE) -> np.ndarray:
-    """Centre square crop resized to ``side`` x ``side`` (bicubic)."""
+def _square(image: np.ndarray, side: int = 0) -> np.ndarray:
+    """Centre square crop, resized to ``side`` x ``side`` (bicubic) unless ``side`` is 0."""
     h, w = image.shape[:2]
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
-    crop = Image.fromarray(image[y : y + s, x : x + s])
-    return np.asarray(crop.resize((side, side), Image.BICUBIC))
+    crop = image[y : y + s, x : x + s]
+    if not side or side == s:
+        return crop
+    return np.asarray(Image.fromarray(crop).resize((side, side), Image.BICUBIC))
 
 
 def _off(ax: plt.Axes) -> None:
@@ -58,7 +59,8 @@ def plot_figure3(
 ) -> None:
     """Figure 3: one original per domain (rows) rendered in every domain (columns).
 
-    Each original is a centre square resized to 256 px (the training scale). Off-diagonal
+    Each original is a centre square at the scale the GAN was trained on (resized to
+    ``gan.resize`` px, or native when that is 0: nuclei as large as in training). Off-diagonal
     panels use a random attribute of the target domain (the model's attribute source); the
     diagonal (framed in red) is the self-reconstruction G(E_c(x), E_a(x, c), c).
 
@@ -79,6 +81,7 @@ def plot_figure3(
     table = table[table["ImageId"].isin(list(by_id))]
     rng = np.random.default_rng(seed)
     c = stylizer.n_domains
+    side = int(stylizer.config.get("resize", 0))  # the training scale: native when 0
     fig, axes = plt.subplots(c, c + 1, figsize=(1.55 * (c + 1), 1.6 * c), squeeze=False)
     for d in range(c):
         ids = sorted(table.loc[table["cluster"] == d, "ImageId"])
@@ -87,7 +90,7 @@ def plot_figure3(
         axes[d, 0].set_ylabel(stylizer.domain_names[d], fontsize=8)
         if not ids:
             continue
-        image = _square(read_image(by_id[ids[int(rng.integers(len(ids)))]].image_path)[0])
+        image = _square(read_image(by_id[ids[int(rng.integers(len(ids)))]].image_path)[0], side)
         axes[d, 0].imshow(image)
         for t in range(c):
             attribute = stylizer.encode_attribute(image, d) if t == d else None
