@@ -253,6 +253,9 @@ class AttributeEncoder(nn.Module):
         logvar_clamp: log σ² is clamped to [-logvar_clamp, logvar_clamp].
     """
 
+    conv = staticmethod(_conv)  # the layer types (the plain reference form swaps them)
+    block = _BasicBlock
+
     def __init__(
         self, n_domains: int, base: int = 64, attribute_dim: int = 8, logvar_clamp: float = 10.0
     ) -> None:
@@ -260,8 +263,8 @@ class AttributeEncoder(nn.Module):
         widths = [base * min(4, n + 1) for n in range(4)]
         self.logvar_clamp = logvar_clamp
         self.layers = nn.Sequential(
-            _conv(3 + n_domains, base, 4, 2, 1),
-            *(_BasicBlock(a, b) for a, b in itertools.pairwise(widths)),
+            self.conv(3 + n_domains, base, 4, 2, 1),
+            *(self.block(a, b) for a, b in itertools.pairwise(widths)),
             nn.LeakyReLU(0.2, inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

@@ -26,6 +26,7 @@ from torch import nn
 
 from nucleistyle.gan.networks import (
     CONTENT_D_MIN,
+    AttributeEncoder,
     ResBlock,
     discriminator_depth,
     tile,
@@ -113,24 +114,11 @@ class PlainContentEncoder(nn.Module):
         return z + torch.randn_like(z) if self.training else z
 
 
-class PlainAttributeEncoder(nn.Module):
+class PlainAttributeEncoder(AttributeEncoder):
     """E_a on the concatenated input [x; tile(c)] -> (μ, clamped log σ²), float32."""
 
-    def __init__(
-        self, n_domains: int, base: int = 64, attribute_dim: int = 8, logvar_clamp: float = 10.0
-    ) -> None:
-        super().__init__()
-        widths = [base * min(4, n + 1) for n in range(4)]
-        self.logvar_clamp = logvar_clamp
-        self.layers = nn.Sequential(
-            _conv(3 + n_domains, base, 4, 2, 1),
-            *(_BasicBlock(a, b) for a, b in itertools.pairwise(widths)),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.fc_mu = nn.Linear(widths[-1], attribute_dim)
-        self.fc_logvar = nn.Linear(widths[-1], attribute_dim)
+    conv = staticmethod(_conv)
+    block = _BasicBlock
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.layers(torch.cat([x, tile(domain, x)], dim=1)).float()
