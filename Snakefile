@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    testset="|".join(["stage1_test", "stage2_test_final"]),
+    testset=regex_of(TEST_SETS),
     bbbc_set="|".join(BBBC038_SETS),
     bbbc_file="|".join(f.replace(".", r"\.") for f in BBBC038_FILES),
     model="[a-z0-9_-]+",

@@ -134,3 +134,41 @@ def tiny_gan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model": root / "model.pt",
         "root": root,
     }
+
+
+def small_real_records(root: Path, n: int) -> list:
+    """The first ``n`` images of a BBBC038-layout folder that are at most 256 x 320 px (the real
+    sample's small images: fast to train and predict on)."""
+    from PIL import Image
+
+    from nucleistyle.data.bbbc038 import list_images
+
+    small = []
+    for record in list_images(root):
+        with Image.open(record.image_path) as im:
+            if im.width * im.height <= 256 * 320:
+                small.append(record)
+        if len(small) == n:
+            break
+    return small
+
+
+def write_paired_tiffs(root: Path, samples, labels: bool = True) -> Path:
+    """A folder in the StarDist/Cellpose layout made from ``(name, image, labels)`` samples:
+    ``images/<name>.tif`` 16-bit with two channels (ImageJ CYX: the image's grey level as the
+    nuclei channel, its inverse as a second one) and, with ``labels``, ``masks/<name>.tif``."""
+    import numpy as np
+    import tifffile
+
+    (root / "images").mkdir(parents=True)
+    if labels:
+        (root / "masks").mkdir()
+    for name, image, lab in samples:
+        grey = image.astype(np.float64).mean(axis=2)
+        data = np.stack([grey * 40 + 300, (255 - grey) * 20]).astype(np.uint16)
+        tifffile.imwrite(
+            root / "images" / f"{name}.tif", data, imagej=True, metadata={"axes": "CYX"}
+        )
+        if labels:
+            tifffile.imwrite(root / "masks" / f"{name}.tif", lab.astype(np.uint16))
+    return root

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from nucleistyle.workflow import copy_workflow
+from tests.conftest import small_real_records, write_paired_tiffs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -363,3 +364,72 @@ def test_changing_the_gan_reruns_the_style_arm_and_nothing_else(tiny_demo):
         jobs = planned_jobs(result.stdout)
         assert jobs["train_gan"] == jobs["augment_dataset"] == 1, how
         assert not {"synthesize_dataset", "cluster_images", "segment_classical"} & set(jobs), how
+
+
+def test_your_own_16bit_two_channel_tiffs_run_through_every_stage(tmp_path, shared_bbbc038):
+    """data.source folder: a small annotated TIFF set (16-bit, two channels, uint16 label
+    images) made from the real sample, a labelled and an unlabelled test folder; the whole DAG
+    runs, every labelled set is scored and every model's label images and overlays are written."""
+    import tifffile
+
+    from nucleistyle.data.bbbc038 import load_sample
+
+    small = small_real_records(shared_bbbc038 / "stage1_train", 16)
+    samples = [(f"s{i:02d}", s.image, s.labels) for i, s in enumerate(map(load_sample, small))]
+    write_paired_tiffs(tmp_path / "train", samples[:11])
+    write_paired_tiffs(tmp_path / "lab", samples[11:14])
+    write_paired_tiffs(tmp_path / "unl", samples[14:], labels=False)
+    copy = workflow_copy(tmp_path)
+    overlay = {
+        "data": {
+            "source": "folder",
+            "folder": {
+                "train": str(tmp_path / "train"),
+                "test": {"lab": str(tmp_path / "lab"), "unl": str(tmp_path / "unl")},
+                "intensity": {"channels": [0], "percentiles": [1, 99.8]},
+            },
+        }
+    }
+    (copy / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    tiny = [item for item in TINY if not item.startswith("data=")]
+    args = ["--profile", "profiles/demo", "--configfile", "config.demo.yaml", "mine.yaml"]
+    run = snakemake(*args, "--config", *tiny, cwd=copy)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    scores = pd.read_csv(copy / "results/score/scores.csv")
+    models = {"classical"} | {
+        f"{b}-{a}{t}" for b in ("deep_retina", "mirzaev") for a in ("none", "style")
+        for t in ("", "-tta")
+    }  # fmt: skip
+    overall = scores[scores["group"] == "all"]
+    assert set(overall["model"]) == models and set(overall["testset"]) == {"lab"}
+    assert (overall["n_images"] == 3).all() and overall["score"].between(0, 1).all()
+    assert overall.set_index("model").loc["classical", "score"] > 0
+    assert (copy / "resources/folder/lab_solution.csv").is_file()
+    assert not (copy / "resources/folder/unl_solution.csv").exists()
+    for model in models:
+        for testset, n in (("lab", 3), ("unl", 2)):
+            folder = copy / "results/labels" / model / testset
+            assert len(list(folder.glob("*.tif"))) == n, folder
+            assert len(list((folder / "overlays").glob("*.png"))) == n, folder
+    labels = tifffile.imread(copy / "results/labels/classical/unl/s14.tif")
+    assert labels.shape == load_sample(small[14]).labels.shape and labels.max() > 0
+    for stage in ("results/gan/model.pt", "results/augment/manifest.csv",
+                  "results/report/fig4_predictions.png", "results/score/table1.csv"):  # fmt: skip
+        assert (copy / stage).is_file(), stage
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data={source: folder}", "data.folder.train"),
+        ("data={source: folder, folder: {train: /nonexistent}}", "data.folder.test"),
+        ("data={source: folder, folder: {test: {stage1_train: x}}}", "data.folder.test"),
+    ],
+)
+def test_a_bad_folder_source_stops_before_any_job_naming_the_key(tmp_path, override, key):
+    copy = workflow_copy(tmp_path)
+    result = snakemake("-n", "--configfile", "config.demo.yaml", "--config", override, cwd=copy)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"config key {key}" in output and "Traceback" not in output, output[-2000:]

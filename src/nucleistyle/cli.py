@@ -129,6 +129,8 @@ def _segment(args: argparse.Namespace) -> int:
         labels_dir=args.out_dir,
         device=args.device,
         tta=bool(args.tta),
+        label_format=args.format,
+        overlays=args.overlays,
     )
     extra = f" and {args.submission}" if args.submission else ""
     print(f"segmented {n} images -> {args.out_dir}{extra}")
@@ -171,6 +173,104 @@ def _holdout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_folder(args: argparse.Namespace) -> int:
+    from nucleistyle.data.folder import import_folder
+    from nucleistyle.data.images import IntensityRule
+
+    low, high = args.percentiles
+    rule = IntensityRule(
+        channels=tuple(args.channels) if args.channels else None,
+        low=low,
+        high=high,
+        per_channel=args.per_channel,
+    )
+    n = import_folder(
+        args.folder,
+        args.out_dir,
+        training=not args.test,
+        solution_csv=args.solution,
+        rule=rule,
+        overwrite=args.overwrite,
+    )
+    extra = f" and {args.solution}" if args.solution else ""
+    print(f"imported {n} images -> {args.out_dir}{extra}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The workflow's configuration from ``--config`` files (schema defaults without any)."""
+    from nucleistyle.workflow import SCHEMA_PATH, load_config
+
+    basedir = Path(__file__).resolve().parents[2]
+    if not (basedir / SCHEMA_PATH).is_file():
+        raise NucleistyleError(
+            f"{SCHEMA_PATH} not found beside the library: install nucleistyle from its "
+            "repository (pip install -e .) to train from the command line"
+        )
+    return load_config(args.config or [], basedir)
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from nucleistyle.segment.configs import get_config
+    from nucleistyle.segment.engine import train_segmenter
+    from nucleistyle.torchutils import set_torch_threads
+    from nucleistyle.workflow import segmenter_settings
+
+    settings = segmenter_settings(_config(args), args.baseline)
+    if args.iterations is not None:
+        settings.update(iterations=args.iterations, epochs=None)
+    if args.device is not None:
+        settings["device"] = args.device
+    cfg = get_config(args.baseline, settings)
+    set_torch_threads(args.threads)
+    out = Path(args.out_dir)
+    train_segmenter(
+        [args.train_dir],
+        out / "model.pt",
+        cfg,
+        checkpoint=out / "checkpoint.pt",
+        history_tsv=out / "history.tsv",
+        arm="style" if args.style_dir else "none",
+        style_dirs=[args.style_dir] if args.style_dir else [],
+        style_manifests=[args.style_manifest] if args.style_manifest else [],
+    )
+    print(f"trained {args.baseline} -> {out / 'model.pt'} (history: {out / 'history.tsv'})")
+    return 0
+
+
+def _train_gan(args: argparse.Namespace) -> int:
+    from nucleistyle.gan.data import read_assignments
+    from nucleistyle.gan.evaluate import TransferMonitor
+    from nucleistyle.gan.trainer import GanConfig, train_gan
+    from nucleistyle.torchutils import set_torch_threads
+    from nucleistyle.workflow import gan_settings
+
+    config = _config(args)
+    n_domains = int(read_assignments(args.assignments)["cluster"].max()) + 1
+    settings = gan_settings(config, n_domains)
+    if args.iterations is not None:
+        settings["iterations"] = args.iterations
+    if args.device is not None:
+        settings["device"] = args.device
+    cfg = GanConfig.from_config(settings)
+    set_torch_threads(args.threads)
+    monitor = None
+    if args.cluster_model:
+        monitor = TransferMonitor(args.cluster_model, seed=config["seed"], device=cfg.device)
+    out = Path(args.out_dir)
+    train_gan(
+        args.images_dir,
+        args.assignments,
+        out / "model.pt",
+        cfg,
+        checkpoint=out / "checkpoint.pt",
+        history_tsv=out / "history.tsv",
+        monitor=monitor,
+    )
+    print(f"trained the GAN ({n_domains} domains) -> {out / 'model.pt'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 # the paths each command reads and writes: checked before any work
 
@@ -207,6 +307,27 @@ def _model_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
 
 def _holdout_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     return [("training folder", a.train_dir, True)], [("output folder", a.out_dir, True)]
+
+
+def _import_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    outputs = [("output folder", a.out_dir, True), ("solution file", a.solution, False)]
+    return [("image folder", a.folder, True)], outputs
+
+
+def _config_paths(a: argparse.Namespace) -> _Paths:
+    return [("config file", path, False) for path in a.config or []]
+
+
+def _train_segmenter_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    inputs = [("training folder", a.train_dir, True), *_config_paths(a)]
+    inputs += [("style folder", a.style_dir, True), ("style manifest", a.style_manifest, False)]
+    return inputs, [("output folder", a.out_dir, True)]
+
+
+def _train_gan_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
+    inputs = [("image folder", a.images_dir, True), ("assignment table", a.assignments, False)]
+    inputs += [("cluster model", a.cluster_model, False), *_config_paths(a)]
+    return inputs, [("output folder", a.out_dir, True)]
 
 
 def check_paths(inputs: _Paths, outputs: _Paths) -> None:
@@ -400,8 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
     )
-    p.add_argument("out_dir", help="write <ImageId>.png here: 16-bit label images (0 = background)")
+    p.add_argument(
+        "out_dir", help="write <ImageId>.png (or .tif) here: 16-bit label images (0 = background)"
+    )
     p.add_argument("--submission", metavar="OUT.csv", help="also write a Kaggle submission CSV")
+    p.add_argument(
+        "--format", choices=("png", "tif"), default="png", help="label image format (default png)"
+    )
+    p.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also write OUT_DIR/overlays/<ImageId>.png: each nucleus outlined in yellow",
+    )
     p.add_argument(
         "--tta",
         action="store_true",
@@ -466,6 +597,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace OUT_DIR if it is a non-empty folder written by this command before",
     )
     p.set_defaults(func=_holdout, paths=_holdout_paths)
+
+    p = sub.add_parser(
+        "import-folder",
+        help="your own annotated images (images/ + masks/, PNG or TIFF) into BBBC038 layout",
+    )
+    p.add_argument(
+        "folder",
+        help="folder with images/NAME.tif and masks/NAME.tif (label images), any of "
+        ".tif/.tiff/.png",
+    )
+    p.add_argument("out_dir", help="new (or empty) folder: NAME/images/NAME.png, NAME/masks/*.png")
+    p.add_argument(
+        "--test",
+        action="store_true",
+        help="a test folder: images only; its labels (if any) go to --solution",
+    )
+    p.add_argument(
+        "--solution", metavar="OUT.csv", help="with --test and labels: the Kaggle solution CSV"
+    )
+    p.add_argument(
+        "--channels",
+        type=_number(int, minimum=0),
+        nargs="+",
+        metavar="C",
+        help="channel indices shown as red, green, blue (one: grey; default: 1 channel grey, "
+        "2 as red and green, 3+ the first three)",
+    )
+    p.add_argument(
+        "--percentiles",
+        type=_number(float, minimum=0, maximum=100),
+        nargs=2,
+        default=(0.0, 100.0),
+        metavar=("LOW", "HIGH"),
+        help="deeper than 8-bit data: these percentiles become 0 and 255 (default 0 100: zero "
+        "and the maximum; StarDist's usual 1 99.8)",
+    )
+    p.add_argument("--per-channel", action="store_true", help="scale each channel on its own")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR if it is a non-empty folder written by this command before",
+    )
+    p.set_defaults(func=_import_folder, paths=_import_paths)
+
+    config_help = (
+        "config YAML like config.yaml (several: each overlays those before; default: the "
+        "schema's defaults, the paper's settings)"
+    )
+    p = sub.add_parser(
+        "train-segmenter",
+        help="train a Mask R-CNN baseline (the pipeline's train_segmenter rule); resumes",
+    )
+    p.add_argument("train_dir", help="BBBC038-layout training folder (e.g. from import-folder)")
+    p.add_argument("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here")
+    p.add_argument("--baseline", choices=("deep_retina", "mirzaev"), required=True)
+    p.add_argument("--config", nargs="+", metavar="YAML", help=config_help)
+    p.add_argument(
+        "--iterations", type=_number(int, minimum=1), help="training length (overrides config)"
+    )
+    p.add_argument("--style-dir", help="restyled copies (style arm), from the augment stage")
+    p.add_argument("--style-manifest", help="their manifest.csv (needed with --style-dir)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's)")
+    _add_threads(p)
+    p.set_defaults(func=_train_segmenter, paths=_train_segmenter_paths)
+
+    p = sub.add_parser(
+        "train-gan",
+        help="train the style-transfer GAN on clustered images (the pipeline's train_gan rule)",
+    )
+    p.add_argument("images_dir", help="training images (BBBC038 layout or a flat folder)")
+    p.add_argument("assignments", help="cluster assignment table from `nucleistyle cluster`")
+    p.add_argument("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here")
+    p.add_argument("--config", nargs="+", metavar="YAML", help=config_help)
+    p.add_argument(
+        "--iterations", type=_number(int, minimum=1), help="training length (overrides config)"
+    )
+    p.add_argument(
+        "--cluster-model",
+        metavar="MODEL.json",
+        help="the cluster model (`nucleistyle cluster --model`): adds transfer-quality curves",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's)")
+    _add_threads(p)
+    p.set_defaults(func=_train_gan, paths=_train_gan_paths)
     return parser
 
 

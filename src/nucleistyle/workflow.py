@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ __all__ = [
     "check_config",
     "copy_workflow",
     "export_library_path",
+    "gan_settings",
     "load_config",
+    "segmenter_settings",
     "validate_config",
 ]
 
@@ -131,6 +133,8 @@ def check_config(config: MutableMapping[str, Any]) -> None:
                 f"config key data.local.path: {path} has no stage1_train/ folder "
                 "(expected an extracted BBBC038 copy: stage1_train/, stage1_test/, solution CSVs)"
             )
+    if data["source"] == "folder":
+        _check_folders(data["folder"])
     if data["source"] == "synthetic" and data["test_sets"] != ["stage1_test"]:
         raise NucleistyleError(
             "config key data.test_sets: the synthetic source provides stage1_test only"
@@ -144,15 +148,83 @@ def check_config(config: MutableMapping[str, Any]) -> None:
         TTAConfig.for_baseline(baseline, config["tta"])
 
 
-def load_config(path: str | os.PathLike[str], basedir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file, validate it and fill in defaults (for library and CLI use)."""
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise NucleistyleError(f"cannot read config {path}: {exc}".replace("\n", " ")) from exc
+def _check_folders(folder: MutableMapping[str, Any]) -> None:
+    """data.source folder: the folders exist, in the paired layout, with labels where needed."""
+    if not folder["train"]:
+        raise NucleistyleError("config key data.folder.train: required when data.source is folder")
+    if not folder["test"]:
+        raise NucleistyleError(
+            "config key data.folder.test: at least one test folder (name: path) is needed"
+        )
+    paths = {"data.folder.train": folder["train"]}
+    paths.update({f"data.folder.test.{name}": path for name, path in folder["test"].items()})
+    for key, path in paths.items():
+        if not Path(path, "images").is_dir():
+            raise NucleistyleError(
+                f"config key {key}: {path} has no images/ folder (expected images/ and masks/)"
+            )
+    if not Path(folder["train"], "masks").is_dir():
+        raise NucleistyleError(
+            f"config key data.folder.train: {folder['train']} has no masks/ folder "
+            "(a training folder needs a label image per image)"
+        )
+    if not any(Path(path, "masks").is_dir() for path in folder["test"].values()):
+        raise NucleistyleError(
+            "config key data.folder.test: no test folder has labels (masks/); the report "
+            "scores on at least one"
+        )
+    low, high = folder["intensity"]["percentiles"]
+    if not low < high:
+        raise NucleistyleError(
+            "config key data.folder.intensity.percentiles: low must be below high, "
+            f"got {low}, {high}"
+        )
+
+
+def _overlay(base: MutableMapping[str, Any], layer: MutableMapping[str, Any]) -> None:
+    """Merge ``layer`` into ``base`` key by key, recursively (as Snakemake overlays configs)."""
+    for key, value in layer.items():
+        if isinstance(value, MutableMapping) and isinstance(base.get(key), MutableMapping):
+            _overlay(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_config(
+    paths: Sequence[str | os.PathLike[str]], basedir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Read YAML config files, each overlaid on those before it (``snakemake --configfile a b``),
+    validate the result and fill in defaults: the workflow's configuration, for the command line.
+
+    Raises:
+        NucleistyleError: an unreadable file or a bad value (one line naming the file or key).
+    """
+    config: dict[str, Any] = {}
+    for path in paths:
+        try:
+            layer = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise NucleistyleError(f"cannot read config {path}: {exc}".replace("\n", " ")) from exc
+        if not isinstance(layer, MutableMapping):
+            raise NucleistyleError(f"config {path}: a mapping of keys expected")
+        _overlay(config, layer)
     validate_config(config, basedir)
     check_config(config)
     return config
+
+
+def segmenter_settings(config: MutableMapping[str, Any], baseline: str) -> dict[str, Any]:
+    """One baseline's settings: segment.common, then segment.<baseline>, then the global seed."""
+    from nucleistyle.segment.configs import merge_overrides  # no torch: cheap
+
+    segment = config["segment"]
+    return merge_overrides(segment["common"], segment[baseline], {"seed": config["seed"]})
+
+
+def gan_settings(config: MutableMapping[str, Any], n_domains: int | None = None) -> dict[str, Any]:
+    """The GAN's settings: section gan, the number of domains (default cluster.k), the seed."""
+    n = config["cluster"]["k"] if n_domains is None else n_domains
+    return {**config["gan"], "n_domains": n, "seed": config["seed"]}
 
 
 def copy_workflow(basedir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

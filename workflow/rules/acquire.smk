@@ -1,5 +1,6 @@
 # Stage 1 — acquire the images: BBBC038 from its site or a mirror (download, verify, safe unzip,
-# community annotation fixes), or the built-in synthetic multi-modality data set.
+# community annotation fixes), the built-in synthetic multi-modality data set, or the user's own
+# annotated folders (images/ + masks/, PNG or TIFF) imported into the same layout.
 
 
 # Downloads run on the machine that runs Snakemake (cluster nodes often have no internet).
@@ -114,3 +115,46 @@ rule synthesize_dataset:
         synthetic=config["data"].get("synthetic", {}),
     script:
         "../../scripts/synthesize_dataset.py"
+
+
+# data.source folder: each of the user's folders becomes a set in BBBC038 layout, its images
+# mapped to 8-bit RGB once (data.folder.intensity); labelled test folders also give a solution.
+rule import_training_folder:
+    input:
+        folder=get_user_folder,
+        code=lib("data/folder.py", "data/images.py", "data/bbbc038.py", "data/csvio.py"),
+    output:
+        images=directory("resources/folder/{folder_set}"),
+    log:
+        "logs/import_folder/{folder_set}.log",
+    wildcard_constraints:
+        folder_set="stage1_train",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        training=True,
+        intensity=FOLDER["intensity"],
+    script:
+        "../../scripts/import_folder.py"
+
+
+use rule import_training_folder as import_labelled_test_folder with:
+    output:
+        images=directory("resources/folder/{folder_set}"),
+        solution="resources/folder/{folder_set}_solution.csv",
+    wildcard_constraints:
+        folder_set=regex_of(SCORED_SETS),
+    params:
+        training=False,
+        intensity=FOLDER["intensity"],
+
+
+use rule import_training_folder as import_unlabelled_test_folder with:
+    wildcard_constraints:
+        folder_set=regex_of(sorted(set(TEST_SETS) - set(SCORED_SETS))),
+    params:
+        training=False,
+        intensity=FOLDER["intensity"],

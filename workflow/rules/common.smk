@@ -9,7 +9,13 @@ from types import SimpleNamespace
 # Rule scripts import the library from this checkout's src/, whatever environment (venv,
 # per-stage conda env, SLURM job) runs them, since jobs inherit the PYTHONPATH set here.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from nucleistyle.workflow import check_config, export_library_path, validate_config
+from nucleistyle.workflow import (
+    check_config,
+    export_library_path,
+    gan_settings,
+    segmenter_settings,
+    validate_config,
+)
 
 export_library_path(workflow.basedir)
 
@@ -30,7 +36,16 @@ MODELS = ["classical", *PREDICTORS]
 PREDICTOR_PATTERN = "({})-({})(-tta)?".format(
     "|".join(SEGMENT["baselines"]), "|".join(SEGMENT["arms"])
 )
-TEST_SETS = list(config["data"]["test_sets"])
+SOURCE = config["data"]["source"]
+FOLDER = config["data"]["folder"]
+# Test sets: BBBC038's (or the synthetic stage1_test), or the named folders of data.folder.test,
+# of which those with labels (masks/) are scored and the others only predicted.
+if SOURCE == "folder":
+    TEST_SETS = list(FOLDER["test"])
+    SCORED_SETS = [n for n, p in FOLDER["test"].items() if Path(p, "masks").is_dir()]
+else:
+    TEST_SETS = list(config["data"]["test_sets"])
+    SCORED_SETS = TEST_SETS
 BBBC038_SETS = ["stage1_train", "stage1_test", "stage2_test_final"]
 BBBC038_FILES = [
     "stage1_train.zip",
@@ -43,8 +58,8 @@ SOLUTIONS = {
     "stage1_test": "stage1_solution.csv",
     "stage2_test_final": "stage2_solution_final.csv",
 }
-SOURCE = config["data"]["source"]
 SYNTHETIC = "resources/synthetic"
+IMPORTED = "resources/folder"
 RAW = "resources/bbbc038/raw"
 DOWNLOADS = "resources/bbbc038/downloads"
 
@@ -62,6 +77,8 @@ def get_train_images(wildcards=None):
     """The training set in BBBC038 layout (community-fixed when configured)."""
     if SOURCE == "synthetic":
         return f"{SYNTHETIC}/stage1_train"
+    if SOURCE == "folder":
+        return f"{IMPORTED}/stage1_train"
     if SOURCE == "local":
         return local_path("stage1_train")
     if config["data"]["bbbc038"]["fixes"]["apply"]:
@@ -72,15 +89,19 @@ def get_train_images(wildcards=None):
 def get_test_images(wildcards):
     if SOURCE == "synthetic":
         return f"{SYNTHETIC}/{wildcards.testset}"
+    if SOURCE == "folder":
+        return f"{IMPORTED}/{wildcards.testset}"
     if SOURCE == "local":
         return local_path(wildcards.testset)
     return f"{RAW}/{wildcards.testset}"
 
 
 def get_solution(wildcards):
-    name = SOLUTIONS[wildcards.testset]
+    name = SOLUTIONS.get(wildcards.testset)
     if SOURCE == "synthetic":
         return f"{SYNTHETIC}/{name}"
+    if SOURCE == "folder":
+        return f"{IMPORTED}/{wildcards.testset}_solution.csv"
     if SOURCE == "local":
         return local_path(name)
     return f"{DOWNLOADS}/{name}"
@@ -130,7 +151,9 @@ def get_dataset_summary_inputs(wildcards):
 
 def get_all_scores(wildcards):
     return expand(
-        "results/score/{model}/{testset}/summary.json", model=MODELS, testset=TEST_SETS
+        "results/score/{model}/{testset}/summary.json",
+        model=MODELS,
+        testset=SCORED_SETS,
     )
 
 
@@ -154,7 +177,25 @@ def get_final_outputs():
         outputs.append("results/report/fig4_predictions.png")
     if SOURCE == "bbbc038" and config["data"]["bbbc038"]["fixes"]["apply"]:
         outputs.append("results/acquire/annotation_fixes.tsv")
+    if SOURCE == "folder":  # label images (and overlays) for the user's tools
+        outputs += expand(
+            "results/labels/{model}/{testset}", model=MODELS, testset=TEST_SETS
+        )
     return outputs
+
+
+def get_user_folder(wildcards):
+    """The user's folder behind an imported set (data.source folder)."""
+    if wildcards.folder_set == "stage1_train":
+        return FOLDER["train"]
+    return FOLDER["test"][wildcards.folder_set]
+
+
+def regex_of(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def config_hash(section, ignore=()):
@@ -167,11 +208,7 @@ def config_hash(section, ignore=()):
 
 
 def get_gan_config(wildcards):
-    return {
-        **config["gan"],
-        "n_domains": config["cluster"]["k"],
-        "seed": config["seed"],
-    }
+    return gan_settings(config)
 
 
 def get_gan_checkpoint(wildcards):
@@ -196,11 +233,7 @@ def get_runtime_train(wildcards, attempt):
 
 def get_segmenter_overrides(wildcards):
     """segment.common, then segment.<baseline>, then the global seed (see segment/configs.py)."""
-    from nucleistyle.segment.configs import merge_overrides
-
-    return merge_overrides(
-        SEGMENT["common"], SEGMENT[wildcards.baseline], {"seed": config["seed"]}
-    )
+    return segmenter_settings(config, wildcards.baseline)
 
 
 def get_segmenter_checkpoint(wildcards):
@@ -230,7 +263,9 @@ def get_segmenter_histories(wildcards):
 
 def get_all_per_image(wildcards):
     return expand(
-        "results/score/{model}/{testset}/per_image.csv", model=MODELS, testset=TEST_SETS
+        "results/score/{model}/{testset}/per_image.csv",
+        model=MODELS,
+        testset=SCORED_SETS,
     )
 
 
@@ -257,7 +292,7 @@ def get_predict_shards(wildcards):
 def get_figure4_inputs(wildcards):
     """Figure 4: ground truth and each baseline's predictions without and with style
     augmentation (TTA predictions when predict.tta is on), on the first test set."""
-    first = SimpleNamespace(testset=TEST_SETS[0])
+    first = SimpleNamespace(testset=SCORED_SETS[0])
     suffix = "-tta" if config["predict"]["tta"] else ""
     inputs = {
         "images": get_test_images(first),

@@ -58,3 +58,26 @@ rule gather_predictions:
         runtime=20,
     script:
         "../../scripts/gather_predictions.py"
+
+
+# data.source folder: each model's predictions as one label image per input (what the user's
+# tools open), with an overlay PNG per image for review (data.folder.overlays).
+rule export_labels:
+    input:
+        submission="results/predict/{model}/{testset}/submission.csv",
+        images=get_test_images,
+        code=lib("data/folder.py", "data/images.py", "data/csvio.py", "data/rle.py"),
+    output:
+        labels=directory("results/labels/{model}/{testset}"),
+    log:
+        "logs/export_labels/{model}/{testset}.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        fmt=FOLDER["label_format"],
+        overlays=FOLDER["overlays"],
+    script:
+        "../../scripts/export_labels.py"

@@ -24,7 +24,6 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nucleistyle.data.images import DECODE_ERRORS, read_image
 from nucleistyle.utils import (
     NucleistyleError,
     atomic_dir,
@@ -56,16 +56,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FLAT_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
-# What a broken or foreign file raises inside Pillow: UnidentifiedImageError and truncation are
-# OSErrors, a bad PNG chunk CRC is a SyntaxError, a short stream an EOFError.
-_DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    zlib.error,
-    Image.DecompressionBombError,
-)
 
 
 @dataclass(frozen=True)
@@ -167,73 +157,6 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageRecord]:
     return records
 
 
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale a high-bit-depth array to uint8 by its own maximum (0 stays 0, max becomes 255)."""
-    values = np.clip(values.astype(np.float64), 0, None)
-    top = values.max(initial=0.0)
-    if not np.isfinite(top):
-        raise ValueError("non-finite pixel values")
-    if top == 0:  # all zero (or negative): no contrast to keep
-        return np.zeros(values.shape, np.uint8)
-    return np.rint(values * (255.0 / top)).astype(np.uint8)
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Convert a loaded Pillow image to a uint8 (H, W, 3) array."""
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        grey = _scale_to_uint8(np.asarray(im))
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode in ("RGB", "RGBA", "RGBX", "LA", "L", "1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        # Pillow converts palette, bilevel (0/255) and grey exactly; alpha is dropped, not composed.
-        rgb = im.convert("RGBA" if mode in ("P", "PA") else "RGB").convert("RGB")
-        return np.array(rgb)  # a writable copy (asarray of a Pillow image is read-only)
-    raise ValueError(f"unsupported image mode {mode}")
-
-
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
-    """Read an image file as uint8 RGB.
-
-    8-bit modes 1, L, LA, P, PA, RGB, RGBA are converted exactly (1 becomes 0/255, a palette is
-    looked up); alpha is dropped, not composited (BBBC038's alpha is 255 everywhere).
-
-    High bit depth keeps contrast: grey I;16, I;16B, I and F images are scaled by the image's
-    own maximum, ``round(v * 255 / max(v))`` with negative values clipped to 0, so dark 16-bit
-    fluorescence (say, max 4000 of 65535) is not crushed to black; an all-zero image stays 0 and
-    any other constant image becomes 255. Pillow decodes 16-bit-per-channel colour PNGs to their
-    high bytes only; those are scaled by their own maximum the same way and the mode is reported
-    as "RGB;16" / "RGBA;16" (Pillow's own mode would say "RGB" / "RGBA").
-
-    Args:
-        path: Image file (PNG, TIFF, JPEG).
-
-    Returns:
-        ``(image, mode)``: uint8 array of shape (H, W, 3) and the file's mode.
-
-    Raises:
-        NucleistyleError: "cannot read image <path>: <reason>" for a missing, corrupt,
-            truncated or non-image file.
-
-    Example:
-        >>> image, mode = read_image("stage1_train/<id>/images/<id>.png")  # doctest: +SKIP
-        >>> image.shape[2], mode  # doctest: +SKIP
-        (3, 'RGBA')
-    """
-    try:
-        with Image.open(path) as im:
-            rawmode = im.tile[0][3] if im.tile else None
-            im.load()
-            rgb = _to_rgb(im)
-            mode = im.mode
-    except _DECODE_ERRORS as exc:
-        reason = str(exc) or type(exc).__name__
-        raise NucleistyleError(f"cannot read image {path}: {reason}") from exc
-    if mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
-        mode = f"{mode};16"
-        rgb = _scale_to_uint8(rgb)
-    return rgb, mode
-
-
 def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Foreground (any nonzero pixel) of one mask file as flat indices into ``shape``."""
     try:
@@ -255,7 +178,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
                 im = im.convert("RGBA")
             arr = np.asarray(im)
             bands = im.getbands()
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         if isinstance(exc, NucleistyleError):
             raise
         reason = str(exc) or type(exc).__name__

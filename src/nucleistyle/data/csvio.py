@@ -375,7 +375,11 @@ def write_submission(
 
 
 def write_solution(
-    path: str | os.PathLike[str], ground_truth: Mapping[str, np.ndarray], usage: str = "Public"
+    path: str | os.PathLike[str],
+    ground_truth: Mapping[str, np.ndarray],
+    usage: str = "Public",
+    *,
+    outputs: OutputSet | None = None,
 ) -> None:
     """Write a solution (ground-truth) CSV from label images, atomically.
 
@@ -385,6 +389,7 @@ def write_solution(
             ascending label order. An image without objects gets one placeholder row (empty
             EncodedPixels), read back as zero objects.
         usage: the Usage column for every row (``Public``, ``Private``, ``Ignored``…).
+        outputs: publish the file with these other outputs (default: on its own, now).
 
     Raises:
         NucleistyleError: an invalid ImageId, usage or label image; nothing is written then.
@@ -392,7 +397,7 @@ def write_solution(
     path = Path(path)
     if not usage or any(c in usage for c in ',"\r\n'):
         raise NucleistyleError(f"{path}: invalid Usage {usage!r}")
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(path, outputs) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SOLUTION_HEADER)
         for image_id, labels in ground_truth.items():

@@ -35,10 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
+from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.data.folder import outline, write_label_image
 from nucleistyle.segment.configs import SegmenterConfig, config_from_fingerprint
 from nucleistyle.segment.engine import read_model_file
 from nucleistyle.segment.model import build_model
@@ -380,6 +382,8 @@ def predict_folder(
     device: str = "auto",
     tta: Mapping | TTAConfig | bool | None = None,
     shard: tuple[int, int] = (0, 1),
+    label_format: str = "png",
+    overlays: bool = False,
 ) -> int:
     """Segment the images of a folder (or one shard of them), single pass or with TTA.
 
@@ -405,14 +409,17 @@ def predict_folder(
         images_dir: BBBC038-layout or flat folder of images.
         submission_csv: Kaggle submission (``ImageId,EncodedPixels``); an image without nuclei
             gets one empty row, an empty shard a header only. None: no submission.
-        labels_dir: If given, ``<labels_dir>/<ImageId>.png``: 16-bit label images of each
-            input's size (0 = background).
+        labels_dir: If given, ``<labels_dir>/<ImageId>.png`` (or ``.tif``): label images of
+            each input's size (0 = background).
         device: Where to run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
         tta: None or False for a single pass; True for the baseline's own TTA; the config
             section ``tta`` as a mapping (resolved for the model's baseline), or a
             :class:`~nucleistyle.tta.TTAConfig`.
         shard: ``(index, n_shards)``: the images sorted by ImageId, this call takes every
             ``n_shards``-th one starting at ``index`` (it may get none).
+        label_format: ``png`` (16-bit) or ``tif`` label images in ``labels_dir``.
+        overlays: Also write ``<labels_dir>/overlays/<ImageId>.png``: the image with each
+            nucleus outlined in yellow.
 
     Returns:
         The number of images segmented (in this shard).
@@ -460,6 +467,8 @@ def predict_folder(
         log.info("shard %d of %d: %d images", index, n_shards, len(records))
     with published_together() as outputs:  # the submission and the labels, or nothing
         staging = outputs.files_into(out_dir) if out_dir is not None else None
+        if staging is not None and overlays:
+            (staging / "overlays").mkdir()
         predictions = CompressedLabels()
         start = time.perf_counter()
         with tqdm(
@@ -468,10 +477,14 @@ def predict_folder(
             for first in range(0, len(records), per_call):
                 chunk = records[first : first + per_call]
                 images = [read_image(record.image_path)[0] for record in chunk]
-                for record, labels in zip(chunk, segmenter.segment(images, cfg), strict=True):
+                results = zip(chunk, images, segmenter.segment(images, cfg), strict=True)
+                for record, image, labels in results:
                     predictions.add(record.image_id, labels)
                     if staging is not None:
-                        write_label_png(staging / f"{record.image_id}.png", labels)
+                        write_label_image(staging, record.image_id, labels, label_format)
+                    if staging is not None and overlays:
+                        overlay = Image.fromarray(outline(image, labels))
+                        overlay.save(staging / "overlays" / f"{record.image_id}.png")
                 bar.update(len(chunk))
         elapsed = time.perf_counter() - start
         if submission_csv is not None:
