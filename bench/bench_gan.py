@@ -7,7 +7,7 @@ Usage: ``python bench/bench_gan.py [--repeats N] [--threads 1 2] [--crop PX]
    (``--crop``), batch 2, the paper's widths, on random images, at each ``--threads`` count, of
    (a) the baseline, :class:`nucleistyle.gan.reference.PlainTrainer`: the same architecture,
    losses and update written the straightforward way, fp32 (the forms the tests check the
-   rewrites against); (b) :class:`~nucleistyle.gan.trainer.GanTrainer` in fp32 and (c) in
+   rewrites against); (b) :class:`~nucleistyle.gan.engine.GanTrainer` in fp32 and (c) in
    bf16 when the CPU has bf16 units. Ours are reported as ratios to (a). Each runs in its own
    worker process (its peak RSS, from getrusage, and its allocator settings are its own),
    warmed up by one update (which, for ours at the first thread count, also counts the
@@ -155,8 +155,9 @@ def _trainer(kind: str, crop: int, channels_last: bool):
     """A trainer of the paper's size: ``plain`` (fp32), or ours in ``fp32`` / ``bf16``."""
     import torch
 
+    from nucleistyle.gan.configs import GanConfig
+    from nucleistyle.gan.engine import GanTrainer
     from nucleistyle.gan.reference import PlainTrainer
-    from nucleistyle.gan.trainer import GanConfig, GanTrainer
     from nucleistyle.torchutils import keep_freed_memory, resolve_precision
 
     precision = "fp32" if kind == "plain" else kind
@@ -264,8 +265,9 @@ def _matmul_rate(dtype, n: int = 2048) -> float:
 def _child_stability(precision: str, iterations: int, data: str) -> dict:
     import torch
 
+    from nucleistyle.gan.configs import GanConfig
     from nucleistyle.gan.data import DomainSampler, load_domain_set
-    from nucleistyle.gan.trainer import GanConfig, GanTrainer
+    from nucleistyle.gan.engine import GanTrainer
     from nucleistyle.torchutils import resolve_precision, seed_everything
 
     cfg = GanConfig(n_domains=4, crop=64, resize=96, precision=precision, device="cpu")

@@ -79,8 +79,9 @@ def _rate(step: Callable[[], object], n: int, warmup: int, device: torch.device)
 
 def smoke_gan(config: dict, data: Path, device: torch.device, args: argparse.Namespace) -> None:
     """Train the GAN for ``args.gan_iterations`` iterations; print it/s, memory, projection."""
+    from nucleistyle.gan.configs import GanConfig
     from nucleistyle.gan.data import DomainSampler, load_domain_set
-    from nucleistyle.gan.trainer import GanConfig, GanTrainer
+    from nucleistyle.gan.engine import GanTrainer
     from nucleistyle.torchutils import resolve_precision, seed_everything
 
     mapping = {**config["gan"], "n_domains": config["cluster"]["k"], "device": str(device)}

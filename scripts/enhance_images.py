@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from nucleistyle.cluster import ClaheConfig, enhance_dataset
+from nucleistyle.enhance import ClaheConfig, enhance_dataset
 from nucleistyle.utils import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,7 +1,8 @@
 """Rule train_gan: train the style-transfer GAN (resumes from its checkpoint after a kill)."""
 
+from nucleistyle.gan.configs import GanConfig
+from nucleistyle.gan.engine import train_gan
 from nucleistyle.gan.evaluate import TransferMonitor
-from nucleistyle.gan.trainer import GanConfig, train_gan
 from nucleistyle.torchutils import set_torch_threads
 from nucleistyle.utils import setup_logging
 

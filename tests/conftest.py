@@ -45,11 +45,6 @@ TINY_SEGMENTER = {
 
 
 @pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO
-
-
-@pytest.fixture(scope="session")
 def shared_bbbc038() -> Path:
     """The 531 real BBBC038 training images in ../shared/bbbc038, or skip."""
     if not (SHARED_BBBC038 / "stage1_train").is_dir():
@@ -100,7 +95,8 @@ def tiny_gan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from nucleistyle.cluster import ClusterConfig, cluster_dataset
     from nucleistyle.data.synthetic import SyntheticConfig, generate
-    from nucleistyle.gan.trainer import GanConfig, train_gan
+    from nucleistyle.gan.configs import GanConfig
+    from nucleistyle.gan.engine import train_gan
 
     cfg = GanConfig(
         n_domains=3,

@@ -13,14 +13,11 @@ from skimage.color import hsv2rgb
 
 from nucleistyle.cluster import (
     FEATURE_NAMES,
-    ClaheConfig,
     ClusterConfig,
     ClusterModel,
     cluster_dataset,
     cluster_quality,
     compute_features,
-    enhance_dataset,
-    enhance_image,
     fit_clusters,
     hsv_features,
     silhouette_by_k,
@@ -28,6 +25,7 @@ from nucleistyle.cluster import (
 )
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.enhance import ClaheConfig, enhance_dataset, enhance_image
 from nucleistyle.report.clusters import (
     plot_clahe_examples,
     plot_cluster_examples,

@@ -4,13 +4,13 @@ nucleistyle library — is provided by that rule's environment."""
 
 from __future__ import annotations
 
-import ast
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from nucleistyle.workflow import script_imports
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -46,49 +46,6 @@ def _rules() -> list[tuple[str, Path, Path, Path]]:
     return found
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return names
-
-
-def _module_file(name: str) -> Path | None:
-    base = SRC.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def third_party_imports(script: Path) -> set[str]:
-    """Top-level third-party packages a script needs, following nucleistyle imports."""
-    seen: set[Path] = set()
-    todo = [script]
-    packages: set[str] = set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in _imports(path):
-            top = name.split(".")[0]
-            if top == "nucleistyle":
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):  # parent packages run their __init__ too
-                    module = _module_file(".".join(parts[:i]))
-                    if module is not None:
-                        todo.append(module)
-            elif top not in sys.stdlib_module_names and top != "__future__":
-                packages.add(top)
-    return packages
-
-
 def _env_packages(env: Path) -> set[str]:
     spec = yaml.safe_load(env.read_text())
     names = set()
@@ -109,7 +66,7 @@ def test_every_rule_with_a_script_was_found():
 def test_rule_environment_provides_every_imported_module(rule, smk, env, script):
     assert env.is_file(), f"{smk.name}: rule {rule} names a missing environment {env}"
     provided = _env_packages(env)
-    missing = {m for m in third_party_imports(script) if CONDA_NAME.get(m, m) not in provided}
+    missing = {m for m in script_imports(script, SRC)[1] if CONDA_NAME.get(m, m) not in provided}
     missing.discard("snakemake")  # the script preamble comes from the controller's Snakemake
     assert not missing, f"rule {rule}: {env.name} lacks {sorted(missing)}"
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from nucleistyle.gan import losses as L
+from nucleistyle.gan.configs import GanConfig, lr_factor
 from nucleistyle.gan.data import DomainSampler, DomainSet, one_hot, to_tensor
+from nucleistyle.gan.engine import GanNets, GanTrainer
 from nucleistyle.gan.networks import (
     AttributeEncoder,
     ContentDiscriminator,
@@ -18,7 +20,6 @@ from nucleistyle.gan.networks import (
     ImageDiscriminator,
     count_parameters,
 )
-from nucleistyle.gan.trainer import GanConfig, GanNets, GanTrainer, lr_factor
 from nucleistyle.utils import NucleistyleError
 
 # gan.md §3.7, C = 6 domains, crop 216, base 64

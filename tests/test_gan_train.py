@@ -18,7 +18,8 @@ import torch
 from nucleistyle.cluster import ClusterConfig, cluster_dataset
 from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.gan import losses
-from nucleistyle.gan.trainer import GanConfig, train_gan
+from nucleistyle.gan.configs import GanConfig
+from nucleistyle.gan.engine import train_gan
 from nucleistyle.report.gan import plot_losses
 from nucleistyle.torchutils import TrainingDiverged
 from nucleistyle.utils import NucleistyleError
@@ -40,7 +41,8 @@ TINY = {
 RUN = """
 import json, sys, torch
 torch.set_num_threads(1)
-from nucleistyle.gan.trainer import GanConfig, train_gan
+from nucleistyle.gan.configs import GanConfig
+from nucleistyle.gan.engine import train_gan
 images, assignments, model, checkpoint, history, cfg = sys.argv[1:]
 train_gan(images, assignments, model, GanConfig(**json.loads(cfg)), checkpoint, history)
 """

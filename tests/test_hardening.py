@@ -23,7 +23,7 @@ import yaml
 from nucleistyle.cli import build_parser, main
 from nucleistyle.cluster import ClusterConfig, ClusterModel, cluster_dataset
 from nucleistyle.data.acquire import safe_extract
-from nucleistyle.data.holdout import make_holdout
+from nucleistyle.holdout import make_holdout
 from nucleistyle.utils import NucleistyleError, atomic_path, describe_os_error, published_together
 from tests.cli_checks import (
     assert_refused,

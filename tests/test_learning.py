@@ -210,8 +210,9 @@ def _train_gan_toy(seed: int, out: Path) -> dict[str, tuple[float, float]]:
     translate new images both ways; returns ``{direction: (L1 to the truth, L1 of the target
     domain's flat mean colour)}`` in grey levels."""
     from nucleistyle.data.bbbc038 import write_sample
+    from nucleistyle.gan.configs import GanConfig
+    from nucleistyle.gan.engine import train_gan
     from nucleistyle.gan.stylize import load_stylizer
-    from nucleistyle.gan.trainer import GanConfig, train_gan
 
     torch.set_num_threads(1)
     size, rng = 48, np.random.default_rng(100)

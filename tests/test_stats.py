@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 
 from nucleistyle import stats
+from nucleistyle.naming import ModelName
 from nucleistyle.report.table1 import (
     PAPER_TABLE1,
-    ModelName,
     build_table1,
     load_scores,
     paired_differences,
-    parse_model,
     score_table,
     tabulate_scores,
 )
@@ -195,10 +194,10 @@ def score_files(tmp_path: Path) -> tuple[list[Path], list[Path]]:
 
 
 def test_parse_model_names() -> None:
-    assert parse_model("classical") == ModelName(None, None, False)
-    assert parse_model("deep_retina-none") == ModelName("deep_retina", "none", False)
-    assert parse_model("mirzaev-oversample-tta") == ModelName("mirzaev", "oversample", True)
-    assert parse_model("mirzaev-style-tta").label == (
+    assert ModelName.parse("classical") == ModelName(None, None, False)
+    assert ModelName.parse("deep_retina-none") == ModelName("deep_retina", "none", False)
+    assert ModelName.parse("mirzaev-oversample-tta") == ModelName("mirzaev", "oversample", True)
+    assert ModelName.parse("mirzaev-style-tta").label == (
         "Inom Mirzaev w/ style-transfer augmentation, TTA"
     )
 

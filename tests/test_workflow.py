@@ -247,6 +247,40 @@ def test_changing_a_stage_code_reruns_that_stage_and_what_follows_only(tiny_demo
     assert "synthesize_dataset" not in jobs and "segment_classical" not in jobs
 
 
+@pytest.fixture(scope="module")
+def demo_rules(tiny_demo) -> set[str]:
+    """Every rule in the tiny demo's DAG."""
+    everything = snakemake("-n", "-F", "--profile", "profiles/demo", "--config", *TINY,
+                           cwd=tiny_demo)  # fmt: skip
+    return set(planned_jobs(everything.stdout))
+
+
+@pytest.mark.parametrize("module", ["torchutils.py", "naming.py", "data/images.py"])
+def test_editing_a_library_module_reruns_every_rule_whose_script_imports_it(
+    tiny_demo, demo_rules, module
+):
+    """Each rule's code inputs are computed from its script's imports (transitively): an edit
+    anywhere in what a script runs marks the rule for rerun (torchutils.py holds checkpointing)."""
+    from nucleistyle.workflow import script_imports
+    from tests.test_envs import RULES
+
+    path = tiny_demo / "src" / "nucleistyle" / module
+    src = REPO / "src"
+    importers = {
+        rule for rule, _, _, script in RULES
+        if src / "nucleistyle" / module in script_imports(script, src)[0]
+    }  # fmt: skip
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# a change\n")
+        result = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=tiny_demo)
+    finally:
+        path.write_text(original)
+    in_demo = importers & demo_rules
+    assert in_demo, module
+    assert in_demo <= set(planned_jobs(result.stdout)), result.stdout[-2000:]
+
+
 def test_forcerun_reruns_the_named_rule_and_its_dependents(tiny_demo):
     dry_run = ("-n", "--profile", "profiles/demo", "--config", *TINY)
     jobs = planned_jobs(snakemake(*dry_run, "-R", "cluster_images", cwd=tiny_demo).stdout)

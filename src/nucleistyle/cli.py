@@ -156,7 +156,7 @@ def _stylize(args: argparse.Namespace) -> int:
 
 
 def _holdout(args: argparse.Namespace) -> int:
-    from nucleistyle.data.holdout import make_holdout
+    from nucleistyle.holdout import make_holdout
 
     table = make_holdout(
         args.train_dir,
@@ -239,9 +239,10 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 
 
 def _train_gan(args: argparse.Namespace) -> int:
+    from nucleistyle.gan.configs import GanConfig
     from nucleistyle.gan.data import read_assignments
+    from nucleistyle.gan.engine import train_gan
     from nucleistyle.gan.evaluate import TransferMonitor
-    from nucleistyle.gan.trainer import GanConfig, train_gan
     from nucleistyle.torchutils import set_torch_threads
     from nucleistyle.workflow import gan_settings
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import functools
 import logging
 import math
 import os
 import platform
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nucleistyle.utils import NucleistyleError, atomic_path, first_line
+from nucleistyle.utils import PRECISIONS, NucleistyleError, atomic_path, first_line
 
 __all__ = [
     "LossHistory",
     "TrainingDiverged",
     "autocast",
     "check_finite",
-    "config_fingerprint",
     "cpu_has_bf16",
-    "eval_mode",
     "get_rng_state",
     "keep_freed_memory",
     "load_checkpoint",
@@ -48,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class TrainingDiverged(NucleistyleError):
@@ -184,12 +180,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def config_fingerprint(cfg: Any) -> dict[str, Any]:
-    """A dataclass (or mapping) as plain data, stored in checkpoints to detect mismatches."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
-
-
 def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` atomically: a crash mid-write never corrupts ``path``."""
     with atomic_path(path) as tmp:
@@ -290,14 +280,3 @@ def log_environment(device: torch.device, dtype: torch.dtype | None, seed: int) 
     }
     log.info("environment: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     return info
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put ``module`` in eval mode for the block, restoring its previous mode afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)

@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import fcntl
 import logging
+import numbers
 import os
 import re
 import secrets
@@ -59,6 +60,8 @@ _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
 MARKER_NAME = ".nucleistyle"
+# Numeric precision of training and inference: bf16 autocast where the device supports it, or not.
+PRECISIONS = ("auto", "fp32", "bf16")
 """File naming the command that wrote a folder: ``--overwrite`` replaces only such folders."""
 
 # Staging of an output NAME (".NAME.XXXXXXXX.tmp") and the old copy of a replaced one (".old").
@@ -606,6 +609,18 @@ def setup_logging(
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def require_int(section: str, name: str, value: Any, minimum: int) -> None:
+    """Raise naming ``section.name`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise NucleistyleError(f"{section}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def config_fingerprint(cfg: Any) -> dict[str, Any]:
+    """A dataclass (or mapping) as plain data, stored in checkpoints to detect mismatches."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
 
 def config_from_mapping(cls: type, mapping: Mapping[str, Any], section: str) -> Any:

@@ -7,8 +7,10 @@ violation into one line naming the key, so a bad value stops the workflow before
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
+import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "export_library_path",
     "gan_settings",
     "load_config",
+    "script_imports",
     "segmenter_settings",
     "validate_config",
 ]
@@ -225,6 +228,66 @@ def gan_settings(config: MutableMapping[str, Any], n_domains: int | None = None)
     """The GAN's settings: section gan, the number of domains (default cluster.k), the seed."""
     n = config["cluster"]["k"] if n_domains is None else n_domains
     return {**config["gan"], "n_domains": n, "seed": config["seed"]}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a Python file imports (``from a import b``: ``a`` and ``a.b``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _module_file(src: Path, name: str) -> Path | None:
+    base = src.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def script_imports(
+    script: str | os.PathLike[str], src: str | os.PathLike[str]
+) -> tuple[list[Path], set[str]]:
+    """What a rule script needs: the library files it imports, directly or through other
+    library modules (package ``__init__`` files included), and the third-party packages.
+
+    The workflow lists the files as the rule's inputs, so that editing any of them reruns the
+    rule; the tests check each rule's conda environment against the packages.
+
+    Args:
+        script: The script (``scripts/train_gan.py``).
+        src: The folder holding the ``nucleistyle`` package.
+
+    Returns:
+        ``(files, packages)``: sorted library files; top-level third-party package names
+        (standard library excluded).
+    """
+    src = Path(src)
+    seen: set[Path] = set()
+    todo = [Path(script)]
+    packages: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top == "nucleistyle":
+                parts = name.split(".")
+                for i in range(1, len(parts) + 1):  # parent packages run their __init__ too
+                    module = _module_file(src, ".".join(parts[:i]))
+                    if module is not None:
+                        todo.append(module)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                packages.add(top)
+    files = sorted(p for p in seen if p != Path(script))
+    return files, packages
 
 
 def copy_workflow(basedir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -3,7 +3,9 @@
 # annotated folders (images/ + masks/, PNG or TIFF) imported into the same layout.
 
 
-# Downloads run on the machine that runs Snakemake (cluster nodes often have no internet).
+# Downloads run on the machine that runs Snakemake (cluster nodes often have no internet). They
+# have no code inputs: a downloaded file is verified by its digest, and a library edit must not
+# fetch gigabytes again.
 localrules:
     download_bbbc038,
     download_annotation_fixes,
@@ -31,7 +33,7 @@ rule download_bbbc038:
 rule extract_bbbc038:
     input:
         archive="resources/bbbc038/downloads/{bbbc_set}.zip",
-        code=lib("data/acquire.py"),
+        code=code_of("extract_set.py"),
     output:
         images=directory("resources/bbbc038/raw/{bbbc_set}"),
         record="resources/bbbc038/raw/{bbbc_set}.json",
@@ -72,7 +74,7 @@ rule apply_annotation_fixes:
     input:
         original="resources/bbbc038/raw/stage1_train",
         archive="resources/bbbc038/downloads/annotation_fixes.zip",
-        code=lib("data/acquire.py"),
+        code=code_of("apply_fixes.py"),
     output:
         images=directory("resources/bbbc038/fixed/stage1_train"),
         manifest=report(
@@ -96,7 +98,7 @@ rule apply_annotation_fixes:
 
 rule synthesize_dataset:
     input:
-        code=lib("data/synthetic.py", "data/bbbc038.py", "data/csvio.py"),
+        code=code_of("synthesize_dataset.py"),
     output:
         train=directory("resources/synthetic/stage1_train"),
         test=directory("resources/synthetic/stage1_test"),
@@ -122,7 +124,7 @@ rule synthesize_dataset:
 rule import_training_folder:
     input:
         folder=get_user_folder,
-        code=lib("data/folder.py", "data/images.py", "data/bbbc038.py", "data/csvio.py"),
+        code=code_of("import_folder.py"),
     output:
         images=directory("resources/folder/{folder_set}"),
     log:

@@ -8,7 +8,7 @@ rule augment_dataset:
         images="results/cluster/enhanced/stage1_train",
         assignments="results/cluster/assignments.csv",
         model="results/gan/model.pt",
-        code=lib("gan/augment.py", "gan/stylize.py", "data/bbbc038.py"),
+        code=code_of("augment_dataset.py"),
     output:
         images=directory("results/augment/stage1_train"),
         manifest="results/augment/manifest.csv",
@@ -34,7 +34,7 @@ rule plot_augmented:
     input:
         images="results/augment/stage1_train",
         manifest="results/augment/manifest.csv",
-        code=lib("report/gan.py"),
+        code=code_of("plot_augmented.py"),
     output:
         gallery=report(
             "results/report/augmented_gallery.png",

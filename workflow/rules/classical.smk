@@ -5,7 +5,7 @@
 rule segment_classical:
     input:
         images=get_test_images,
-        code=lib("classical.py", "data/bbbc038.py", "data/csvio.py"),
+        code=code_of("segment_classical.py"),
     output:
         submission="results/predict/classical/{testset}/submission.csv",
     log:

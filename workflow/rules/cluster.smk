@@ -5,7 +5,7 @@
 rule cluster_images:
     input:
         images=get_train_images,
-        code=lib("cluster.py", "data/bbbc038.py"),
+        code=code_of("cluster_images.py"),
     output:
         assignments="results/cluster/assignments.csv",
         model="results/cluster/model.json",
@@ -30,7 +30,7 @@ rule assign_clusters:
     input:
         images=get_test_images,
         model="results/cluster/model.json",
-        code=lib("cluster.py", "data/bbbc038.py"),
+        code=code_of("assign_clusters.py"),
     output:
         assignments="results/cluster/{testset}_assignments.csv",
     log:
@@ -49,7 +49,7 @@ rule enhance_images:
     input:
         images=get_train_images,
         assignments="results/cluster/assignments.csv",
-        code=lib("cluster.py", "data/bbbc038.py"),
+        code=code_of("enhance_images.py"),
     output:
         images=directory("results/cluster/enhanced/stage1_train"),
         table="results/cluster/clahe.csv",
@@ -77,7 +77,7 @@ rule plot_clusters:
         assignments="results/cluster/assignments.csv",
         silhouette="results/cluster/silhouette.csv",
         clahe="results/cluster/clahe.csv",
-        code=lib("report/clusters.py"),
+        code=code_of("plot_clusters.py"),
     output:
         pca=report(
             "results/report/fig2a_clusters_pca.png",

@@ -9,10 +9,15 @@ from types import SimpleNamespace
 # Rule scripts import the library from this checkout's src/, whatever environment (venv,
 # per-stage conda env, SLURM job) runs them, since jobs inherit the PYTHONPATH set here.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from nucleistyle.data.acquire import BBBC038_FILES, SOLUTION_FILES
+from nucleistyle.gan.configs import RESUME_IGNORES as GAN_RESUME_IGNORES
+from nucleistyle.naming import CLASSICAL, ModelName
+from nucleistyle.segment.configs import RESUME_IGNORES as SEGMENTER_RESUME_IGNORES
 from nucleistyle.workflow import (
     check_config,
     export_library_path,
     gan_settings,
+    script_imports,
     segmenter_settings,
     validate_config,
 )
@@ -27,12 +32,15 @@ SEGMENT = config["segment"]
 TORCH_THREADS = config["resources"]["threads"]
 # Trained segmenters are named "<baseline>-<arm>"; each predicts once ("deep_retina-style") and,
 # with predict.tta, also with test-time augmentation ("deep_retina-style-tta").
-SEGMENTERS = [f"{b}-{a}" for b in SEGMENT["baselines"] for a in SEGMENT["arms"]]
+TRAINED = [ModelName(b, a) for b in SEGMENT["baselines"] for a in SEGMENT["arms"]]
+SEGMENTERS = [str(m) for m in TRAINED]
 PREDICTORS = SEGMENTERS + (
-    [f"{m}-tta" for m in SEGMENTERS] if config["predict"]["tta"] else []
+    [str(ModelName(m.baseline, m.arm, tta=True)) for m in TRAINED]
+    if config["predict"]["tta"]
+    else []
 )
 # Every scored model; the classical reference segmenter always is.
-MODELS = ["classical", *PREDICTORS]
+MODELS = [CLASSICAL, *PREDICTORS]
 PREDICTOR_PATTERN = "({})-({})(-tta)?".format(
     "|".join(SEGMENT["baselines"]), "|".join(SEGMENT["arms"])
 )
@@ -46,27 +54,23 @@ if SOURCE == "folder":
 else:
     TEST_SETS = list(config["data"]["test_sets"])
     SCORED_SETS = TEST_SETS
-BBBC038_SETS = ["stage1_train", "stage1_test", "stage2_test_final"]
-BBBC038_FILES = [
-    "stage1_train.zip",
-    "stage1_test.zip",
-    "stage2_test_final.zip",
-    "stage1_solution.csv",
-    "stage2_solution_final.csv",
-]
-SOLUTIONS = {
-    "stage1_test": "stage1_solution.csv",
-    "stage2_test_final": "stage2_solution_final.csv",
-}
+# BBBC038's sets and files, and the solution CSV of each test set: defined once, in the library.
+BBBC038_SETS = list(SOLUTION_FILES)
+SOLUTIONS = {name: csv for name, csv in SOLUTION_FILES.items() if csv}
 SYNTHETIC = "resources/synthetic"
 IMPORTED = "resources/folder"
 RAW = "resources/bbbc038/raw"
 DOWNLOADS = "resources/bbbc038/downloads"
 
 
-def lib(*modules):
-    """Library modules a rule's script imports, as inputs: editing them reruns the rule."""
-    return [os.path.join(workflow.basedir, "src", "nucleistyle", m) for m in modules]
+def code_of(script):
+    """The library files a rule's script imports (directly or through other library modules),
+    as inputs: editing any of them reruns the rule."""
+    files, _ = script_imports(
+        os.path.join(workflow.basedir, "scripts", script),
+        os.path.join(workflow.basedir, "src"),
+    )
+    return [str(path) for path in files]
 
 
 def local_path(*parts):
@@ -213,7 +217,8 @@ def get_gan_config(wildcards):
 
 def get_gan_checkpoint(wildcards):
     """Per-configuration checkpoint; a larger iteration budget resumes the same one."""
-    return f"results/gan/checkpoints/{config_hash(get_gan_config(wildcards), ignore=('iterations',))}.pt"
+    key = config_hash(get_gan_config(wildcards), ignore=GAN_RESUME_IGNORES)
+    return f"results/gan/checkpoints/{key}.pt"
 
 
 def get_gpu(wildcards):
@@ -240,7 +245,7 @@ def get_segmenter_checkpoint(wildcards):
     """Per-configuration checkpoint; a larger iteration/epoch budget resumes the same one."""
     key = config_hash(
         {**get_segmenter_overrides(wildcards), "arm": wildcards.arm},
-        ignore=("iterations", "epochs"),
+        ignore=SEGMENTER_RESUME_IGNORES,
     )
     return f"results/segment/{wildcards.baseline}-{wildcards.arm}/checkpoints/{key}.pt"
 
@@ -271,13 +276,13 @@ def get_all_per_image(wildcards):
 
 def get_predictor_model(wildcards):
     """The trained segmenter behind a predictor name ("deep_retina-style-tta")."""
-    name = wildcards.model.removesuffix("-tta")
+    name = ModelName.parse(wildcards.model).trained
     return f"results/segment/{name}/model.pt"
 
 
 def get_predictor_tta(wildcards):
     """The TTA settings of a predictor, or None for a single pass."""
-    return config["tta"] if wildcards.model.endswith("-tta") else None
+    return config["tta"] if ModelName.parse(wildcards.model).tta else None
 
 
 def get_predict_shards(wildcards):
@@ -293,7 +298,6 @@ def get_figure4_inputs(wildcards):
     """Figure 4: ground truth and each baseline's predictions without and with style
     augmentation (TTA predictions when predict.tta is on), on the first test set."""
     first = SimpleNamespace(testset=SCORED_SETS[0])
-    suffix = "-tta" if config["predict"]["tta"] else ""
     inputs = {
         "images": get_test_images(first),
         "solution": get_solution(first),
@@ -302,6 +306,7 @@ def get_figure4_inputs(wildcards):
     for baseline in SEGMENT["baselines"]:
         for arm in ("none", "style"):
             if arm in SEGMENT["arms"]:
-                path = f"results/predict/{baseline}-{arm}{suffix}/{first.testset}/submission.csv"
+                model = ModelName(baseline, arm, tta=config["predict"]["tta"])
+                path = f"results/predict/{model}/{first.testset}/submission.csv"
                 inputs[f"{baseline}_{arm}"] = path
     return inputs

@@ -7,15 +7,7 @@ rule train_gan:
         images="results/cluster/enhanced/stage1_train",
         assignments="results/cluster/assignments.csv",
         cluster_model="results/cluster/model.json",
-        code=lib(
-            "gan/networks.py",
-            "gan/losses.py",
-            "gan/data.py",
-            "gan/trainer.py",
-            "gan/evaluate.py",
-            "gan/stylize.py",
-            "torchutils.py",
-        ),
+        code=code_of("train_gan.py"),
     output:
         model=protected("results/gan/model.pt"),
         history="results/gan/history.tsv",
@@ -43,7 +35,7 @@ rule evaluate_gan:
         assignments="results/cluster/assignments.csv",
         cluster_model="results/cluster/model.json",
         model="results/gan/model.pt",
-        code=lib("gan/evaluate.py", "gan/stylize.py", "data/bbbc038.py"),
+        code=code_of("evaluate_gan.py"),
     output:
         table=report(
             "results/gan/transfer_quality.csv",
@@ -71,7 +63,7 @@ rule plot_gan:
         assignments="results/cluster/assignments.csv",
         model="results/gan/model.pt",
         history="results/gan/history.tsv",
-        code=lib("report/gan.py", "gan/stylize.py", "data/bbbc038.py"),
+        code=code_of("plot_gan.py"),
     output:
         figure3=report(
             "results/report/fig3_style_transfer.png",

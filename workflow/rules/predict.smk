@@ -7,16 +7,7 @@ rule predict_shard:
     input:
         model=get_predictor_model,
         images=get_test_images,
-        code=lib(
-            "segment/predict.py",
-            "segment/postprocess.py",
-            "segment/model.py",
-            "segment/configs.py",
-            "segment/engine.py",
-            "data/bbbc038.py",
-            "data/csvio.py",
-            "tta.py",
-        ),
+        code=code_of("predict.py"),
     output:
         submission=temp("results/predict/{model}/{testset}/shards/{shard}.csv"),
     log:
@@ -44,7 +35,7 @@ rule predict_shard:
 rule gather_predictions:
     input:
         shards=get_predict_shards,
-        code=lib("data/csvio.py"),
+        code=code_of("gather_predictions.py"),
     output:
         submission="results/predict/{model}/{testset}/submission.csv",
     log:
@@ -66,7 +57,7 @@ rule export_labels:
     input:
         submission="results/predict/{model}/{testset}/submission.csv",
         images=get_test_images,
-        code=lib("data/folder.py", "data/images.py", "data/csvio.py", "data/rle.py"),
+        code=code_of("export_labels.py"),
     output:
         labels=directory("results/labels/{model}/{testset}"),
     log:

@@ -4,7 +4,7 @@
 rule summarize_dataset:
     input:
         unpack(get_dataset_summary_inputs),
-        code=lib("report/figures.py"),
+        code=code_of("summarize_dataset.py"),
     output:
         table=report(
             "results/report/dataset_summary.csv",
@@ -30,7 +30,7 @@ rule summarize_dataset:
 rule plot_figure4:
     input:
         unpack(get_figure4_inputs),
-        code=lib("report/segment.py", "metrics.py"),
+        code=code_of("plot_figure4.py"),
     output:
         figure=report(
             "results/report/fig4_predictions.png",
@@ -53,7 +53,7 @@ rule plot_figure4:
 
 rule record_provenance:
     input:
-        code=lib("report/provenance.py"),
+        code=code_of("record_provenance.py"),
     output:
         page=report(
             "results/report/provenance.html",

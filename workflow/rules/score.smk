@@ -7,7 +7,7 @@ rule score_submission:
         unpack(get_groups),
         solution=get_solution,
         submission="results/predict/{model}/{testset}/submission.csv",
-        code=lib("metrics.py", "data/csvio.py", "data/rle.py"),
+        code=code_of("score_submission.py"),
     output:
         per_image="results/score/{model}/{testset}/per_image.csv",
         summary="results/score/{model}/{testset}/summary.json",
@@ -30,7 +30,7 @@ rule tabulate_scores:
     input:
         per_image=get_all_per_image,
         summaries=get_all_scores,
-        code=lib("report/table1.py", "report/figures.py", "stats.py"),
+        code=code_of("tabulate_scores.py"),
     output:
         table=report(
             "results/score/scores.csv",

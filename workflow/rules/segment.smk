@@ -7,18 +7,7 @@ rule train_segmenter:
     input:
         unpack(get_segmenter_extra_inputs),
         train_dirs=get_train_images(),
-        code=lib(
-            "segment/configs.py",
-            "segment/dataset.py",
-            "segment/engine.py",
-            "segment/model.py",
-            "segment/transforms.py",
-            "segment/predict.py",
-            "segment/postprocess.py",
-            "metrics.py",
-            "tta.py",
-            "torchutils.py",
-        ),
+        code=code_of("train_segmenter.py"),
     output:
         model=protected("results/segment/{baseline}-{arm}/model.pt"),
         history="results/segment/{baseline}-{arm}/history.tsv",
@@ -43,7 +32,7 @@ rule train_segmenter:
 rule plot_training:
     input:
         histories=get_segmenter_histories,
-        code=lib("report/segment.py"),
+        code=code_of("plot_training.py"),
     output:
         curves=report(
             "results/report/segmenter_training.png",

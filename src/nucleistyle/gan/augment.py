@@ -75,7 +75,7 @@ def augment_dataset(
     Args:
         train_dir: Training images with masks (BBBC038 layout).
         assignments_csv: Cluster assignment table (each image's own domain).
-        model_path: GAN model from :func:`nucleistyle.gan.trainer.train_gan`.
+        model_path: GAN model from :func:`nucleistyle.gan.engine.train_gan`.
         out_dir: Output folder (BBBC038 layout, new images only); written atomically.
         manifest_csv: Manifest (:data:`MANIFEST_COLUMNS`), one row per new image.
         copies: Restyled copies per image (each with its own target domain and attribute).

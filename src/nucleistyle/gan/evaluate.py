@@ -135,7 +135,7 @@ def _transfer_row(
 class TransferMonitor:
     """Off-diagonal transfer quality during GAN training (the report's learning curve).
 
-    Called by :func:`nucleistyle.gan.trainer.train_gan` with the current model state and the
+    Called by :func:`nucleistyle.gan.engine.train_gan` with the current model state and the
     training set; restyles ``per_domain`` fixed images of every domain to every other domain
     and returns the means of ``style_hit``, ``fg_iou``, ``edge_corr`` and ``seg_score``, plus
     ``style_hit_chance`` (1 / number of domains).

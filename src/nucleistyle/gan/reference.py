@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucleistyle.gan.configs import GanConfig
+from nucleistyle.gan.engine import GanNets, GanTrainer
 from nucleistyle.gan.networks import (
     CONTENT_D_MIN,
     AttributeEncoder,
@@ -31,7 +33,6 @@ from nucleistyle.gan.networks import (
     discriminator_depth,
     tile,
 )
-from nucleistyle.gan.trainer import GanConfig, GanNets, GanTrainer
 
 __all__ = [
     "PlainAttributeEncoder",

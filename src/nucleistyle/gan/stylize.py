@@ -38,9 +38,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.gan.configs import ATTRIBUTE_SOURCES
 from nucleistyle.gan.data import one_hot
+from nucleistyle.gan.engine import MODEL_FORMAT
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
-from nucleistyle.gan.trainer import ATTRIBUTE_SOURCES, MODEL_FORMAT
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
 from nucleistyle.utils import NucleistyleError, staged_files
 
@@ -218,7 +219,7 @@ class Stylizer:
 def load_stylizer(
     model_path: PathLike, device: str = "auto", precision: str | None = None
 ) -> Stylizer:
-    """Load a model written by :func:`nucleistyle.gan.trainer.train_gan`.
+    """Load a model written by :func:`nucleistyle.gan.engine.train_gan`.
 
     Args:
         model_path: The model file.
@@ -286,7 +287,7 @@ def stylize_folder(
     names are left alone; same names are replaced). On an error nothing is written.
 
     Args:
-        model_path: A GAN model from :func:`nucleistyle.gan.trainer.train_gan`
+        model_path: A GAN model from :func:`nucleistyle.gan.engine.train_gan`
             (``results/gan/model.pt`` in the pipeline).
         images_dir: BBBC038-layout (``<id>/images/<id>.png``) or flat folder of images.
         out_dir: Output folder (created if missing); must not be ``images_dir``.

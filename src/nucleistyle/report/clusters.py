@@ -173,7 +173,7 @@ def plot_clahe_examples(
 
     Args:
         images_dir: The original images.
-        enhanced_dir: The enhanced copy (from :func:`nucleistyle.cluster.enhance_dataset`).
+        enhanced_dir: The enhanced copy (from :func:`nucleistyle.enhance.enhance_dataset`).
         table: Its table (ImageId, cluster, enhanced, v_median_before, v_median_after).
         out_png: Destination PNG.
         n: Number of pairs (columns).

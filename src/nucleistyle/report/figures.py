@@ -17,6 +17,7 @@ from skimage.segmentation import find_boundaries
 
 from nucleistyle.data.bbbc038 import list_images, load_sample
 from nucleistyle.metrics import read_groups
+from nucleistyle.naming import ModelName
 from nucleistyle.report import save_figure
 from nucleistyle.utils import atomic_path
 
@@ -158,9 +159,10 @@ def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
     legend_width = 2.4  # inches at the right for the model legend
     total = width * len(testsets) + legend_width
     fig, axes = plt.subplots(1, len(testsets), figsize=(total, 4.0), squeeze=False)
-    # a model and its test-time-augmented variant ("<model>-tta") share a hue: dark circles for
+    # a model and its test-time-augmented variant share a hue: dark circles for
     # the single pass, light squares for TTA
-    stems = list(dict.fromkeys(m.removesuffix("-tta") for m in models))
+    names = {m: ModelName.parse(m) for m in models}
+    stems = list(dict.fromkeys(names[m].trained for m in models))
     palette = plt.get_cmap("tab20")
     span = 0.8  # of the unit spacing between groups, shared by the models
     step = span / max(len(models), 1)
@@ -186,13 +188,11 @@ def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
                 x + offset,
                 score,
                 yerr=yerr,
-                fmt="s" if model.endswith("-tta") else "o",
+                fmt="s" if names[model].tta else "o",
                 markersize=4,
                 capsize=2,
                 elinewidth=1,
-                color=palette(
-                    2 * (stems.index(model.removesuffix("-tta")) % 10) + model.endswith("-tta")
-                ),
+                color=palette(2 * (stems.index(names[model].trained) % 10) + names[model].tta),
                 label=model,
             )
         ax.set_xticks(x, groups, rotation=20, fontsize=8)

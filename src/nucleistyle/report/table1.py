@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nucleistyle.naming import ModelName
 from nucleistyle.report.figures import ALL, plot_scores_by_group
 from nucleistyle.stats import DEFAULT_N_BOOT, bootstrap_ci, group_means, paired_difference
 from nucleistyle.utils import NucleistyleError, atomic_path
@@ -30,13 +31,11 @@ from nucleistyle.utils import NucleistyleError, atomic_path
 __all__ = [
     "PAPER_TABLE1",
     "PAPER_TESTSET",
-    "ModelName",
     "PaperResult",
     "ScoredModel",
     "build_table1",
     "load_scores",
     "paired_differences",
-    "parse_model",
     "score_table",
     "tabulate_scores",
 ]
@@ -44,16 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-CLASSICAL = "classical"
 REFERENCE_ARM = "none"
-TTA_SUFFIX = "-tta"
-BASELINE_LABELS = {"deep_retina": "Deep Retina", "mirzaev": "Inom Mirzaev"}
-ARM_LABELS = {
-    "none": "w/o augmentation",
-    "style": "w/ style-transfer augmentation",
-    "jitter": "w/ colour-jitter augmentation",
-    "oversample": "w/ minority-cluster oversampling",
-}
 OURS = "this run"
 PAPER = "paper Table 1"
 _DECIMALS = 4
@@ -89,59 +79,6 @@ PAPER_TABLE1: tuple[PaperResult, ...] = (
 )
 PAPER_TESTSET = "stage2_test_final"
 """The test set of the paper's Table 1 (Kaggle stage 2, scored on its private images)."""
-
-
-@dataclass(frozen=True)
-class ModelName:
-    """A parsed model name.
-
-    Attributes:
-        baseline: ``deep_retina``, ``mirzaev``, … (None for ``classical``).
-        arm: the training-set arm (``none``, ``style``, …; None for ``classical``).
-        tta: whether predictions used test-time augmentation.
-    """
-
-    baseline: str | None
-    arm: str | None
-    tta: bool
-
-    @property
-    def label(self) -> str:
-        """Human-readable method name, e.g. ``Deep Retina w/ style-transfer augmentation, TTA``."""
-        if self.baseline is None:
-            return "classical (threshold + watershed)"
-        text = BASELINE_LABELS.get(self.baseline, self.baseline)
-        if self.arm is not None:
-            text += " " + ARM_LABELS.get(self.arm, f"arm {self.arm}")
-        return text + (", TTA" if self.tta else "")
-
-
-def parse_model(name: str) -> ModelName:
-    """Split ``{baseline}-{arm}[-tta]`` (or ``classical``) into its parts.
-
-    Args:
-        name: a model name as used in ``results/score/{model}/``.
-
-    Returns:
-        :class:`ModelName`; a name without ``-`` is a baseline with no arm.
-
-    Raises:
-        ValueError: an empty name.
-
-    Example:
-        >>> parse_model("deep_retina-style-tta")
-        ModelName(baseline='deep_retina', arm='style', tta=True)
-    """
-    if not name:
-        raise ValueError("empty model name")
-    if name == CLASSICAL:
-        return ModelName(None, None, False)
-    tta = name.endswith(TTA_SUFFIX)
-    stem = name.removesuffix(TTA_SUFFIX) if tta else name
-    baseline, _, arm = stem.rpartition("-")
-    if not baseline:
-        return ModelName(stem, None, tta)
-    return ModelName(baseline, arm, tta)
 
 
 @dataclass(frozen=True)
@@ -312,7 +249,7 @@ def _order_key(name: ModelName, baselines: list[str], arms: list[str]) -> tuple:
 
 
 def _sorted(scored: Sequence[ScoredModel]) -> list[ScoredModel]:
-    parsed = {item.model: parse_model(item.model) for item in scored}
+    parsed = {item.model: ModelName.parse(item.model) for item in scored}
     baselines = list(dict.fromkeys(p.baseline for p in parsed.values() if p.baseline))
     arms = list(dict.fromkeys([REFERENCE_ARM, *(p.arm or "" for p in parsed.values())]))
     testsets = list(dict.fromkeys(item.testset for item in scored))
@@ -363,7 +300,7 @@ def build_table1(
     )
     rows = []
     for item in ordered:
-        name = parse_model(item.model)
+        name = ModelName.parse(item.model)
         ci = bootstrap_ci(item.per_image["score"], n_boot, seed)
         by_group = item.per_image.groupby("group")["score"].mean()
         row: dict[str, object] = {
@@ -384,7 +321,7 @@ def build_table1(
         row["paper_score"] = _paper_score(name, item.testset)
         rows.append(row)
     for result in PAPER_TABLE1:
-        model = "" if result.baseline is None else f"{result.baseline}-{result.arm}"
+        model = "" if result.baseline is None else str(ModelName(result.baseline, result.arm))
         rows.append(
             {
                 "source": PAPER,
@@ -445,10 +382,10 @@ def paired_differences(
     index = {(item.model, item.testset): item for item in scored}
     rows = []
     for item in _sorted(scored):
-        name = parse_model(item.model)
+        name = ModelName.parse(item.model)
         if name.baseline is None or name.arm in (None, REFERENCE_ARM):
             continue
-        reference = f"{name.baseline}-{REFERENCE_ARM}" + (TTA_SUFFIX if name.tta else "")
+        reference = str(ModelName(name.baseline, REFERENCE_ARM, name.tta))
         if (reference, item.testset) not in index:
             log.info("no %s on %s: %s not compared", reference, item.testset, item.model)
             continue

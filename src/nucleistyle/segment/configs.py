@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.utils import PRECISIONS, NucleistyleError
 
 __all__ = [
     "ARMS",
     "BACKBONES",
     "BASELINES",
-    "PAPER_WEIGHTS",
+    "RESUME_IGNORES",
     "AugmentConfig",
     "ModelConfig",
     "OptimConfig",
@@ -41,11 +41,21 @@ __all__ = [
 BASELINES = ("deep_retina", "mirzaev")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 ARMS = ("none", "style", "jitter", "oversample")
-PAPER_WEIGHTS = {"deep_retina": "coco", "mirzaev": "imagenet"}
-"""What each solution started from (§1.6 COCO Mask R-CNN, §2.6 ImageNet ResNet-50); the
-defaults are ``"none"`` because this machine cannot download weights (env.md §1)."""
 
 _SECTIONS = ("model", "prep", "augment", "optim", "post")
+
+# Keys that may change between a checkpoint and its resumption: the budget and where/how the
+# run executes, not what is learnt.
+RESUME_IGNORES = (
+    "iterations",
+    "epochs",
+    "device",
+    "precision",
+    "checkpoint_every",
+    "log_every",
+    "workers",
+    "val_every",
+)
 
 
 def _fail(key: str, rule: str, value: Any) -> NucleistyleError:
@@ -488,7 +498,7 @@ class SegmenterConfig:
             _check_int("val_every", self.val_every, 1)
         _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
         _check_choice("selection", self.selection, ("last", "best_val"))
-        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("precision", self.precision, PRECISIONS)
         if self.model.head_norm and self.weights == "coco":
             raise _fail(
                 "model.head_norm",

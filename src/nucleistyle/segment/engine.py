@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from nucleistyle.segment.configs import SegmenterConfig, flatten
+from nucleistyle.segment.configs import RESUME_IGNORES, SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
     DrawDataset,
     TrainItem,
@@ -84,41 +84,20 @@ PathLike = str | os.PathLike[str]
 Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 MODEL_FORMAT = "nucleistyle-segmenter-1"
-# Keys that may change between a checkpoint and its resumption: the budget and where/how the
-# run executes, not what is learnt.
-RESUMABLE_KEYS = (
-    "iterations",
-    "epochs",
-    "device",
-    "precision",
-    "checkpoint_every",
-    "log_every",
-    "workers",
-    "val_every",
-)
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
 
 class SmoothedValue:
-    """A series of values with a windowed mean and a global mean (torchvision references)."""
+    """A series of values with a windowed mean (torchvision references)."""
 
     def __init__(self, window: int = 20) -> None:
         self.values: collections.deque[float] = collections.deque(maxlen=window)
-        self.total = 0.0
-        self.count = 0
 
     def update(self, value: float) -> None:
         self.values.append(value)
-        self.total += value
-        self.count += 1
 
     @property
     def avg(self) -> float:
         return sum(self.values) / max(len(self.values), 1)
-
-    @property
-    def global_avg(self) -> float:
-        return self.total / max(self.count, 1)
 
 
 class MetricLogger:
@@ -428,7 +407,7 @@ def train_segmenter(
     start, history, best, clock = 0, LossHistory(), None, {"wall_s": 0.0, "cpu_s": 0.0}
     if resume:
         assert checkpoint is not None
-        state = load_checkpoint(checkpoint, expected, ignore=RESUMABLE_KEYS)
+        state = load_checkpoint(checkpoint, expected, ignore=RESUME_IGNORES)
         start = int(state["iteration"])
         if start > total:
             raise NucleistyleError(

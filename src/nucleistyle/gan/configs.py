@@ -1,0 +1,225 @@
+"""Settings of the style-transfer GAN (section ``gan`` of the config; docs/gan.md).
+
+Torch-free, so the workflow and the command line can check and hash them without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nucleistyle.utils import PRECISIONS, NucleistyleError, config_fingerprint, config_from_mapping
+
+__all__ = [
+    "ATTRIBUTE_SOURCES",
+    "LATENT_REGRESSIONS",
+    "LR_POLICIES",
+    "MIN_CROP",
+    "RESUME_IGNORES",
+    "GanConfig",
+    "lr_factor",
+]
+
+# Settings that may change between a run and its resumption: the budget, logging, and where and
+# how it runs. Everything else must match the checkpoint.
+RESUME_IGNORES = (
+    "iterations",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    "precision",
+    "channels_last",
+    "workers",
+    "attribute_source",
+    "stats_images",
+    "monitor_every",
+)
+ATTRIBUTE_SOURCES = ("prior", "domain_stats")
+LR_POLICIES = ("linear", "step")
+LATENT_REGRESSIONS = ("mdmm", "histaugan")
+MIN_CROP = 16  # below the paper crop the discriminators adapt (depth, resize); tested down to 16
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """GAN hyper-parameters (config section ``gan``); defaults = MDMM / gan.md §4-5.
+
+    Attributes:
+        n_domains: Number of domains C (the cluster k), >= 2.
+        crop: Training crop side (px), a multiple of 4, >= 16 (216 upstream).
+        resize: Side images are resized to before cropping (256 upstream); 0 = native size.
+        flip: Random horizontal flips.
+        batch_size: Images per full update, even (two halves A and B), 2 upstream.
+        iterations: Full updates to train for (MDMM ~118k on DSB); may grow on resume.
+        d_iter: Batches per iteration: ``d_iter - 1`` content-D updates + one full update (3).
+        checkpoint_every: Iterations between checkpoints.
+        log_every: Iterations per logged (averaged) loss-history row.
+        lr: Adam learning rate of E_c, E_a, G and the image discriminators.
+        lr_content: Adam learning rate of the content discriminator (lr / 2.5).
+        betas: Adam betas.
+        weight_decay: Adam (L2) weight decay.
+        lr_policy: ``linear`` decay to ~0 (MDMM) or ``step`` x0.1 (HistAuGAN).
+        decay_start: Fraction of ``iterations`` after which the rate decays.
+        content_grad_clip: Max gradient norm of the content discriminator (0: off).
+        w_cc: Cross-cycle L1.
+        w_content: Content adversarial (E_c side).
+        w_domain: Image adversarial (G side).
+        w_cls: Domain classification, discriminator side (real images).
+        w_cls_g: Domain classification, generator side (fakes).
+        w_recon: Self-reconstruction L1.
+        w_latent: Latent regression L1.
+        latent_regression: ``mdmm`` (the term trains G and E_c, not E_a) or ``histaugan``
+            (it trains E_a too); see the module docstring.
+        w_kl: KL of the attribute code.
+        w_kl_content: L2 of the content code.
+        attribute_dim: Size of the attribute code z_a.
+        base_channels: Network width b (64 upstream; the tests use 4-8).
+        logvar_clamp: |log σ²| bound of the attribute encoder.
+        precision: ``auto`` (bf16 autocast on CUDA / bf16-capable CPUs), ``fp32`` or ``bf16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        channels_last: Channels-last memory format for all nets. Off by default: on this
+            2-core CPU (bf16) it was no faster within the ±7 % run-to-run noise (the 256-channel
+            residual convolutions, ~70 % of the time, ran slower; E_c's full-resolution layers
+            faster); on CUDA tensor cores it usually helps.
+        attribute_source: How :mod:`~nucleistyle.gan.stylize` samples attributes by default:
+            ``prior`` N(0, I), or ``domain_stats`` N(mean_d, diag(std_d²)) of E_a on the
+            training images of the target domain (HistAuGAN).
+        stats_images: Training images per domain used for the attribute statistics (0: all).
+        monitor_every: Iterations between transfer-quality evaluations during training (the
+            learning curve; 0: only at the end); needs a monitor passed to :func:`train_gan`.
+        workers: Image decoding threads.
+        seed: Seeds weights, sampling and noise.
+    """
+
+    n_domains: int = 6
+    crop: int = 216
+    resize: int = 256
+    flip: bool = True
+    batch_size: int = 2
+    iterations: int = 120_000
+    d_iter: int = 3
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    lr: float = 1e-4
+    lr_content: float = 4e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-4
+    lr_policy: str = "linear"
+    decay_start: float = 0.5
+    content_grad_clip: float = 5.0
+    w_cc: float = 10.0
+    w_content: float = 1.0
+    w_domain: float = 1.0
+    w_cls: float = 1.0
+    w_cls_g: float = 5.0
+    w_recon: float = 10.0
+    w_latent: float = 10.0
+    latent_regression: str = "mdmm"
+    w_kl: float = 0.01
+    w_kl_content: float = 0.01
+    attribute_dim: int = 8
+    base_channels: int = 64
+    logvar_clamp: float = 10.0
+    precision: str = "auto"
+    device: str = "auto"
+    channels_last: bool = False
+    attribute_source: str = "domain_stats"
+    stats_images: int = 0
+    monitor_every: int = 0
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        ints = {
+            "n_domains": 2,
+            "crop": MIN_CROP,
+            "resize": 0,
+            "batch_size": 2,
+            "iterations": 0,
+            "d_iter": 1,
+            "checkpoint_every": 1,
+            "log_every": 1,
+            "attribute_dim": 1,
+            "base_channels": 1,
+            "stats_images": 0,
+            "monitor_every": 0,
+            "workers": 0,
+            "seed": 0,
+        }
+        for name, minimum in ints.items():
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or value < minimum
+            ):
+                raise NucleistyleError(f"gan.{name} must be an integer >= {minimum}, got {value!r}")
+        if self.crop % 4:
+            raise NucleistyleError(f"gan.crop must be a multiple of 4, got {self.crop}")
+        if self.batch_size % 2:
+            raise NucleistyleError(
+                f"gan.batch_size must be even (two halves A and B), got {self.batch_size}"
+            )
+        if 0 < self.resize < self.crop:
+            raise NucleistyleError(
+                f"gan.resize ({self.resize}) must be 0 or >= gan.crop ({self.crop})"
+            )
+        floats = ["lr", "lr_content", "weight_decay", "content_grad_clip", "logvar_clamp"]
+        floats += [f.name for f in dataclasses.fields(self) if f.name.startswith("w_")]
+        for name in floats:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise NucleistyleError(f"gan.{name} must be a number >= 0, got {value!r}")
+        if self.logvar_clamp <= 0 or self.lr <= 0:
+            raise NucleistyleError("gan.lr and gan.logvar_clamp must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise NucleistyleError(f"gan.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.decay_start <= 1:
+            raise NucleistyleError(f"gan.decay_start must be in [0, 1], got {self.decay_start}")
+        choices = {
+            "latent_regression": LATENT_REGRESSIONS,
+            "lr_policy": LR_POLICIES,
+            "precision": PRECISIONS,
+            "attribute_source": ATTRIBUTE_SOURCES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NucleistyleError(
+                    f"gan.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in ("flip", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise NucleistyleError(f"gan.{name} must be true or false")
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any]) -> GanConfig:
+        """Build from the config section ``gan`` (missing keys take the defaults).
+
+        Raises:
+            NucleistyleError: An unknown key or an invalid value (named).
+        """
+        return config_from_mapping(cls, mapping, "gan")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings as plain data (stored in checkpoints and model files)."""
+        return config_fingerprint(self)
+
+
+def lr_factor(iteration: int, cfg: GanConfig) -> float:
+    """Learning-rate multiplier for the update that follows ``iteration`` completed ones."""
+    start = round(cfg.decay_start * cfg.iterations)
+    if iteration < start:
+        return 1.0
+    if cfg.lr_policy == "step":
+        return 0.1
+    return 1.0 - (iteration - start) / (cfg.iterations - start + 1)
