@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: run test bench gpu-smoke lint report clean
+.PHONY: run test check bench gpu-smoke lint report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## check: the fast tier for iteration (no Snakemake runs, no kill tests), slowest tests listed
+check: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow and not kill" --durations=15
+
 ## bench: speed benchmarks, each a ratio against a baseline measured in the same run
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
@@ -39,9 +43,10 @@ bench: $(STAMP)
 gpu-smoke: $(STAMP)
 	$(BIN)/python bench/gpu_smoke.py
 
-## lint: ruff, snakefmt and snakemake --lint
+## lint: ruff, mypy, snakefmt and snakemake --lint
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(SNAKEMAKE) --lint --configfile config.demo.yaml
 

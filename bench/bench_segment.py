@@ -5,7 +5,7 @@ Usage: ``python bench/bench_segment.py [--configs demo cpu] [--baselines deep_re
 [--stock-iterations N] [--no-contention] [--learning demo cpu] [--learning-iterations N]
 [--budgets 0.5 1 2]``
 
-1. Throughput: images/s of a training step as the engine runs it (``train_one_epoch``: the
+1. Throughput: images/s of a training step as the engine runs it (``train_iterations``: the
    batch from the engine's DataLoader, forward, backward, gradient clipping, optimiser step) of
    each baseline with the settings of ``config.demo.yaml`` (128 px, ResNet-18, narrow heads)
    and ``config.cpu.yaml`` (256 / 384 px), on synthetic images of the size each one trains on,
@@ -130,10 +130,10 @@ def _child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     history = LossHistory()
     batches = engine._batches(dataset, 0, cfg.batch_size, cfg.workers)
     dtype = resolve_precision(cfg.precision, device)
-    engine.train_one_epoch(
-        model, optimizer, batches, device, dtype, cfg, 0, total, total, history,
-        engine.MetricLogger(window=1),
-    )  # fmt: skip
+    run = engine.TrainingRun(
+        model, optimizer, batches, device, dtype, cfg, total, history, engine.MetricLogger(window=1)
+    )
+    engine.train_iterations(run, 0, total)
     seconds = [row["sec_per_it"] for row in history.rows[spec["warmup"] :]]
     return {
         "images_per_s": cfg.batch_size / statistics.median(seconds),

@@ -24,7 +24,7 @@ from nucleistyle.data.bbbc038 import (
 )
 from nucleistyle.utils import NucleistyleError
 
-# The six community-fixed images with 1-2 px mask overlaps (data-metric.md §7), by prefix.
+# The six community-fixed images with 1-2 px mask overlaps, by prefix.
 OVERLAPPING = ("0a7d30b2", "1609b1b8", "175dbb36", "547ef286", "72e8c49d", "f26f4c2c")
 
 GREY = np.array([[0, 10], [200, 255]], np.uint8)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 

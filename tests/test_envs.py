@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from nucleistyle.workflow import script_imports
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 # import name -> conda-forge package name, where they differ
 CONDA_NAME = {

@@ -22,7 +22,7 @@ from nucleistyle.gan.networks import (
 )
 from nucleistyle.utils import NucleistyleError
 
-# gan.md §3.7, C = 6 domains, crop 216, base 64
+# parameter counts (docs/gan.md), C = 6 domains, crop 216, base 64
 PAPER_COUNTS = {
     "enc_c": 5_099_136,
     "enc_a": 1_350_224,
@@ -263,7 +263,7 @@ def test_one_training_iteration_updates_all_networks_with_finite_losses() -> Non
         assert changed == keys, f"{name}: unchanged {sorted(set(keys) - set(changed))}"
 
 
-# -- the fast paths of networks.py compute the layers of gan.md §3 --------------------------------
+# -- the fast paths of networks.py compute the layers of docs/gan.md -----------------------------
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1), (3, 3, 3, 3), (2, 1, 0, 3)])

@@ -99,6 +99,7 @@ def _tensors_equal(a: dict, b: dict) -> bool:
     return True
 
 
+@pytest.mark.kill
 def test_run_killed_with_sigkill_resumes_to_identical_weights(
     data: tuple[Path, Path], tmp_path: Path
 ) -> None:

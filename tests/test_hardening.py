@@ -34,9 +34,9 @@ from tests.cli_checks import (
     score_files,
     snapshot,
 )
+from tests.conftest import REPO
 
 SYNTH = ["--n-train", "10", "--n-test-per-modality", "1", "--size", "64"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,6 +279,7 @@ def _start_slow_classical(root: Path, workers: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.kill
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_prints_one_line_exits_130_and_leaves_nothing(tmp_path, workers):
     flat_folder(tmp_path / "flat", n=12)
@@ -290,6 +291,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_nothing(tmp_path, workers):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.kill
 def test_a_killed_run_leaves_staging_that_the_next_run_into_the_same_place_removes(tmp_path):
     flat_folder(tmp_path / "flat", n=12)
     proc = _start_slow_classical(tmp_path, "1")

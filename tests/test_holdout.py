@@ -9,8 +9,8 @@ import pytest
 
 from nucleistyle.data.bbbc038 import list_images
 from nucleistyle.data.csvio import read_solution
-from nucleistyle.holdout import make_holdout, split_strata
 from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.holdout import make_holdout, split_strata
 from nucleistyle.utils import NucleistyleError
 
 

@@ -21,9 +21,8 @@ import pytest
 from PIL import Image
 
 from nucleistyle.workflow import copy_workflow
+from tests.conftest import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = "data={synthetic: {n_train: 15, n_test_per_modality: 2}}"
 TARGETS = (
     "results/report/dataset_summary.csv",
     "results/report/examples.png",
@@ -41,7 +40,7 @@ pytestmark = pytest.mark.workflow
 def _snakemake(cwd: Path, *args: str) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", *TARGETS, "--profile", "profiles/demo",
-         "--config", TINY, *args],
+         "--config", *TINY, *args],
         cwd=cwd, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -34,13 +34,12 @@ from nucleistyle.segment.model import PreparedTransform, build_model
 from nucleistyle.segment.predict import Detections, Segmenter, load_segmenter, predict_folder
 from nucleistyle.tta import DIHEDRAL, TTAConfig
 from nucleistyle.utils import NucleistyleError
-from tests.conftest import TINY_SEGMENTER
+from tests.conftest import REPO, TINY_SEGMENTER
 
 # One thread: on the shared 2-core machine two OpenMP threads per process spin against other
 # jobs (this file took 268 s with 2 threads vs 72 s with 1 at load average 5).
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_SEGMENTER
 
 
@@ -174,6 +173,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.kill
 def test_sigkill_then_rerun_continues_from_the_checkpoint(demo: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt.pt"
     script = textwrap.dedent(f"""

@@ -20,9 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_workflow import SNAKEMAKE, TINY, workflow_copy
+from tests.conftest import REPO, SNAKEMAKE, TINY, workflow_copy
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
 
 

@@ -384,7 +384,7 @@ def test_generate_is_byte_identical_for_a_seed_and_replaces_only_its_own_output(
 
 
 def test_failed_generate_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nucleistyle.data.synthetic as synthetic
+    import nucleistyle.data.synthetic.dataset as synthetic
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")

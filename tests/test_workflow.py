@@ -14,34 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from nucleistyle.workflow import copy_workflow
-from tests.conftest import small_real_records, write_paired_tiffs
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-# The demo, shrunk to seconds per stage: same rules and code paths, toy sizes.
-TINY = [
-    "data={synthetic: {n_train: 15, n_test_per_modality: 2}}",
-    "gan={crop: 40, base_channels: 4, iterations: 4, checkpoint_every: 2, stats_images: 2}",
-    "segment={common: {iterations: 3, checkpoint_every: 2, model: {fpn_channels: 16, "
-    "representation_size: 32, rpn_pre_nms_top_n_test: 100, rpn_post_nms_top_n_test: 50}}, "
-    "mirzaev: {prep: {size: 64, crop: 48}}, deep_retina: {prep: {size: 64}}}",
-    "tta={transforms: [identity, hflip]}",
-    "augment={copies: 2}",
-]
+from tests.conftest import (
+    REPO,
+    TINY,
+    small_real_records,
+    snakemake,
+    workflow_copy,
+    write_paired_tiffs,
+)
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def workflow_copy(tmp_path: Path) -> Path:
-    """The workflow's files in a fresh folder, as in a clean clone (no results, no resources)."""
-    return copy_workflow(REPO, tmp_path / "repo")
 
 
 def test_snakefmt_leaves_the_workflow_unchanged():

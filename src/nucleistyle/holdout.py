@@ -117,6 +117,7 @@ def make_holdout(
         labels, rows = CompressedLabels(), []
         for sample in iter_samples(records, workers=workers):
             rows.append(hsv_features(sample.image))
+            assert sample.labels is not None  # checked above: every image has masks
             labels.add(sample.image_id, sample.labels)
         model = fit_clusters(features_table([r.image_id for r in records], rows), cluster_cfg)
         table = model.table[["ImageId", "cluster", "name"]].copy()

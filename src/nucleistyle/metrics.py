@@ -4,7 +4,7 @@ Per image, at each IoU threshold t in 0.50, 0.55, …, 0.95 a predicted object *
 (GT) object iff IoU > t **strictly**, evaluated exactly in integers: ``20·|A∩B| > k·|A∪B|`` for
 t = k/20. TP(t) = GT objects with a hit, FP(t) = predictions without one, FN(t) = GT objects
 without one, score(t) = TP / (TP + FP + FN). The image score is the mean over the 10 thresholds;
-a data set's score is the unweighted mean over images (data-metric.md §5).
+a data set's score is the unweighted mean over images (README, "The metric").
 
 Because label images cannot overlap and every t >= 0.5 is strict, a GT object can hit at most one
 prediction and vice versa (two disjoint objects cannot both cover more than half of a third), so
@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -305,7 +306,7 @@ def score_files(
     submission_csv: str | os.PathLike[str],
     groups: Mapping[str, str] | None = None,
     ap: bool = False,
-) -> tuple[pd.DataFrame, dict[str, object]]:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Score a Kaggle submission CSV against a solution CSV.
 
     The scored images are the solution's ``Private`` images when it has any (stage 2), else
@@ -454,12 +455,12 @@ def score_to_files(
     return summary
 
 
-def _coco_rles(labels: np.ndarray, ids: np.ndarray) -> list[dict]:
+def _coco_rles(labels: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
     """pycocotools RLEs of the objects ``ids`` (chunks keep the H×W×n stack under ~64 MB)."""
     from pycocotools import mask as mask_utils
 
     chunk = max(1, (64 << 20) // max(labels.size, 1))
-    rles: list[dict] = []
+    rles: list[dict[str, Any]] = []
     for start in range(0, ids.size, chunk):
         part = ids[start : start + chunk]
         stack = np.asfortranarray((labels[:, :, None] == part[None, None, :]).astype(np.uint8))
@@ -512,7 +513,9 @@ def coco_ap(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, gts, dts = [], [], []
+    images: list[dict[str, Any]] = []
+    gts: list[dict[str, Any]] = []
+    dts: list[dict[str, Any]] = []
     max_dets = 100
     for n, (image_id, gt, pred, scores) in enumerate(items, start=1):
         gt, pred = np.asarray(gt), np.asarray(pred)

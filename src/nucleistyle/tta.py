@@ -2,8 +2,8 @@
 
 Every image is predicted under several transforms (flips, rotations, rescales, colour jitter);
 each variant's instance masks are mapped back into the image's frame by the transform's exact
-inverse, and the variants are merged into one set of instances (data-metric.md §9,
-baselines.md §1.7 and §2.7):
+inverse, and the variants are merged into one set of instances (README, "The metric",
+Deep Retina and Mirzaev):
 
 * ``"vote"`` (Deep Retina, Moshkov et al. 2020): instances are matched across variants at mask
   IoU >= ``iou_match`` (0.6 as in Deep Retina); a cluster is kept when it appears in at least
@@ -74,7 +74,7 @@ up-down flips, and the transposes about the main and the anti-diagonal."""
 _DIHEDRAL_INVERSE = {name: name for name in DIHEDRAL} | {"rot90": "rot270", "rot270": "rot90"}
 _MERGES = ("vote", "union", "none")
 _VOTE_BASES = ("members", "variants")
-_MAX_JITTER_SHIFT = 15.0  # grey levels, Deep Retina's channel-shift range (baselines.md §1.5)
+_MAX_JITTER_SHIFT = 15.0  # grey levels, Deep Retina's channel-shift range (Deep Retina)
 _MAX_JITTER_GAIN = 0.1  # brightness gain in [0.9, 1.1]
 
 
@@ -254,7 +254,7 @@ class Transform:
         Raises:
             NucleistyleError: ``masks`` do not have the transformed frame's size.
         """
-        shapes = [tuple(shape)]
+        shapes: list[tuple[int, int]] = [(int(shape[0]), int(shape[1]))]
         for op in self.ops:
             shapes.append(_op_shape(op, shapes[-1]))
         if tuple(masks.shape[1:]) != shapes[-1]:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "MARKER_NAME",
@@ -60,6 +60,7 @@ _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
 MARKER_NAME = ".nucleistyle"
+T = TypeVar("T")
 # Numeric precision of training and inference: bf16 autocast where the device supports it, or not.
 PRECISIONS = ("auto", "fp32", "bf16")
 """File naming the command that wrote a folder: ``--overwrite`` replaces only such folders."""
@@ -619,17 +620,18 @@ def require_int(section: str, name: str, value: Any, minimum: int) -> None:
 
 def config_fingerprint(cfg: Any) -> dict[str, Any]:
     """A dataclass (or mapping) as plain data, stored in checkpoints to detect mismatches."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    is_instance = dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+    data = dataclasses.asdict(cfg) if is_instance else dict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
 
-def config_from_mapping(cls: type, mapping: Mapping[str, Any], section: str) -> Any:
+def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], section: str) -> T:
     """Build the settings dataclass ``cls`` from a config section (missing keys: defaults).
 
     Raises:
         NucleistyleError: a key that ``cls`` does not have, named as ``<section>.<key>``.
     """
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - known)
     if unknown:
         raise NucleistyleError(

@@ -41,7 +41,7 @@ _NOT_WORKFLOW = shutil.ignore_patterns(
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
 
-def _with_defaults(validator_class: type) -> type:
+def _with_defaults(validator_class: Any) -> Any:
     """A validator that fills each missing property with its schema default before checking it."""
     check_properties = validator_class.VALIDATORS["properties"]
 

@@ -26,6 +26,7 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError, URLError
 
 import pandas as pd
@@ -777,7 +778,9 @@ def apply_fixes_archive(
 # local copy
 
 
-def check_local_dataset(root: str | os.PathLike[str], sets: Sequence[str]) -> dict[str, dict]:
+def check_local_dataset(
+    root: str | os.PathLike[str], sets: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     """Check an already-extracted BBBC038 copy (``data.source: local``).
 
     Expects ``root/<set>/<ImageId>/images/<ImageId>.png`` for each requested set (plus
@@ -799,7 +802,7 @@ def check_local_dataset(root: str | os.PathLike[str], sets: Sequence[str]) -> di
     root = Path(root)
     if not root.is_dir():
         raise NucleistyleError(f"data.local.path: {root} is not a directory")
-    summary: dict[str, dict] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name in sets:
         if name not in SOLUTION_FILES:
             raise NucleistyleError(

@@ -174,10 +174,9 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
                     return np.zeros(0, np.intp)
                 rows, cols = np.nonzero(np.asarray(im.crop(box)))
                 return (rows + box[1]) * shape[1] + (cols + box[0])
-            if im.mode in ("P", "PA"):
-                im = im.convert("RGBA")
-            arr = np.asarray(im)
-            bands = im.getbands()
+            converted = im.convert("RGBA") if im.mode in ("P", "PA") else im
+            arr: np.ndarray = np.asarray(converted)
+            bands = converted.getbands()
     except DECODE_ERRORS as exc:
         if isinstance(exc, NucleistyleError):
             raise
@@ -186,7 +185,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if arr.ndim == 3:
         # Any nonzero colour channel is foreground; alpha is not a colour.
         colour = [i for i, band in enumerate(bands) if band != "A"]
-        arr = arr[:, :, colour].any(axis=2)
+        arr = np.asarray(arr[:, :, colour].any(axis=2))
     return np.flatnonzero(arr)
 
 
@@ -303,8 +302,8 @@ def _pool(
             workers, mp.get_context("fork"), initializer=quiet_interrupts
         )
         return pool, _load_in_worker
-    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bbbc038")
-    return pool, _load_in_thread
+    threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bbbc038")
+    return threads, _load_in_thread
 
 
 def iter_samples(records: Sequence[ImageRecord], workers: int = 2) -> Iterator[Sample]:
@@ -338,9 +337,9 @@ def iter_samples(records: Sequence[ImageRecord], workers: int = 2) -> Iterator[S
                 pending.append(pool.submit(work, record))
             while pending:
                 sample, logged = pending.popleft().result()
-                record = next(todo, None)
-                if record is not None:
-                    pending.append(pool.submit(work, record))
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(work, following))
                 for entry in logged:
                     log.handle(entry)
                 yield sample

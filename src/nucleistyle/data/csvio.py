@@ -83,7 +83,7 @@ class GroundTruth:
     def label_image(self) -> tuple[np.ndarray, int]:
         """Decode the objects into an int32 label image (row k -> label k + 1).
 
-        Overlapping rows are resolved first-row-wins (rare in the real GT, see data-metric.md §3).
+        Overlapping rows are resolved first-row-wins (rare in the real ground truth).
 
         Returns:
             ``(labels, n_contested)``: (height, width) int32 array and the number of pixels

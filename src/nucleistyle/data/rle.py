@@ -64,9 +64,9 @@ def _parse_runs(rle: str, n_pixels: int, where: str) -> tuple[np.ndarray, np.nda
         )
     joined = "".join(tokens)
     if not (joined.isascii() and joined.isdigit()):
-        bad = next(t for t in tokens if not (t.isascii() and t.isdigit()))
-        kind = "non-positive" if bad.lstrip("-").isdigit() else "non-integer"
-        raise _fail(where, f"{kind} value {bad!r} in RLE")
+        token = next(t for t in tokens if not (t.isascii() and t.isdigit()))
+        kind = "non-positive" if token.lstrip("-").isdigit() else "non-integer"
+        raise _fail(where, f"{kind} value {token!r} in RLE")
     if max(map(len, tokens)) > 18:  # beyond int64: certainly past the last pixel
         raise _fail(
             where, f"value {max(tokens, key=len)!r} in RLE exceeds the image size {n_pixels}"

@@ -47,7 +47,7 @@ MIN_CROP = 16  # below the paper crop the discriminators adapt (depth, resize); 
 
 @dataclass(frozen=True)
 class GanConfig:
-    """GAN hyper-parameters (config section ``gan``); defaults = MDMM / gan.md §4-5.
+    """GAN hyper-parameters (config section ``gan``); defaults = MDMM / docs/gan.md.
 
     Attributes:
         n_domains: Number of domains C (the cluster k), >= 2.

@@ -1,6 +1,6 @@
 """Training data for the GAN: images grouped into domains by the cluster assignment.
 
-Preprocessing follows MDMM (``research/gan.md`` §1): every image is read as uint8 RGB and
+Preprocessing follows MDMM (docs/gan.md): every image is read as uint8 RGB and
 resized to ``resize`` x ``resize`` (bicubic, aspect ratio not kept) once, at load time; each
 draw takes a random ``crop`` x ``crop`` window and a random horizontal flip, scaled to [-1, 1].
 With ``resize = 0`` the crop is taken at native resolution instead (nuclei keep their scale,
@@ -103,7 +103,7 @@ def domain_names(table: pd.DataFrame, n_domains: int) -> tuple[str, ...]:
 def _prepare(record: ImageRecord, resize: int, crop: int) -> np.ndarray:
     image = read_image(record.image_path)[0]
     if resize > 0:
-        return np.asarray(Image.fromarray(image).resize((resize, resize), Image.BICUBIC))
+        return np.asarray(Image.fromarray(image).resize((resize, resize), Image.Resampling.BICUBIC))
     short = [max(0, crop - s) for s in image.shape[:2]]
     if any(short):
         image = np.pad(image, ((0, short[0]), (0, short[1]), (0, 0)), mode="reflect")
@@ -212,7 +212,7 @@ def to_tensor(batch: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def one_hot(domains: torch.Tensor | Sequence[int], n_domains: int) -> torch.Tensor:
+def one_hot(domains: torch.Tensor | np.ndarray | Sequence[int], n_domains: int) -> torch.Tensor:
     """Domain indices (N,) -> float32 one-hot (N, C)."""
     index = torch.as_tensor(domains, dtype=torch.int64)
     return torch.nn.functional.one_hot(index, n_domains).float()

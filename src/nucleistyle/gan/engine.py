@@ -1,11 +1,11 @@
-"""Training the multi-domain style-transfer GAN (paper §2.3; ``research/gan.md`` §2, §4, §5).
+"""Training the multi-domain style-transfer GAN (paper §2.3; docs/gan.md).
 
 One **iteration** = ``d_iter - 1`` content-discriminator updates, each on a fresh batch (MDMM's
-``d_iter = 3`` gives 2), then one full update on another batch: the forward pass of §2, the
+``d_iter = 3`` gives 2), then one full update on another batch: the forward pass (docs/gan.md), the
 image discriminators' step, then one step of E_c, E_a and G. ``iterations`` counts full updates
 (MDMM's ``total_it``); MDMM's 1200 epochs on the DSB clusters are about 118k of them.
 
-Choices made on purpose (the upstream pitfalls of gan.md §10):
+Choices made on purpose (the upstream pitfalls of docs/gan.md):
 
 * **Single generator step.** All E_c/E_a/G terms are summed and back-propagated once, then the
   three nets step together (HistAuGAN's fix; MDMM's two-step update raises an in-place error on
@@ -22,7 +22,7 @@ Choices made on purpose (the upstream pitfalls of gan.md §10):
   :mod:`nucleistyle.gan.networks`).
 * **One learning-rate schedule for all nets**, a pure function of (iteration, config):
   constant, then linear decay to ~0 (``lr_policy: linear``, MDMM) or x0.1 (``step``, HistAuGAN)
-  from ``decay_start * iterations``. Upstream never decays D_c's rate (a bug, §5); here it decays
+  from ``decay_start * iterations``. Upstream never decays D_c's rate (a bug); here it decays
   too. Raising ``iterations`` on resume re-plans the decay.
 * The D_c gradient norm is clipped to ``content_grad_clip`` (5), as upstream.
 
@@ -113,7 +113,7 @@ class GanNets(nn.Module):
 
     # the network classes; the layer-by-layer reference (gan/reference.py) swaps in its own
     content_encoder: type[nn.Module] = ContentEncoder
-    attribute_encoder: type[nn.Module] = AttributeEncoder
+    attribute_encoder: type[AttributeEncoder] = AttributeEncoder
     generator: type[nn.Module] = Generator
     image_discriminator: type[nn.Module] = ImageDiscriminator
     content_discriminator: type[nn.Module] = ContentDiscriminator
@@ -123,7 +123,7 @@ class GanNets(nn.Module):
         c, b, a = cfg.n_domains, cfg.base_channels, cfg.attribute_dim
         self.enc_c = self.content_encoder(b)
         self.enc_a = self.attribute_encoder(c, b, a, cfg.logvar_clamp)
-        self.gen = self.generator(c, b, a)
+        self.gen: Any = self.generator(c, b, a)  # Generator API: share, decode
         self.dis1 = self.image_discriminator(c, cfg.crop, b)
         self.dis2 = self.image_discriminator(c, cfg.crop, b)
         self.dis_c = self.content_discriminator(c, b)
@@ -176,7 +176,7 @@ class GanTrainer:
         self.checkpoint = checkpoint
         self.iteration = 0
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.nets = GanNets(cfg).to(device=device, memory_format=self.memory_format)
+        self.nets = GanNets(cfg).to(device).to(memory_format=self.memory_format)
         n = self.nets
 
         def adam(modules: list[nn.Module], lr: float) -> torch.optim.Adam:
@@ -236,7 +236,7 @@ class GanTrainer:
         return {k: float(v) for k, v in values.items()}
 
     def full_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
-        """Forward pass of gan.md §2, the dis1/dis2 step, then one E_c/E_a/G step.
+        """Forward pass of docs/gan.md, the dis1/dis2 step, then one E_c/E_a/G step.
 
         Args:
             images: uint8 (N, H, W, 3), N even; halves A = [:N/2], B = [N/2:].
@@ -285,9 +285,9 @@ class GanTrainer:
                     patches[n:], False
                 )
                 d_values[f"{name}_cls"] = L.domain_classification(classes[:n], c)
-            d_loss = sum(
-                d_values[f"{k}_adv"] + cfg.w_cls * d_values[f"{k}_cls"] for k in ("d1", "d2")
-            )
+            d_loss = torch.stack(
+                [d_values[f"{k}_adv"] + cfg.w_cls * d_values[f"{k}_cls"] for k in ("d1", "d2")]
+            ).sum()
         d_values = {k: v.detach() for k, v in d_values.items()}
         self._step("dis", d_loss, d_values)
 
@@ -318,7 +318,7 @@ class GanTrainer:
                 "kl": cfg.w_kl,
                 "kl_content": cfg.w_kl_content,
             }
-            g_loss = sum(weights[k] * v for k, v in g_values.items())
+            g_loss = torch.stack([weights[k] * v for k, v in g_values.items()]).sum()
         values = {**{k: v.detach() for k, v in g_values.items()}, "g_total": g_loss.detach()}
         self._step("gen", g_loss, values)
         return {k: float(v) for k, v in {**d_values, **values}.items()}

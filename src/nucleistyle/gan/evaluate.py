@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -117,8 +118,9 @@ def _transfer_row(
     target: int,
     seed: int,
     seg_original: np.ndarray,
-) -> dict[str, float]:
-    """Structure and style measures of one image restyled to ``target``."""
+) -> dict[str, Any]:
+    """Structure and style measures of one image restyled to ``target`` (and, as ``_styled``,
+    the segmentation of the restyled image)."""
     styled = stylizer.stylize([image], target, seed=seed)[0]
     seg_styled = segment_image(styled)
     features = pd.DataFrame([hsv_features(styled)], columns=list(FEATURE_NAMES))

@@ -1,4 +1,4 @@
-"""Loss terms of the MDMM objective (``research/gan.md`` §4), normalised per sample.
+"""Loss terms of the MDMM objective (docs/gan.md), normalised per sample.
 
 Upstream sums the adversarial terms and the KL over the batch (``MD_Dis`` returns a tensor that
 the loss loop iterates over sample by sample), so they grow with the batch size while the L1

@@ -1,6 +1,7 @@
 """The six networks of the multi-domain disentangled GAN (DRIT++ / MDMM, as packaged by HistAuGAN).
 
-Layer by layer as in ``research/gan.md`` §3 (re-implemented from that prose; no upstream code).
+MDMM's architecture (summarised, with its sources, in docs/gan.md), re-implemented from the
+published descriptions; no upstream code.
 All widths scale with ``base`` (64 in the paper); ``n_domains`` is C, ``attribute_dim`` is 8.
 
 * :class:`ContentEncoder` E_c: image (N, 3, H, W) -> content map z_c (N, 4b, ⌈H/4⌉, ⌈W/4⌉).
@@ -10,7 +11,7 @@ All widths scale with ``base`` (64 in the paper); ``n_domains`` is C, ``attribut
 * :class:`ImageDiscriminator` (two copies, dis1/dis2): PatchGAN real/fake logits + a domain head.
 * :class:`ContentDiscriminator` D_c: domain logits from z_c.
 
-Parameter counts for C = 6, base 64, crop 216 equal gan.md §3.7 exactly (E_c 5,099,136;
+Parameter counts for C = 6, base 64, crop 216 equal docs/gan.md exactly (E_c 5,099,136;
 E_a 1,350,224; G 5,563,619; each image D 15,765,120; D_c 10,684,934); ``tests/test_gan_model.py``
 checks them. Deliberate deviations, all without a parameter change:
 
@@ -62,7 +63,7 @@ __all__ = [
     "tile",
 ]
 
-CONTENT_D_MIN = 53  # smallest content map the D_c geometry accepts (crop 209, gan.md §3.6)
+CONTENT_D_MIN = 53  # smallest content map the D_c geometry accepts (crop 209, docs/gan.md)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -143,7 +144,9 @@ class _ReflectConv2d(nn.Conv2d):
         alike), with 4/9 of the multiply-adds and no pooling pass.
         """
         w = self.weight
-        kernel = sum(F.pad(w, (left, 1 - left, top, 1 - top)) for top in (0, 1) for left in (0, 1))
+        kernel = torch.stack(
+            [F.pad(w, (left, 1 - left, top, 1 - top)) for top in (0, 1) for left in (0, 1)]
+        ).sum(0)
         return F.conv2d(self._padded(x), kernel / 4, self.bias, 2)
 
 
@@ -240,6 +243,7 @@ class _BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         relu_in, conv_in, relu_mid, conv_out, _ = self.main  # conv_out + pool run as one
         pool, conv_1x1 = self.shortcut
+        assert isinstance(conv_out, _ReflectConv2d)
         return conv_out.pooled(relu_mid(conv_in(relu_in(x)))) + conv_1x1(pool(x))
 
 
@@ -253,8 +257,9 @@ class AttributeEncoder(nn.Module):
         logvar_clamp: log σ² is clamped to [-logvar_clamp, logvar_clamp].
     """
 
-    conv = staticmethod(_conv)  # the layer types (the plain reference form swaps them)
-    block = _BasicBlock
+    # the layer types (the plain reference form swaps them)
+    conv: Callable[..., nn.Module] = staticmethod(_conv)
+    block: type[nn.Module] = _BasicBlock
 
     def __init__(
         self, n_domains: int, base: int = 64, attribute_dim: int = 8, logvar_clamp: float = 10.0
@@ -277,6 +282,7 @@ class AttributeEncoder(nn.Module):
         # The input is [x; tile(c)]: the domain planes are constant (reflect padding keeps them
         # so), so their share of the first convolution is one vector per image.
         first, k = self.layers[0], x.shape[1]
+        assert isinstance(first, nn.Conv2d) and first.bias is not None
         h = first._conv_forward(x, first.weight[:, :k], None)
         h = h + (domain @ first.weight[:, k:].sum((2, 3)).t() + first.bias)[..., None, None]
         h = self.layers[1:](h).float()
@@ -327,6 +333,7 @@ class Generator(nn.Module):
         n, k, h, w = x.shape
         weight = self.out.weight.flatten(1)  # (c3, 3): rows k.. belong to the attribute
         y = torch.bmm(weight[:k].t().expand(n, 3, k), x.flatten(2)).float()  # stays NCHW
+        assert self.out.bias is not None
         offset = (attribute @ weight[k:]).float() + self.out.bias
         return (y + offset[..., None]).view(n, 3, h, w)
 

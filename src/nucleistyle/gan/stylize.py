@@ -65,7 +65,7 @@ def pad_to_multiple(image: np.ndarray, multiple: int = 4, minimum: int = MIN_SID
     if target == [h, w]:
         return image
     mode = "reflect" if min(h, w) > 1 else "edge"
-    return np.pad(image, pads, mode=mode)
+    return np.pad(image, pads, mode=mode)  # type: ignore[call-overload]  # numpy stubs: list pads
 
 
 def _as_rgb_list(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -85,7 +85,8 @@ def plot_pca(
                 alpha=0.8,
             )
     handles = [
-        Line2D([], [], color=_colour(c), marker="o", ls="", label=t) for c, t in labels.items()
+        Line2D([], [], color=tuple(_colour(c)), marker="o", ls="", label=t)  # type: ignore[arg-type]
+        for c, t in labels.items()
     ]
     if groups is not None:
         handles += [Line2D([], [], color="0.4", marker=m, ls="", label=g) for g, m in shape.items()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -202,10 +203,10 @@ def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("DSB score (mean over IoU 0.50:0.95)")
         ax.set_title(testset + (" (95% bootstrap CI over images)" if has_ci else ""), fontsize=10)
-    legend = {}  # one entry per model, even if a test set lacks it
+    legend: dict[str, Any] = {}  # one entry per model, even if a test set lacks it
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7, frameon=False)
     fig.tight_layout(rect=(0.0, 0.0, 1.0 - legend_width / total, 1.0))
     save_figure(fig, out_png)

@@ -39,7 +39,7 @@ def _square(image: np.ndarray, side: int = 0) -> np.ndarray:
     crop = image[y : y + s, x : x + s]
     if not side or side == s:
         return crop
-    return np.asarray(Image.fromarray(crop).resize((side, side), Image.BICUBIC))
+    return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
 
 
 def _off(ax: plt.Axes) -> None:

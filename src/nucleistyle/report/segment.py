@@ -51,6 +51,12 @@ PANELS = (
 SCORES = ("val_score", "train_score")  # the learning curve: validation, else monitored training
 
 
+def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    """A 0-255 colour as matplotlib's 0-1 RGB."""
+    r, g, b = colour
+    return r / 255, g / 255, b / 255
+
+
 def _score_column(table: pd.DataFrame) -> str | None:
     return next((c for c in SCORES if c in table.columns and table[c].notna().any()), None)
 
@@ -456,12 +462,12 @@ def plot_figure4(
             ax.set_yticks([])
     fig.legend(
         handles=[
-            Patch(color=np.divide(PREDICTED, 255), label="predicted nucleus"),
+            Patch(color=_rgb(PREDICTED), label="predicted nucleus"),
             Patch(
-                color=np.divide(GAINED, 255),
+                color=_rgb(GAINED),
                 label="found only with augmentation (IoU > 0.5 with a nucleus missed without)",
             ),
-            Patch(color=np.divide(TRUTH, 255), label="ground truth"),
+            Patch(color=_rgb(TRUTH), label="ground truth"),
         ],
         loc="lower center",
         ncol=3,

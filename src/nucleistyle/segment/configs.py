@@ -1,9 +1,10 @@
 """The two Mask R-CNN baselines as configuration: Deep Retina and Mirzaev.
 
-Every default below is a fact from ``research/baselines.md`` (cited by section as ``§1.3`` etc.:
-§1 is Deep Retina, §2 Mirzaev, §5 the mapping onto torchvision) or a stated substitution for
-this re-implementation. :func:`get_config` starts from a baseline's defaults and applies the
-overrides of the config file (sections ``segment.common`` and ``segment.<baseline>``).
+Every default below is a setting of one of the two public solutions, cited by name (Deep Retina:
+github.com/Lopezurrutia/DSB_2018; Mirzaev: github.com/mirzaevinom/data_science_bowl_2018), a
+torchvision convention, or a stated substitution for this re-implementation; docs/baselines.md
+tabulates them and explains each deviation. :func:`get_config` starts from a baseline's defaults
+and applies the overrides of the config file (``segment.common``, then ``segment.<baseline>``).
 
 Example:
     >>> cfg = get_config("deep_retina", {"backbone": "resnet18", "iterations": 200})
@@ -97,34 +98,36 @@ def _check_interval(key: str, value: Any, low: float) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Mask R-CNN hyper-parameters (torchvision ``MaskRCNN`` arguments, §5).
+    """Mask R-CNN hyper-parameters (torchvision ``MaskRCNN`` arguments).
 
     Attributes:
-        trainable_layers: Backbone stages trained (5 = all, Matterport ``layers="all"``, §1.6
-            and §2.6); only matters with pretrained weights (from scratch everything trains).
-        anchor_sizes: One square anchor side (px) per pyramid level P2..P6 (§1.3, §2.3: 8-128).
-        aspect_ratios: Anchor aspect ratios at every level (§1.3: 0.5, 1, 2).
-        rpn_batch_size_per_image: Anchors sampled per image for the RPN loss (§1.3: 256,
-            §2.3: 320).
+        trainable_layers: Backbone stages trained (5 = all, Matterport ``layers="all"``, Deep Retina
+            and Mirzaev); only matters with pretrained weights (from scratch everything trains).
+        anchor_sizes: One square anchor side (px) per pyramid level P2..P6 (both solutions:
+            8-128).
+        aspect_ratios: Anchor aspect ratios at every level (Deep Retina: 0.5, 1, 2).
+        rpn_batch_size_per_image: Anchors sampled per image for the RPN loss (Deep Retina: 256,
+            Mirzaev: 320).
         rpn_pre_nms_top_n_train: Proposals kept per pyramid level before NMS, training
-            (Matterport's 6000 is over all levels; §5 suggests ~2000 per level).
+            (Matterport's 6000 is over all levels; torchvision suggests ~2000 per level).
         rpn_pre_nms_top_n_test: The same at inference.
-        rpn_post_nms_top_n_train: Proposals kept after NMS, training (§1.3: 2000, §2.3: 2048).
-        rpn_post_nms_top_n_test: The same at inference (§1.3: 1000, §2.3: 2048).
-        rpn_nms_thresh: RPN NMS IoU (§1.3, §2.3: 0.7).
+        rpn_post_nms_top_n_train: Proposals kept after NMS, training (Deep Retina: 2000,
+            Mirzaev: 2048).
+        rpn_post_nms_top_n_test: The same at inference (Deep Retina: 1000, Mirzaev: 2048).
+        rpn_nms_thresh: RPN NMS IoU (Deep Retina, Mirzaev: 0.7).
         box_batch_size_per_image: ROIs sampled per image for the heads (TRAIN_ROIS_PER_IMAGE,
-            §1.3: 600, §2.3: 512).
+            Deep Retina: 600, Mirzaev: 512).
         box_positive_fraction: Positive share of those ROIs (ROI_POSITIVE_RATIO 0.33).
-        box_score_thresh: Minimum detection score (§1.3: 0.9, §2.3: 0.75).
-        box_nms_thresh: Detection NMS IoU (§1.3: 0.2, §2.3: 0.3).
-        box_detections_per_img: Maximum detections per image (§1.3: 512, §2.3: 400).
+        box_score_thresh: Minimum detection score (Deep Retina: 0.9, Mirzaev: 0.75).
+        box_nms_thresh: Detection NMS IoU (Deep Retina: 0.2, Mirzaev: 0.3).
+        box_detections_per_img: Maximum detections per image (Deep Retina: 512, Mirzaev: 400).
         image_mean: Per-channel mean subtracted from [0, 1] RGB. torchvision's ImageNet values
-            (§5: keep them with torchvision weights; Matterport subtracted its mean pixel only).
+            (keep them with torchvision weights; Matterport subtracted its mean pixel only).
         image_std: Per-channel divisor after the mean (ImageNet values, see ``image_mean``).
         fpn_channels: Width of the FPN and of the mask head's convolutions
-            (TOP_DOWN_PYRAMID_SIZE 256, §1.3; a narrower one is a cheap CPU-demo model: the
+            (TOP_DOWN_PYRAMID_SIZE 256, Deep Retina; a narrower one is a cheap CPU-demo model: the
             heads, not the backbone, dominate the cost on small images).
-        representation_size: Width of the box head's two fully connected layers (1024, §5).
+        representation_size: Width of the box head's two fully connected layers (1024, torchvision).
         head_norm: Batch norm after each layer of the box head (2 x 1024 fully connected) and
             the mask head (4 convolutions), as in Matterport's heads. Off by default:
             torchvision's v1 heads have none, and COCO weights (which cover these heads) would
@@ -189,23 +192,23 @@ class PrepConfig:
     """How images are sized for the network (training and inference).
 
     Attributes:
-        policy: ``"zoom_crop"`` (Deep Retina, §1.2/§1.5: random zoom so the short side is >=
+        policy: ``"zoom_crop"`` (Deep Retina: random zoom so the short side is >=
             ``size``, random ``size`` x ``size`` crop; inference at native size, upscaled only
-            when the short side is < ``size``) or ``"fit_longest"`` (Mirzaev, §2.2: longest side
+            when the short side is < ``size``) or ``"fit_longest"`` (Mirzaev: longest side
             resized to ``size`` at training and inference, zero padded to ``size`` x ``size``).
         size: The side length above (px; both solutions 512).
-        pad_multiple: zoom_crop inference pads H and W to a multiple of this (§1.2: pad64);
+        pad_multiple: zoom_crop inference pads H and W to a multiple of this (Deep Retina: pad64);
             fit_longest pads to ``size`` instead.
         min_enlarge: zoom_crop: upper zoom bound is ``max(min_enlarge, s_min * zoom)`` with
-            ``s_min = size / short side`` (§1.5 step 1: 1.2).
-        zoom: zoom_crop: see ``min_enlarge`` (§1.5 step 1: 1.5).
+            ``s_min = size / short side`` (Deep Retina: 1.2).
+        zoom: zoom_crop: see ``min_enlarge`` (Deep Retina: 1.5).
         aspect: zoom_crop: the width (p = 0.5) or else the height scale is multiplied by
-            U(1, aspect) (§1.5 step 1: 1.3).
-        crop: fit_longest: random crop side before the resize (§2.5: 256, p = 0.5).
-        crop_p: fit_longest: probability of that crop (§2.5: 0.5).
-        fill_holes: Fill holes of every training mask (§2.2 Mirzaev yes, §1.2 Deep Retina no).
+            U(1, aspect) (Deep Retina: 1.3).
+        crop: fit_longest: random crop side before the resize (Mirzaev: 256, p = 0.5).
+        crop_p: fit_longest: probability of that crop (Mirzaev: 0.5).
+        fill_holes: Fill holes of every training mask (Mirzaev yes, Deep Retina no).
         max_instances: At most this many instances per training sample, randomly subsampled
-            (MAX_GT_INSTANCES, §1.3 and §2.3: 256).
+            (MAX_GT_INSTANCES, Deep Retina and Mirzaev: 256).
     """
 
     policy: str = "zoom_crop"
@@ -237,18 +240,19 @@ class AugmentConfig:
     """Training augmentation; probabilities per sample, angles in degrees.
 
     Attributes:
-        hflip: Probability of a horizontal flip (§1.5, §2.5: 0.5).
-        vflip: Probability of a vertical flip (§1.5, §2.5: 0.5).
-        rot90: ``"any"`` (k uniform in 0..3, §1.5), ``"pm1"`` (p = 0.5, k = +-1, §2.5) or
+        hflip: Probability of a horizontal flip (Deep Retina, Mirzaev: 0.5).
+        vflip: Probability of a vertical flip (Deep Retina, Mirzaev: 0.5).
+        rot90: ``"any"`` (k uniform in 0..3, Deep Retina), ``"pm1"`` (p = 0.5, k = +-1, Mirzaev) or
             ``"none"``.
-        rotate_p: Probability of a free rotation, nearest-neighbour, zero corners (§1.5: 0.5).
-        rotate_deg: Its angle range +-deg (§1.5: 10).
+        rotate_p: Probability of a free rotation, nearest-neighbour, zero corners (Deep Retina:
+            0.5).
+        rotate_deg: Its angle range +-deg (Deep Retina: 10).
         channel_shift: Each RGB channel + U(-v, v) on the 0-255 scale, clipped to the image's
-            range, every sample (§1.5: 15; Mirzaev none).
+            range, every sample (Deep Retina: 15; Mirzaev none).
         affine_p: Probability of a scale + rotation warp about the centre with reflected
-            borders, relabelled by connected components (§2.5: 0.5; Deep Retina none).
-        affine_scale: Its isotropic scale range (§2.5: 0.5-2).
-        affine_deg: Its angle range +-deg (§2.5: 15).
+            borders, relabelled by connected components (Mirzaev: 0.5; Deep Retina none).
+        affine_scale: Its isotropic scale range (Mirzaev: 0.5-2).
+        affine_deg: Its angle range +-deg (Mirzaev: 15).
         style_p: Arm ``style`` only: probability that a draw shows one of the image's
             GAN-restyled copies instead of the original (the paper restyles half of the
             training images: 0.5).
@@ -304,18 +308,18 @@ class OptimConfig:
     (iterations or epochs).
 
     Attributes:
-        optimizer: ``"sgd"`` (§1.6: momentum 0.9) or ``"adam"`` (§2.6: amsgrad).
-        lr: Base learning rate (§1.6: 1e-3, §2.6: 1e-4).
-        momentum: SGD momentum (§1.6: 0.9).
-        amsgrad: Adam's AMSGrad variant (§2.6: yes).
-        weight_decay: L2 penalty; 1e-4 (§5: Matterport's form is far weaker; 1e-4 is the usual
-            modern choice).
-        grad_clip: Gradient norm clipped per parameter tensor (Keras clipnorm 5, §1.6, §2.6);
+        optimizer: ``"sgd"`` (Deep Retina: momentum 0.9) or ``"adam"`` (Mirzaev: amsgrad).
+        lr: Base learning rate (Deep Retina: 1e-3, Mirzaev: 1e-4).
+        momentum: SGD momentum (Deep Retina: 0.9).
+        amsgrad: Adam's AMSGrad variant (Mirzaev: yes).
+        weight_decay: L2 penalty; 1e-4 (Matterport's form is far weaker; 1e-4 is torchvision's
+            usual choice).
+        grad_clip: Gradient norm clipped per parameter tensor (Keras clipnorm 5, both solutions);
             0 disables.
-        milestones: Fractions of the total where the LR drops (§1.6 step 1: epochs 30 and 50 of
-            75; §2.6: 25 and 50 of 75).
-        lr_factors: LR multipliers before, between and after the milestones (§1.6: 1, 0.1,
-            1/30; §2.6: 1, 0.1, 0.01).
+        milestones: Fractions of the total where the LR drops (Deep Retina: epochs 30 and 50 of
+            75; Mirzaev: 25 and 50 of 75).
+        lr_factors: LR multipliers before, between and after the milestones (Deep Retina: 1, 0.1,
+            1/30; Mirzaev: 1, 0.1, 0.01).
         warmup_iters: Linear warm-up from ``lr / 1000`` over this many iterations (torchvision
             references; none in either solution, useful from scratch).
     """
@@ -379,18 +383,19 @@ class PostConfig:
         mask_threshold: Mask probability threshold. 0.5 for both: Mirzaev's 0.35 was tuned for
             Matterport's 28 x 28 mask geometry; on torchvision's masks it scored a trained model
             0.201 against 0.349 at 0.5 (docs/baselines.md).
-        min_area: Instances of at most this many px are dropped (§2.7: 10; §1.7: none = 0).
-        fill_holes: Fill holes of each mask (§2.7 yes).
-        closing: Binary closing with a 3x3 cross (§2.7 yes).
+        min_area: Instances of at most this many px are dropped (Mirzaev: 10; Deep Retina: none,
+            0).
+        fill_holes: Fill holes of each mask (Mirzaev yes).
+        closing: Binary closing with a 3x3 cross (Mirzaev yes).
         dilation: Binary dilations with a 3x3 cross. 0 for both: Deep Retina dilated
             Matterport's masks by 1 px because they came out too small; torchvision's are
             already at least as large as the ground truth, and the dilation capped the ground
             truth itself at 0.573 (docs/baselines.md).
         max_lost: Drop an instance that lost more than this share of its area to better ones
-            (§1.7a: 0.7; 1.0 never).
-        drop_fragmented: Drop an instance left in several pieces (§2.7 yes).
+            (Deep Retina: 0.7; 1.0 never).
+        drop_fragmented: Drop an instance left in several pieces (Mirzaev yes).
         fallback_canvas: If the prediction has fewer than 2 foreground px, predict again with
-            the image pasted into a canvas this many times larger and crop back (§2.7: 4;
+            the image pasted into a canvas this many times larger and crop back (Mirzaev: 4;
             0 = off).
     """
 
@@ -423,17 +428,17 @@ class SegmenterConfig:
     Attributes:
         baseline: ``"deep_retina"`` or ``"mirzaev"``.
         backbone: ``resnet18`` / ``resnet34`` (CPU demo), ``resnet50`` (default: the closest
-            torchvision model with COCO weights, §5.1) or ``resnet101`` (both originals,
-            §1.3 and §2.3), each with an FPN.
-        weights: ``"none"`` (from scratch), ``"imagenet"`` (backbone only, as Mirzaev §2.6),
+            torchvision model with COCO weights) or ``resnet101`` (both originals,
+            Deep Retina and Mirzaev), each with an FPN.
+        weights: ``"none"`` (from scratch), ``"imagenet"`` (backbone only, as Mirzaev),
             ``"coco"`` (ResNet-50 Mask R-CNN without its class-specific layers, as Deep
-            Retina §1.6) or the path of a local weights file (a torchvision detection or
+            Retina) or the path of a local weights file (a torchvision detection or
             ResNet state dict, or a segmenter model file).
         iterations: Training iterations (batches); exclusive with ``epochs``.
         epochs: Training length in passes over the training images (an epoch is
-            ceil(images / batch_size) iterations, §1.4 and §2.4); both solutions ran 75
-            (§1.6 step 1, §2.6).
-        batch_size: Images per iteration (§1.6, §2.6: 2).
+            ceil(images / batch_size) iterations, Deep Retina and Mirzaev); both solutions ran 75
+            (Deep Retina, Mirzaev).
+        batch_size: Images per iteration (Deep Retina, Mirzaev: 2).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (bf16 autocast on CUDA and bf16-capable CPUs), ``fp32``, ``bf16``.
         checkpoint_every: Iterations between checkpoints.
@@ -441,11 +446,11 @@ class SegmenterConfig:
         seed: Seed of the weights, the sampling order and every augmentation.
         workers: DataLoader worker processes preparing samples (0 = in the training process).
         val_fraction: Share of the (first) training folder held out for validation, stratified
-            by image type (§2.4 Mirzaev: 0.1; §1.4 Deep Retina: 0, no split).
+            by image type (Mirzaev: 0.1; Deep Retina: 0, no split).
         val_every: Iterations between validation losses (None: once per epoch).
-        split_seed: Seed of the validation split (§2.4: 11).
-        selection: Which weights become the model: ``"last"`` (§1.4) or ``"best_val"``, the
-            lowest validation loss within the last LR phase (§2.6: best-val checkpoint of the
+        split_seed: Seed of the validation split (Mirzaev: 11).
+        selection: Which weights become the model: ``"last"`` (Deep Retina) or ``"best_val"``, the
+            lowest validation loss within the last LR phase (Mirzaev: best-val checkpoint of the
             last ``train()`` call).
         model: See :class:`ModelConfig`.
         prep: See :class:`PrepConfig`.
@@ -522,32 +527,32 @@ class SegmenterConfig:
 
 # Baseline defaults that differ from the dataclass defaults (which are Deep Retina's).
 _MIRZAEV: dict[str, Any] = {
-    "val_fraction": 0.1,  # §2.4: 90/10 split stratified by modality, seed 11
-    "selection": "best_val",  # §2.6: best val loss, last phase
+    "val_fraction": 0.1,  # Mirzaev: 90/10 split stratified by modality, seed 11
+    "selection": "best_val",  # Mirzaev: best val loss, last phase
     "model": {
-        "rpn_batch_size_per_image": 320,  # §2.3
-        "rpn_post_nms_top_n_train": 2048,  # §2.3
-        "rpn_post_nms_top_n_test": 2048,  # §2.3, §2.7
-        "box_batch_size_per_image": 512,  # §2.3
-        "box_score_thresh": 0.75,  # §2.3, §2.7
-        "box_nms_thresh": 0.3,  # §2.3, §2.7
-        "box_detections_per_img": 400,  # §2.3
+        "rpn_batch_size_per_image": 320,  # Mirzaev
+        "rpn_post_nms_top_n_train": 2048,  # Mirzaev
+        "rpn_post_nms_top_n_test": 2048,  # Mirzaev
+        "box_batch_size_per_image": 512,  # Mirzaev
+        "box_score_thresh": 0.75,  # Mirzaev
+        "box_nms_thresh": 0.3,  # Mirzaev
+        "box_detections_per_img": 400,  # Mirzaev
     },
-    "prep": {"policy": "fit_longest", "fill_holes": True},  # §2.2
+    "prep": {"policy": "fit_longest", "fill_holes": True},  # Mirzaev
     "augment": {
-        "rot90": "pm1",  # §2.5 step 4
-        "rotate_p": 0.0,  # no free rotation besides the affine warp (§2.5)
-        "channel_shift": 0.0,  # §2.5: no colour augmentation
-        "affine_p": 0.5,  # §2.5 step 1
+        "rot90": "pm1",  # Mirzaev
+        "rotate_p": 0.0,  # no free rotation besides the affine warp (Mirzaev)
+        "channel_shift": 0.0,  # Mirzaev: no colour augmentation
+        "affine_p": 0.5,  # Mirzaev
     },
     "optim": {
-        "optimizer": "adam",  # §2.6: Adam, amsgrad, clipnorm 5
+        "optimizer": "adam",  # Mirzaev: Adam, amsgrad, clipnorm 5
         "amsgrad": True,
         "lr": 1e-4,
-        "milestones": (25 / 75, 50 / 75),  # §2.6: 1e-4 / 1e-5 / 1e-6 for 25 epochs each
+        "milestones": (25 / 75, 50 / 75),  # Mirzaev: 1e-4 / 1e-5 / 1e-6 for 25 epochs each
         "lr_factors": (1.0, 0.1, 0.01),
     },
-    "post": {  # §2.7
+    "post": {  # Mirzaev
         "min_area": 10,
         "fill_holes": True,
         "closing": True,

@@ -104,7 +104,7 @@ def list_training_records(train_dirs: Sequence[PathLike]) -> list[tuple[int, Ima
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill the holes of every instance (Mirzaev's ``binary_fill_holes`` per mask, §2.2).
+    """Fill the holes of every instance (Mirzaev's ``binary_fill_holes`` per mask).
 
     A hole is background enclosed by one instance; pixels of other instances are never
     overwritten.
@@ -122,7 +122,7 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
 def image_kind(image: np.ndarray) -> str:
     """A cheap image-type key for stratified splits: grey/colour x dark/bright background.
 
-    It stands in for the foreground/background colour classes Mirzaev stratified by (§2.4:
+    It stands in for the foreground/background colour classes Mirzaev stratified by (Mirzaev:
     white/black, purple/purple, purple/white, black/white) when no cluster table is given.
     """
     rgb = image.astype(np.float32)
@@ -163,7 +163,7 @@ def split_validation(
     seed: int,
     groups: Mapping[str, str] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Stratified train / validation split of the original images (§2.4: 90/10, seed 11).
+    """Stratified train / validation split of the original images (Mirzaev: 90/10, seed 11).
 
     Like scikit-learn's stratified ``train_test_split``: ``ceil(fraction * n)`` images go to
     validation, shared among the strata in proportion to their sizes (largest remainders

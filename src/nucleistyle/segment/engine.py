@@ -1,8 +1,8 @@
 """Training engine in the style of torchvision's ``references/detection/engine.py``.
 
-:func:`train_one_epoch` runs iterations with bf16 autocast (when configured), per-tensor
+:func:`train_iterations` runs iterations with bf16 autocast (when configured), per-tensor
 gradient clipping and a per-iteration learning rate, logging smoothed losses;
-:func:`evaluate` gives the validation losses (Mirzaev's model selection, §2.6);
+:func:`evaluate` gives the validation losses (Mirzaev's model selection, Mirzaev);
 :func:`train_segmenter` ties it together: data, model, optimiser, checkpoints with resume and
 the final model file.
 
@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,11 @@ __all__ = [
     "MODEL_FORMAT",
     "MetricLogger",
     "SmoothedValue",
+    "TrainingRun",
     "evaluate",
     "fingerprint",
     "make_optimizer",
-    "train_one_epoch",
+    "train_iterations",
     "train_segmenter",
 ]
 
@@ -148,7 +150,7 @@ def make_optimizer(model: nn.Module, cfg: SegmenterConfig) -> torch.optim.Optimi
 
 
 def _clip_per_tensor(params: Iterable[torch.Tensor], max_norm: float) -> None:
-    """Keras ``clipnorm``: scale each gradient tensor to norm <= ``max_norm`` (§1.6, §2.6)."""
+    """Keras ``clipnorm``: scale each gradient tensor to norm <= ``max_norm`` (both solutions)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
@@ -163,21 +165,36 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[list, list]:
     return images, targets
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterator[Batch],
-    device: torch.device,
-    dtype: torch.dtype | None,
-    cfg: SegmenterConfig,
-    start: int,
-    stop: int,
-    total: int,
-    history: LossHistory,
-    metrics: MetricLogger,
-    checkpoint: PathLike | None = None,
-) -> None:
-    """Train iterations ``start`` .. ``stop - 1`` (an epoch, or the part up to a checkpoint).
+@dataclass
+class TrainingRun:
+    """What stays fixed across the iterations of one training run.
+
+    Attributes:
+        model, optimizer: What is trained, and how.
+        batches: An endless iterator of training batches (CPU tensors).
+        device, dtype: Where the model runs; the autocast dtype (None: fp32).
+        cfg: The configuration (learning-rate schedule, gradient clipping, logging interval).
+        total: Iterations in the whole run: the length of the learning-rate schedule.
+        history: Loss rows are appended here.
+        metrics: The smoothing window of the logged losses.
+        checkpoint: Named when a loss diverges (the last checkpoint is kept).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[Batch]
+    device: torch.device
+    dtype: torch.dtype | None
+    cfg: SegmenterConfig
+    total: int
+    history: LossHistory
+    metrics: MetricLogger
+    checkpoint: PathLike | None = None
+
+
+def train_iterations(run: TrainingRun, start: int, stop: int) -> None:
+    """Train iterations ``start`` .. ``stop - 1`` of ``run`` (up to the next checkpoint or
+    validation).
 
     Every ``cfg.log_every`` iterations the losses and seconds per iteration, averaged over the
     ``metrics`` window, and the current learning rate are logged and appended to ``history``
@@ -186,6 +203,8 @@ def train_one_epoch(
     Raises:
         TrainingDiverged: a loss became NaN or infinite (the last checkpoint is kept).
     """
+    model, optimizer, cfg, total = run.model, run.optimizer, run.cfg, run.total
+    history, metrics, checkpoint = run.history, run.metrics, run.checkpoint
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     progress = tqdm(
@@ -193,11 +212,11 @@ def train_one_epoch(
     )
     tic = time.perf_counter()
     for iteration in progress:
-        images, targets = _to_device(next(batches), device)
+        images, targets = _to_device(next(run.batches), run.device)
         lr = cfg.optim.lr_at(iteration, total)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast(device, dtype):
+        with autocast(run.device, run.dtype):
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
@@ -226,7 +245,7 @@ def evaluate(
     dtype: torch.dtype | None,
     batch_size: int,
 ) -> dict[str, float]:
-    """Mean losses over ``samples`` (validation, §2.4), without updating anything.
+    """Mean losses over ``samples`` (validation, Mirzaev), without updating anything.
 
     The model runs in training mode (torchvision returns losses only then) with its batch-norm
     layers in eval mode, so running statistics are not touched.
@@ -456,6 +475,9 @@ def train_segmenter(
         )
         log.info("checkpoint %s at iteration %d", checkpoint, iteration)
 
+    run = TrainingRun(
+        model, optimizer, batches, device, dtype, cfg, total, history, metrics, checkpoint
+    )
     iteration = start
     wall, cpu = time.perf_counter(), time.process_time()
     while iteration < total:
@@ -464,20 +486,7 @@ def train_segmenter(
             (iteration // cfg.checkpoint_every + 1) * cfg.checkpoint_every,
             (iteration // val_every + 1) * val_every,
         )
-        train_one_epoch(
-            model,
-            optimizer,
-            batches,
-            device,
-            dtype,
-            cfg,
-            iteration,
-            stop,
-            total,
-            history,
-            metrics,
-            checkpoint,
-        )
+        train_iterations(run, iteration, stop)
         iteration = stop
         now_wall, now_cpu = time.perf_counter(), time.process_time()
         clock["wall_s"] += now_wall - wall

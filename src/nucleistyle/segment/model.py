@@ -1,4 +1,4 @@
-"""torchvision Mask R-CNN built from a :class:`~.configs.SegmenterConfig` (baselines.md §5).
+"""torchvision Mask R-CNN built from a :class:`~.configs.SegmenterConfig` (torchvision).
 
 Two classes (background, nucleus); one anchor size per FPN level (8..128) x 3 aspect ratios;
 RPN / ROI sample counts and detection thresholds from the config. Sizing is done by the
@@ -7,8 +7,8 @@ normalises and pads (:class:`PreparedTransform`): torchvision's default would re
 image to 800-1333 px, which is both wrong for these baselines and 3-6x slower on a CPU.
 
 Pretrained weights (``cfg.weights``): ``coco`` (torchvision's ResNet-50 Mask R-CNN without the
-class-specific layers, like Deep Retina's COCO start, §1.6), ``imagenet`` (backbone only, like
-Mirzaev, §2.6), a local file, or ``none``. With pretrained weights the backbone's batch norm is
+class-specific layers, like Deep Retina's COCO start), ``imagenet`` (backbone only, like
+Mirzaev), a local file, or ``none``. With pretrained weights the backbone's batch norm is
 frozen (Matterport TRAIN_BN=False); from scratch it is trainable, as torchvision does.
 """
 
@@ -97,7 +97,7 @@ class HeadBatchNorm2d(nn.BatchNorm2d):
 
 class NormMLPHead(nn.Module):
     """Matterport's box head: two fully connected layers (1024 wide there), each followed by
-    batch norm and ReLU (§5). Layer names match torchvision's ``TwoMLPHead`` (fc6, fc7), so
+    batch norm and ReLU (torchvision). Layer names match torchvision's ``TwoMLPHead`` (fc6, fc7), so
     COCO weights still load into the linear layers."""
 
     def __init__(self, in_channels: int, representation_size: int = 1024) -> None:
@@ -201,7 +201,7 @@ def _backbone_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _as_float32(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.float() if value.is_floating_point() else value
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return type(value)((k, _as_float32(v)) for k, v in value.items())
     if isinstance(value, list | tuple):
         return type(value)(_as_float32(v) for v in value)

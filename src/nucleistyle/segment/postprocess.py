@@ -4,8 +4,8 @@ Instances are kept as crops (a boolean array per instance plus its top-left offs
 grows with the summed box areas, not with instances x image size (hundreds of nuclei on a
 1040 x 1388 image would otherwise need gigabytes).
 
-Deep Retina (baselines.md §1.7a): 1-px dilation, score-ordered overlap removal, drop an
-instance that lost > 70 % of its area. Mirzaev (§2.7): drop <= 10 px, fill holes, closing with a
+Deep Retina (Deep Retina): 1-px dilation, score-ordered overlap removal, drop an
+instance that lost > 70 % of its area. Mirzaev (Mirzaev): drop <= 10 px, fill holes, closing with a
 3x3 cross, score-ordered overlap removal, drop instances left in several pieces, drop <= 10 px.
 Both are :func:`postprocess` with different :class:`~.configs.PostConfig` switches.
 
@@ -32,7 +32,7 @@ from nucleistyle.segment.configs import PostConfig
 __all__ = ["Instances", "postprocess"]
 
 CROSS = ndi.generate_binary_structure(2, 1)  # scipy's / skimage's default 3x3 cross
-EIGHT = np.ones((3, 3), bool)  # 8-connectivity for the fragment test (§2.7)
+EIGHT = np.ones((3, 3), bool)  # 8-connectivity for the fragment test (Mirzaev)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Instances:
         """From an (n, H, W) boolean stack and n scores (empty masks are kept, as empty crops)."""
         masks = np.asarray(masks, bool)
         n, height, width = masks.shape
-        rows, cols = masks.any(axis=2), masks.any(axis=1)
+        rows, cols = np.asarray(masks.any(axis=2)), np.asarray(masks.any(axis=1))
         offsets = np.zeros((n, 2), np.int64)
         crops = []
         for i in range(n):

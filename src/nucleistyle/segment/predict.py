@@ -15,7 +15,7 @@ baseline's ``post.mask_threshold`` (probability ``>`` it), clipped to the image,
 in :meth:`Segmenter.postprocess`; with the identity as the only transform and one image per
 network call, TTA gives the single-pass labels bit for bit.
 
-Sizing follows each baseline (§1.2 / §2.2): Deep Retina runs at native size, upscaled only when
+Sizing follows each baseline: Deep Retina runs at native size, upscaled only when
 the short side is below ``prep.size`` and padded to a multiple of 64; Mirzaev resizes the
 longest side to ``prep.size`` and pads to a square. Detections are mapped back to the input's
 pixel grid, so the label images always have the input's size.
@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,9 +158,9 @@ class Segmenter:
     def scale_for(self, height: int, width: int) -> float:
         """The resize factor the baseline applies to an image of this size."""
         size = self.cfg.prep.size
-        if self.cfg.prep.policy == "zoom_crop":  # upscale only (§1.2)
+        if self.cfg.prep.policy == "zoom_crop":  # upscale only (Deep Retina)
             return max(1.0, size / min(height, width))
-        return size / max(height, width)  # longest side -> size (§2.2)
+        return size / max(height, width)  # longest side -> size (Mirzaev)
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, float, float]:
         height, width = image.shape[:2]
@@ -181,7 +182,7 @@ class Segmenter:
             score threshold, NMS and detection cap applied.
         """
         prepared = [self._prepare(image) for image in images]
-        model = self.model
+        model: Any = self.model  # torchvision MaskRCNN: its parts are called one by one
         with autocast(self.device, self.dtype):
             batch, _ = model.transform([t for t, _, _ in prepared])
             features = model.backbone(batch.tensors)
@@ -230,7 +231,7 @@ class Segmenter:
         thresholded at ``tta.mask_threshold`` (for binary masks: the voted pixels under
         ``"vote"``, the union under ``"union"``); merged scores are the members' mean score.
 
-        Mirzaev's fallback (§2.7, ``post.fallback_canvas`` = k): an image with fewer than 2
+        Mirzaev's fallback (Mirzaev, ``post.fallback_canvas`` = k): an image with fewer than 2
         foreground pixels is pasted at the top-left of a k-times larger zero canvas, segmented
         again *the same way* (with TTA when TTA is on, as Mirzaev's ``predict.py`` does) and
         cropped back; objects keep their order. Canvases go one at a time (k² times the area).

@@ -7,9 +7,9 @@ resumed run draws the same samples). Geometry moves image and labels together: b
 image, nearest neighbour for labels. Label values need not stay consecutive; instances that
 leave the frame simply disappear. :func:`to_target` turns the labels into torchvision's target.
 
-Baseline pipelines (:func:`training_pipeline`): Deep Retina (baselines.md §1.5) = random zoom +
+Baseline pipelines (:func:`training_pipeline`): Deep Retina (Deep Retina) = random zoom +
 aspect jitter -> random crop -> flips, rot90, p.5 rotation +-10 (nearest) -> channel shift +-15;
-Mirzaev (§2.5) = p.5 affine (scale 0.5-2, rotation +-15, reflected borders) -> p.5 crop 256 ->
+Mirzaev (Mirzaev) = p.5 affine (scale 0.5-2, rotation +-15, reflected borders) -> p.5 crop 256 ->
 longest side to 512 -> flips, p.5 rot90 +-1. The ``jitter`` arm adds :class:`ColourJitter`.
 
 Example:
@@ -95,12 +95,12 @@ class Compose:
 
 @dataclass(frozen=True)
 class RandomZoomCrop:
-    """Deep Retina's random zoom with aspect jitter, then a random square crop (§1.5 steps 1-2).
+    """Deep Retina's random zoom with aspect jitter, then a random square crop (Deep Retina).
 
     ``s_min = size / min(h, w)``, ``s ~ U(s_min, max(min_enlarge, s_min * zoom))``; then the
     width scale (p = 0.5) or else the height scale is multiplied by U(1, aspect); then a uniform
-    ``size`` x ``size`` crop. Crops without any instance are redrawn (``tries`` times; §1.5
-    step 3 skips them), the last one is kept either way.
+    ``size`` x ``size`` crop. Crops without any instance are redrawn (``tries`` times; Deep
+    Retina skips them), the last one is kept either way.
     """
 
     size: int
@@ -132,7 +132,7 @@ class RandomZoomCrop:
 
 @dataclass(frozen=True)
 class FitLongest:
-    """Resize so the longest side is ``size`` (Mirzaev, §2.2; both up- and down-scaling)."""
+    """Resize so the longest side is ``size`` (Mirzaev; both up- and down-scaling)."""
 
     size: int
 
@@ -144,7 +144,7 @@ class FitLongest:
 
 @dataclass(frozen=True)
 class RandomCrop:
-    """With probability ``p`` a uniform ``size`` x ``size`` crop (§2.5 step 2).
+    """With probability ``p`` a uniform ``size`` x ``size`` crop (Mirzaev).
 
     No-op along a side that is not longer than ``size``; a crop without instances is rejected
     (the input is kept), as Mirzaev did.
@@ -182,8 +182,8 @@ class RandomFlip:
 class RandomRot90:
     """Rotate by k x 90 degrees (counter-clockwise, ``np.rot90``).
 
-    ``mode`` ``"any"``: k uniform in {0, 1, 2, 3} (§1.5); ``"pm1"``: with p = 0.5, k = +1 or
-    -1 (§2.5); ``"none"``: identity.
+    ``mode`` ``"any"``: k uniform in {0, 1, 2, 3} (Deep Retina); ``"pm1"``: with p = 0.5, k = +1 or
+    -1 (Mirzaev); ``"none"``: identity.
     """
 
     mode: str = "any"
@@ -203,7 +203,7 @@ class RandomRot90:
 @dataclass(frozen=True)
 class RandomRotate:
     """With probability ``p`` rotate by U(-deg, deg) about the centre, nearest neighbour for
-    image and labels, same canvas, corners zero (§1.5: Deep Retina's free rotation)."""
+    image and labels, same canvas, corners zero (Deep Retina's free rotation)."""
 
     p: float = 0.5
     deg: float = 10.0
@@ -232,8 +232,8 @@ def _centre_affine(shape: tuple[int, int], scale: float, angle: float) -> tuple[
 
 @dataclass(frozen=True)
 class RandomAffine:
-    """With probability ``p`` scale U(scale) and rotate U(-deg, deg) about the centre (§2.5
-    step 1): same canvas, bilinear image, nearest labels, reflected borders (OpenCV
+    """With probability ``p`` scale U(scale) and rotate U(-deg, deg) about the centre (Mirzaev):
+    same canvas, bilinear image, nearest labels, reflected borders (OpenCV
     REFLECT_101 = scipy ``mirror``), labels re-split into connected components (a reflected
     nucleus becomes its own instance). Rejected (input kept) if no instance survives."""
 
@@ -263,7 +263,7 @@ class RandomAffine:
 @dataclass(frozen=True)
 class ChannelShift:
     """Add U(-shift, shift) to each RGB channel (0-255 scale), clipped to the image's own
-    [min, max] (§1.5: Deep Retina, +-15)."""
+    [min, max] (Deep Retina, +-15)."""
 
     shift: float = 15.0
 
@@ -319,9 +319,9 @@ def training_pipeline(cfg: SegmenterConfig, arm: str = "none") -> Compose:
         aug.jitter_invert,
     )
     steps: list[Transform] = []
-    if prep.policy == "zoom_crop":  # §1.5 order: zoom, crop, flips, rot90, rotation, shift
+    if prep.policy == "zoom_crop":  # Deep Retina order: zoom, crop, flips, rot90, rotation, shift
         steps.append(RandomZoomCrop(prep.size, prep.min_enlarge, prep.zoom, prep.aspect))
-    else:  # §2.5 order: affine, crop, resize, flips, rot90
+    else:  # Mirzaev order: affine, crop, resize, flips, rot90
         steps += [
             RandomAffine(aug.affine_p, aug.affine_scale, aug.affine_deg),
             RandomCrop(prep.crop, prep.crop_p),
@@ -354,7 +354,7 @@ class _CentreZoomCrop:
 
 
 def eval_pipeline(cfg: SegmenterConfig) -> Compose:
-    """Deterministic preparation of validation samples (no augmentation, §2.4): Mirzaev's
+    """Deterministic preparation of validation samples (no augmentation, Mirzaev): Mirzaev's
     longest side to ``size``; Deep Retina's short side to ``size`` and a centre crop."""
     if cfg.prep.policy == "zoom_crop":
         return Compose([_CentreZoomCrop(cfg.prep.size)])
