@@ -508,3 +508,32 @@ def test_plot_training_draws_every_history(tmp_path: Path) -> None:
     (tmp_path / "bad.tsv").write_text("x\ty\n1\t2\n")
     with pytest.raises(NucleistyleError, match=r"bad\.tsv: not a training history"):
         plot_training({"bad": tmp_path / "bad.tsv"}, tmp_path / "x.png")
+
+
+def test_the_config_schema_documents_every_segmenter_key_and_no_other():
+    """segment.common / segment.<baseline> in the schema list exactly the dataclass fields
+    (recursively), each with a description naming the baselines' defaults."""
+    import dataclasses
+
+    import yaml
+
+    from nucleistyle.segment.configs import SegmenterConfig, get_config
+    from tests.conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    node = schema["$defs"]["segmenter"]
+
+    def check(props: dict, config: object, path: str) -> None:
+        fields = {f.name for f in dataclasses.fields(config)} - {"baseline", "seed"}
+        assert set(props) == fields, path
+        for name in fields:
+            value = getattr(config, name)
+            if dataclasses.is_dataclass(value):
+                check(props[name]["properties"], value, f"{path}.{name}")
+            else:
+                assert "Default:" in props[name]["description"], f"{path}.{name}"
+
+    check(node["properties"], get_config("mirzaev"), "segment")
+    assert isinstance(get_config("deep_retina"), SegmenterConfig)
+    for key in ("common", "deep_retina", "mirzaev"):
+        assert schema["properties"]["segment"]["properties"][key]["$ref"] == "#/$defs/segmenter"

@@ -351,7 +351,7 @@ def test_changing_the_gan_reruns_the_style_arm_and_nothing_else(tiny_demo):
     style-arm segmenters and their predictions and scores; not the `none` arm, not the classical."""
     dry_run = ("-n", "--profile", "profiles/demo", "--config", *TINY)
     gan = next(item for item in TINY if item.startswith("gan="))
-    module = tiny_demo / "src" / "nucleistyle" / "gan" / "trainer.py"
+    module = tiny_demo / "src" / "nucleistyle" / "gan" / "engine.py"
     original = module.read_text()
     try:
         module.write_text(original + "\n# a change\n")
