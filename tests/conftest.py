@@ -176,6 +176,8 @@ def write_paired_tiffs(root: Path, samples, labels: bool = True) -> Path:
 # running the workflow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# The demo's config files over config.yaml, as profiles/demo lists them.
+DEMO_CONFIG = ("--configfile", "config.small.yaml", "config.demo.yaml")
 # The demo, shrunk to seconds per stage: same rules and code paths, toy sizes.
 TINY = [
     "data={synthetic: {n_train: 15, n_test_per_modality: 2}}",

@@ -162,14 +162,20 @@ def test_fastest_setting_is_the_best_geometric_mean(capsys: pytest.CaptureFixtur
 
 
 def test_bench_configs_are_the_workflows_overlays() -> None:
-    cpu_file = yaml.safe_load((REPO / "config.cpu.yaml").read_text())["segment"]
-    demo_file = yaml.safe_load((REPO / "config.demo.yaml").read_text())["segment"]
+    def segment(name: str) -> dict:
+        return yaml.safe_load((REPO / name).read_text())["segment"]
+
+    small, cpu_file, demo_file = (segment(f"config.{n}.yaml") for n in ("small", "cpu", "demo"))
     demo = bench_segment.segment_overrides("demo", "deep_retina")
     assert demo["backbone"] == "resnet18" and demo["prep"] == demo_file["deep_retina"]["prep"]
-    assert demo["model"] == demo_file["common"]["model"]  # kept beside the baseline's prep
+    assert demo["model"] == {**small["common"]["model"], **demo_file["common"]["model"]}
     cpu = bench_segment.segment_overrides("cpu", "mirzaev")
     assert cpu["prep"] == cpu_file["mirzaev"]["prep"]
-    assert cpu["model"] == {**cpu_file["common"]["model"], **cpu_file["mirzaev"]["model"]}
+    assert cpu["model"] == {
+        **small["common"]["model"],
+        **cpu_file["common"]["model"],
+        **cpu_file["mirzaev"]["model"],
+    }
     paper = bench_segment.segment_overrides("paper", "deep_retina")
     assert paper["backbone"] == "resnet50" and "iterations" not in paper
 

@@ -89,3 +89,18 @@ def test_holdout_command_prints_the_split_per_cluster(synthetic_train, tmp_path,
     assert out.startswith("held out ") and "stage1_test" in out
     assert main(["holdout", str(synthetic_train), str(tmp_path / "h")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.workflow
+def test_the_cpu_profile_plans_the_small_models_on_the_held_out_copy(synthetic_train, tmp_path):
+    """`nucleistyle holdout ... resources/holdout`, then `snakemake --profile profiles/cpu`:
+    config.small.yaml and config.cpu.yaml are applied, the held-out copy is the test set."""
+    from tests.conftest import snakemake, workflow_copy
+
+    copy = workflow_copy(tmp_path)
+    make_holdout(synthetic_train, copy / "resources" / "holdout", fraction=0.25, seed=0, k=3)
+    result = snakemake("-n", "--profile", "profiles/cpu", "--cores", "2", cwd=copy)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train_segmenter" in result.stdout and "stage1_test" in result.stdout
+    assert "deep_retina-jitter" not in result.stdout  # the small configs' arms: none, style
+    assert "synthesize_dataset" not in result.stdout

@@ -270,11 +270,13 @@ OVERFIT_SCORE = 0.4
 per baseline (about 1.5 s per iteration), beyond a test's budget."""
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_each_baseline_overfits_four_real_images(baseline, learning_runs):
     assert learning_runs[baseline] >= OVERFIT_SCORE
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("seed", GAN_SEEDS)
 def test_the_gan_learns_a_known_translation_both_ways(seed, learning_runs):
     for direction, (l1, flat) in learning_runs[f"gan{seed}"].items():

@@ -512,28 +512,53 @@ def test_plot_training_draws_every_history(tmp_path: Path) -> None:
 
 def test_the_config_schema_documents_every_segmenter_key_and_no_other():
     """segment.common / segment.<baseline> in the schema list exactly the dataclass fields
-    (recursively), each with a description naming the baselines' defaults."""
+    (recursively), each with a description naming the baselines' actual defaults."""
     import dataclasses
+    import json
 
     import yaml
 
-    from nucleistyle.segment.configs import SegmenterConfig, get_config
+    from nucleistyle.segment.configs import BACKBONES, SegmenterConfig, get_config
     from tests.conftest import REPO
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     node = schema["$defs"]["segmenter"]
 
-    def check(props: dict, config: object, path: str) -> None:
-        fields = {f.name for f in dataclasses.fields(config)} - {"baseline", "seed"}
+    def shown(value: object) -> str:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+    def check(props: dict, deep_retina: object, mirzaev: object, path: str) -> None:
+        fields = {f.name for f in dataclasses.fields(deep_retina)} - {"baseline", "seed"}
         assert set(props) == fields, path
         for name in fields:
-            value = getattr(config, name)
-            if dataclasses.is_dataclass(value):
-                check(props[name]["properties"], value, f"{path}.{name}")
-            else:
-                assert "Default:" in props[name]["description"], f"{path}.{name}"
+            ours, theirs = getattr(deep_retina, name), getattr(mirzaev, name)
+            if dataclasses.is_dataclass(ours):
+                check(props[name]["properties"], ours, theirs, f"{path}.{name}")
+                continue
+            default = (
+                f"Default: both {shown(ours)}"
+                if ours == theirs
+                else f"Default: Deep Retina {shown(ours)}, Mirzaev {shown(theirs)}"
+            )
+            assert default in " ".join(props[name]["description"].split()), f"{path}.{name}"
 
-    check(node["properties"], get_config("mirzaev"), "segment")
+    check(node["properties"], get_config("deep_retina"), get_config("mirzaev"), "segment")
     assert isinstance(get_config("deep_retina"), SegmenterConfig)
+    assert tuple(node["properties"]["backbone"]["enum"]) == BACKBONES
     for key in ("common", "deep_retina", "mirzaev"):
         assert schema["properties"]["segment"]["properties"][key]["$ref"] == "#/$defs/segmenter"
+
+
+@pytest.mark.parametrize("baseline", ["deep_retina", "mirzaev"])
+def test_config_yaml_spells_out_the_real_experiment_with_the_solutions_values(baseline):
+    """The training length, batch, backbone and image size written in config.yaml are what the
+    baseline's defaults are: the file shows the experiment without changing it."""
+    from nucleistyle.segment.configs import get_config
+    from nucleistyle.workflow import load_config, segmenter_settings
+    from tests.conftest import REPO
+
+    config = load_config([REPO / "config.yaml"], REPO)
+    written = config["segment"]["common"]
+    assert {"epochs", "batch_size", "backbone"} <= set(written)
+    assert "size" in config["segment"][baseline]["prep"]
+    assert get_config(baseline, segmenter_settings(config, baseline)) == get_config(baseline)

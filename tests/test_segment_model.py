@@ -560,7 +560,7 @@ def test_an_invalid_shard_is_an_error_naming_the_argument(
 def test_bad_tta_settings_and_no_output_are_errors(tmp_path: Path) -> None:
     with pytest.raises(NucleistyleError, match=r"unknown config key tta\.flips"):
         predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv", tta={"flips": True})
-    with pytest.raises(NucleistyleError, match=r"tta\.merge must be one of"):
+    with pytest.raises(NucleistyleError, match=r"config key tta\.merge: .max. is not one of"):
         predict_folder(tmp_path / "m.pt", tmp_path, tmp_path / "s.csv", tta={"merge": "max"})
     with pytest.raises(NucleistyleError, match="nothing to write"):
         predict_folder(tmp_path / "m.pt", tmp_path, None)

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, SNAKEMAKE, TINY, workflow_copy
+from tests.conftest import DEMO_CONFIG, REPO, SNAKEMAKE, TINY, workflow_copy
 
 pytestmark = pytest.mark.workflow
 
@@ -53,7 +53,7 @@ def run_slurm(copy: Path, *args: str, timeout: int = 900) -> subprocess.Complete
     # SIGINT, not SIGTERM: the SLURM executor only stops waiting on SIGINT
     command = ["timeout", "-s", "INT", "-k", "30", str(timeout), *SNAKEMAKE]
     return subprocess.run(
-        [*command, "--profile", "profiles/slurm", "--configfile", "config.demo.yaml", *args],
+        [*command, "--profile", "profiles/slurm", *DEMO_CONFIG, *args],
         cwd=copy,
         capture_output=True,
         text=True,
@@ -112,7 +112,7 @@ def _running_job(copy: Path, rule: str) -> str | None:
 
 
 def test_a_cancelled_training_job_is_retried_and_resumes_to_the_same_weights(slurm, tmp_path):
-    config = ["--configfile", "config.demo.yaml", "--config", *TINY, LONG_GAN]
+    config = [*DEMO_CONFIG, "--config", *TINY, LONG_GAN]
     target = "results/gan/model.pt"
 
     # the reference: the same configuration, uninterrupted (locally, with the job's 2 threads)

@@ -165,7 +165,10 @@ def test_config_from_mapping_takes_lists_and_names_bad_keys() -> None:
     assert TTAConfig().transforms == DIHEDRAL and TTAConfig().iou_match == 0.6
     with pytest.raises(NucleistyleError, match=r"tta\.iou"):
         TTAConfig.from_config({"iou": 0.5})
-    with pytest.raises(NucleistyleError, match=r"tta.iou_match must be in \(0.0, 1.0\]"):
+    with pytest.raises(
+        NucleistyleError,
+        match=r"config key tta\.iou_match: 0.0 is less than or equal to the minimum of 0",
+    ):
         TTAConfig(iou_match=0.0)
     with pytest.raises(NucleistyleError, match=r"tta\.merge"):
         TTAConfig(merge="mean")

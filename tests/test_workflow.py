@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import (
+    DEMO_CONFIG,
     REPO,
     TINY,
     small_real_records,
@@ -42,9 +43,11 @@ def test_ruff_finds_nothing_in_the_python_code():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("configfile", ["config.yaml", "config.demo.yaml"])
-def test_snakemake_lint_finds_nothing(configfile):
-    result = snakemake("--lint", "--configfile", configfile)
+@pytest.mark.parametrize(
+    "configfiles", [("config.yaml",), ("config.small.yaml", "config.demo.yaml")], ids=str
+)
+def test_snakemake_lint_finds_nothing(configfiles):
+    result = snakemake("--lint", "--configfile", *configfiles)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
 
@@ -69,9 +72,7 @@ def test_dry_run_of_the_demo_profile_synthesizes_instead_of_downloading(tmp_path
 
 def test_dry_run_of_the_slurm_profile_parses_profile_and_resources(tmp_path):
     copy = workflow_copy(tmp_path)
-    result = snakemake(
-        "-n", "--profile", "profiles/slurm", "--configfile", "config.demo.yaml", cwd=copy
-    )
+    result = snakemake("-n", "--profile", "profiles/slurm", *DEMO_CONFIG, cwd=copy)
     assert result.returncode == 0, result.stderr
     assert "segment_classical" in result.stdout
 
@@ -106,9 +107,7 @@ def test_dry_run_of_a_local_copy_needs_no_download(tmp_path):
 )
 def test_an_invalid_config_value_stops_before_any_job_naming_the_key(tmp_path, override, key):
     copy = workflow_copy(tmp_path)
-    result = snakemake(
-        "--cores", "1", "--configfile", "config.demo.yaml", "--config", override, cwd=copy
-    )
+    result = snakemake("--cores", "1", *DEMO_CONFIG, "--config", override, cwd=copy)
     assert result.returncode != 0
     assert f"config key {key}" in result.stderr
     assert not (copy / "results").exists()
@@ -408,7 +407,7 @@ def test_your_own_16bit_two_channel_tiffs_run_through_every_stage(tmp_path, shar
     }
     (copy / "mine.yaml").write_text(yaml.safe_dump(overlay))
     tiny = [item for item in TINY if not item.startswith("data=")]
-    args = ["--profile", "profiles/demo", "--configfile", "config.demo.yaml", "mine.yaml"]
+    args = ["--profile", "profiles/demo", *DEMO_CONFIG, "mine.yaml"]
     run = snakemake(*args, "--config", *tiny, cwd=copy)
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -445,7 +444,7 @@ def test_your_own_16bit_two_channel_tiffs_run_through_every_stage(tmp_path, shar
 )
 def test_a_bad_folder_source_stops_before_any_job_naming_the_key(tmp_path, override, key):
     copy = workflow_copy(tmp_path)
-    result = snakemake("-n", "--configfile", "config.demo.yaml", "--config", override, cwd=copy)
+    result = snakemake("-n", *DEMO_CONFIG, "--config", override, cwd=copy)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"config key {key}" in output and "Traceback" not in output, output[-2000:]

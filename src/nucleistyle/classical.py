@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
 from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
     config_from_mapping,
@@ -60,9 +61,6 @@ from nucleistyle.utils import (
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
 
 log = logging.getLogger(__name__)
-
-THRESHOLDS = ("otsu", "li")
-CHANNELS = ("grey", "hematoxylin")
 
 
 @dataclass(frozen=True)
@@ -115,30 +113,7 @@ class ClassicalConfig:
         return config_from_mapping(cls, mapping, "classical")
 
     def __post_init__(self) -> None:
-        if self.threshold not in THRESHOLDS:
-            raise NucleistyleError(
-                f"classical.threshold must be one of {THRESHOLDS}, got {self.threshold!r}"
-            )
-        if self.channel not in CHANNELS:
-            raise NucleistyleError(
-                f"classical.channel must be one of {CHANNELS}, got {self.channel!r}"
-            )
-        for name in ("sigma", "h", "distance_sigma"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and np.isfinite(value) and value >= 0):
-                raise NucleistyleError(f"classical.{name} must be a number >= 0, got {value!r}")
-        if self.brightfield_classes not in (2, 3):
-            raise NucleistyleError(
-                f"classical.brightfield_classes must be 2 or 3, got {self.brightfield_classes!r}"
-            )
-        if not (isinstance(self.min_middle_class, int | float) and 0 <= self.min_middle_class <= 1):
-            raise NucleistyleError(
-                f"classical.min_middle_class must be in [0, 1], got {self.min_middle_class!r}"
-            )
-        for name in ("min_size", "min_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise NucleistyleError(f"classical.{name} must be an integer >= 1, got {value!r}")
+        check(self, "#/properties/classical", "classical")
 
 
 def _is_grey(image: np.ndarray) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nucleistyle import __version__
+from nucleistyle.schema import bounds as schema_bounds
 from nucleistyle.utils import (
     NucleistyleError,
     check_input,
@@ -199,14 +199,10 @@ def _import_folder(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     """The workflow's configuration from ``--config`` files (schema defaults without any)."""
-    from nucleistyle.workflow import SCHEMA_PATH, load_config
+    from nucleistyle.schema import schema_file
+    from nucleistyle.workflow import load_config
 
-    basedir = Path(__file__).resolve().parents[2]
-    if not (basedir / SCHEMA_PATH).is_file():
-        raise NucleistyleError(
-            f"{SCHEMA_PATH} not found beside the library: install nucleistyle from its "
-            "repository (pip install -e .) to train from the command line"
-        )
+    basedir = schema_file().parents[2]  # the repository holding the library and its schema
     return load_config(args.config or [], basedir)
 
 
@@ -352,24 +348,6 @@ def check_paths(inputs: _Paths, outputs: _Paths) -> None:
 # bounds of numeric options: the config schema's
 
 
-@functools.cache
-def _schema_bounds(key: str) -> dict[str, float]:
-    """minimum / maximum / exclusiveMinimum / exclusiveMaximum of a config key in the schema
-    (``{}`` when this installation has no schema: the library's own checks still apply)."""
-    import yaml
-
-    from nucleistyle.workflow import SCHEMA_PATH
-
-    path = Path(__file__).resolve().parents[2] / SCHEMA_PATH
-    if not path.is_file():
-        return {}
-    node = yaml.safe_load(path.read_text())
-    for part in key.split("."):
-        node = node["properties"][part]
-    names = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-    return {name: node[name] for name in names if name in node}
-
-
 def _number(kind: type, key: str | None = None, **bounds: float) -> Callable[[str], int | float]:
     """An argparse type: an int or finite float within the bounds of config ``key`` (or the
     given ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``)."""
@@ -382,7 +360,7 @@ def _number(kind: type, key: str | None = None, **bounds: float) -> Callable[[st
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        limits = {**(_schema_bounds(key) if key else {}), **bounds}
+        limits = {**(schema_bounds(key) if key else {}), **bounds}
         source = f" (config key {key})" if key else ""
         for name, test, words in (
             ("minimum", lambda v, b: v >= b, "at least"),

@@ -42,13 +42,13 @@ from sklearn.metrics import (
 from threadpoolctl import threadpool_limits
 
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
+from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
     OutputSet,
     atomic_path,
     config_from_mapping,
     published_together,
-    require_int,
 )
 
 __all__ = [
@@ -251,13 +251,8 @@ class ClusterConfig:
     standardise: bool = True
 
     def __post_init__(self) -> None:
-        require_int("cluster", "k", self.k, 2)
-        require_int("cluster", "seed", self.seed, 0)
-        require_int("cluster", "n_init", self.n_init, 1)
-        if not isinstance(self.standardise, bool):
-            raise NucleistyleError(
-                f"cluster.standardise must be true or false, got {self.standardise!r}"
-            )
+        check(self, "#/properties/cluster", "cluster", skip=("seed",))
+        check(self.seed, "#/properties/seed", "cluster.seed")
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any]) -> ClusterConfig:

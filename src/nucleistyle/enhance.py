@@ -23,21 +23,18 @@ from skimage.exposure import equalize_adapthist
 
 from nucleistyle.cluster import DARK_V_MEDIAN, check_rgb, v_median
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
+from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
     config_from_mapping,
     link_or_copy,
     published_together,
-    require_int,
 )
 
-__all__ = ["SELECT_MODES", "ClaheConfig", "enhance_dataset", "enhance_image"]
+__all__ = ["ClaheConfig", "enhance_dataset", "enhance_image"]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
-
-
-SELECT_MODES = ("dark", "clusters", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -70,22 +67,8 @@ class ClaheConfig:
     dark_v_median: float = DARK_V_MEDIAN
 
     def __post_init__(self) -> None:
-        for name in ("clip_limit", "dark_v_median"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-                raise NucleistyleError(f"clahe.{name} must be a number in (0, 1], got {value!r}")
-        if self.kernel_size is not None:
-            require_int("clahe", "kernel_size", self.kernel_size, 2)
-        require_int("clahe", "nbins", self.nbins, 2)
-        if self.select not in SELECT_MODES:
-            raise NucleistyleError(
-                f"clahe.select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}"
-            )
         object.__setattr__(self, "clusters", tuple(self.clusters))
-        for value in self.clusters:
-            require_int("clahe", "clusters[]", value, 0)
-        if self.select == "clusters" and not self.clusters:
-            raise NucleistyleError('clahe.clusters must list cluster ids when select is "clusters"')
+        check(self, "#/properties/clahe", "clahe")  # with select: clusters, a non-empty list
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any]) -> ClaheConfig:

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from nucleistyle.schema import check
 from nucleistyle.utils import NucleistyleError, config_from_mapping
 
 __all__ = [
@@ -72,8 +73,6 @@ up-down flips, and the transposes about the main and the anti-diagonal."""
 
 # dihedral name -> its inverse (rotations invert each other, every reflection is its own)
 _DIHEDRAL_INVERSE = {name: name for name in DIHEDRAL} | {"rot90": "rot270", "rot270": "rot90"}
-_MERGES = ("vote", "union", "none")
-_VOTE_BASES = ("members", "variants")
 _MAX_JITTER_SHIFT = 15.0  # grey levels, Deep Retina's channel-shift range (Deep Retina)
 _MAX_JITTER_GAIN = 0.1  # brightness gain in [0.9, 1.1]
 
@@ -365,31 +364,8 @@ class TTAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.transforms, Sequence) and not isinstance(self.transforms, str):
             object.__setattr__(self, "transforms", tuple(self.transforms))
+        check(self, "#/properties/tta", "tta")
         make_transforms(self.transforms)
-        if self.merge not in _MERGES:
-            raise NucleistyleError(f"tta.merge must be one of {_MERGES}, got {self.merge!r}")
-        if self.vote_base not in _VOTE_BASES:
-            raise NucleistyleError(
-                f"tta.vote_base must be one of {_VOTE_BASES}, got {self.vote_base!r}"
-            )
-        ranges = {
-            "iou_match": (0.0, False, 1.0, True),
-            "min_votes": (0.0, True, 1.0, True),
-            "pixel_vote": (0.0, False, 1.0, True),
-            "mask_threshold": (0.0, False, 1.0, False),
-        }
-        for key, (low, low_ok, high, high_ok) in ranges.items():
-            value = getattr(self, key)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            ok = ok and (low <= value if low_ok else low < value)
-            ok = ok and (value <= high if high_ok else value < high)
-            if not ok:
-                bounds = f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
-                raise NucleistyleError(f"tta.{key} must be in {bounds}, got {value!r}")
-        for key in ("batch_size", "min_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise NucleistyleError(f"tta.{key} must be an integer >= 0, got {value!r}")
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any]) -> TTAConfig:

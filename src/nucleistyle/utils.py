@@ -14,7 +14,6 @@ import dataclasses
 import errno
 import fcntl
 import logging
-import numbers
 import os
 import re
 import secrets
@@ -610,12 +609,6 @@ def setup_logging(
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
-def require_int(section: str, name: str, value: Any, minimum: int) -> None:
-    """Raise naming ``section.name`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise NucleistyleError(f"{section}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def config_fingerprint(cfg: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Configuration checks shared by the Snakemake workflow and the command line.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys, types,
-ranges, defaults and descriptions. :func:`validate_config` fills in defaults and turns the first
-violation into one line naming the key, so a bad value stops the workflow before any job runs.
+The schema (``workflow/schemas/config.schema.yaml``, see :mod:`nucleistyle.schema`) is the single
+source of truth for keys, types, ranges, defaults and descriptions. :func:`validate_config` fills
+in defaults and turns the first violation into one line naming the key; :func:`check_config`
+builds every section's settings, whose multi-key rules then hold too, so a bad value stops the
+workflow before any job runs.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import ast
 import os
 import shutil
 import sys
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from nucleistyle.schema import SCHEMA_PATH, validate
 from nucleistyle.utils import NucleistyleError
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "export_library_path",
     "gan_settings",
     "load_config",
+    "overlay_config",
     "script_imports",
     "segmenter_settings",
     "validate_config",
@@ -37,32 +40,6 @@ _NOT_WORKFLOW = shutil.ignore_patterns(
     ".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
     "*.egg-info", ".pytest_cache", ".ruff_cache", ".hypothesis", ".mypy_cache",
 )  # fmt: skip
-
-SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
-
-
-def _with_defaults(validator_class: Any) -> Any:
-    """A validator that fills each missing property with its schema default before checking it."""
-    check_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Iterator:
-        if isinstance(instance, MutableMapping):
-            for name, sub in properties.items():
-                if "$ref" in sub:
-                    sub = validator._resolver.lookup(sub["$ref"]).contents
-                if "default" in sub and name not in instance:
-                    instance[name] = _copy(sub["default"])
-        yield from check_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
-
-
-def _key(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
 def _parse_cli_strings(node: Any) -> Any:
@@ -87,26 +64,10 @@ def _parse_cli_strings(node: Any) -> Any:
 
 
 def validate_config(config: MutableMapping[str, Any], basedir: str | os.PathLike[str]) -> None:
-    """Check ``config`` against the schema in place, filling in defaults.
-
-    Args:
-        config: the configuration mapping (Snakemake's ``config``), modified in place.
-        basedir: the repository root holding ``workflow/schemas/config.schema.yaml``.
-
-    Raises:
-        NucleistyleError: one line naming the offending key, e.g.
-            ``config key data.synthetic.n_train: 3 is less than the minimum of 10``.
-    """
+    """:func:`nucleistyle.schema.validate` (in place, defaults filled in) after restoring the
+    types of nested ``--config`` values."""
     _parse_cli_strings(config)
-    schema = yaml.safe_load((Path(basedir) / SCHEMA_PATH).read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(
-        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.path))
-    )
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        message = error.message.replace("\n", " ")
-        raise NucleistyleError(f"config key {_key(error)}: {message}")
+    validate(config, basedir)
 
 
 def export_library_path(basedir: str | os.PathLike[str]) -> None:
@@ -121,7 +82,10 @@ def export_library_path(basedir: str | os.PathLike[str]) -> None:
 
 
 def check_config(config: MutableMapping[str, Any]) -> None:
-    """Checks that need more than the schema (run after :func:`validate_config`).
+    """Checks that need more than the schema (run after :func:`validate_config`): the data
+    folders, and the rules that involve several keys (GAN resize >= crop, segment iterations
+    or epochs, the synthetic set's images per modality, ...), so they stop the run before any
+    job starts.
 
     Raises:
         NucleistyleError: naming the key, e.g. a local source without ``data.local.path``.
@@ -142,12 +106,18 @@ def check_config(config: MutableMapping[str, Any]) -> None:
         raise NucleistyleError(
             "config key data.test_sets: the synthetic source provides stage1_test only"
         )
-    from nucleistyle.segment.configs import get_config, merge_overrides  # no torch: cheap
+    # The rules that involve several keys live in the sections' settings (single-key rules are
+    # the schema's): build each one whose module imports fast (no torch, no scikit-*).
+    from nucleistyle.data.synthetic import SyntheticConfig
+    from nucleistyle.gan.configs import GanConfig
+    from nucleistyle.segment.configs import get_config
     from nucleistyle.tta import TTAConfig
 
-    segment = config["segment"]
-    for baseline in segment["baselines"]:
-        get_config(baseline, merge_overrides(segment["common"], segment[baseline]))
+    if data["source"] == "synthetic":
+        SyntheticConfig.from_config(data["synthetic"])
+    GanConfig.from_config(gan_settings(config))
+    for baseline in config["segment"]["baselines"]:
+        get_config(baseline, segmenter_settings(config, baseline))
         TTAConfig.for_baseline(baseline, config["tta"])
 
 
@@ -176,19 +146,16 @@ def _check_folders(folder: MutableMapping[str, Any]) -> None:
             "config key data.folder.test: no test folder has labels (masks/); the report "
             "scores on at least one"
         )
-    low, high = folder["intensity"]["percentiles"]
-    if not low < high:
-        raise NucleistyleError(
-            "config key data.folder.intensity.percentiles: low must be below high, "
-            f"got {low}, {high}"
-        )
+    from nucleistyle.data.images import IntensityRule
+
+    IntensityRule.from_config(folder["intensity"])
 
 
-def _overlay(base: MutableMapping[str, Any], layer: MutableMapping[str, Any]) -> None:
+def overlay_config(base: MutableMapping[str, Any], layer: MutableMapping[str, Any]) -> None:
     """Merge ``layer`` into ``base`` key by key, recursively (as Snakemake overlays configs)."""
     for key, value in layer.items():
         if isinstance(value, MutableMapping) and isinstance(base.get(key), MutableMapping):
-            _overlay(base[key], value)
+            overlay_config(base[key], value)
         else:
             base[key] = value
 
@@ -210,7 +177,7 @@ def load_config(
             raise NucleistyleError(f"cannot read config {path}: {exc}".replace("\n", " ")) from exc
         if not isinstance(layer, MutableMapping):
             raise NucleistyleError(f"config {path}: a mapping of keys expected")
-        _overlay(config, layer)
+        overlay_config(config, layer)
     validate_config(config, basedir)
     check_config(config)
     return config

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from nucleistyle.schema import check
 from nucleistyle.utils import NucleistyleError
 
 __all__ = ["DEFAULT_RULE", "IntensityRule", "read_image", "read_label_image", "to_rgb"]
@@ -50,6 +51,9 @@ DECODE_ERRORS = (
     zlib.error,
     Image.DecompressionBombError,
 )
+
+
+_SCHEMA_NODE = "#/properties/data/properties/folder/properties/intensity"
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,13 @@ class IntensityRule:
 
     def __post_init__(self) -> None:
         if self.channels is not None:
-            channels = tuple(self.channels)
-            if (
-                not 1 <= len(channels) <= 3
-                or len(set(channels)) != len(channels)
-                or any(
-                    not isinstance(c, int | np.integer) or isinstance(c, bool) or c < 0
-                    for c in channels
-                )
-            ):
-                raise NucleistyleError(
-                    f"channels: 1 to 3 different channel indices (0, 1, ...), got {self.channels}"
-                )
-            object.__setattr__(self, "channels", channels)
-        if not 0 <= self.low < self.high <= 100:
+            object.__setattr__(self, "channels", tuple(self.channels))
+        section = {"channels": self.channels, "percentiles": [self.low, self.high]}
+        check({**section, "per_channel": self.per_channel}, _SCHEMA_NODE, "data.folder.intensity")
+        if not self.low < self.high:
             raise NucleistyleError(
-                f"percentiles: 0 <= low < high <= 100, got low {self.low}, high {self.high}"
+                "config key data.folder.intensity.percentiles: low must be below high, "
+                f"got {self.low}, {self.high}"
             )
 
     @classmethod

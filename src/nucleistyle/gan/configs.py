@@ -5,21 +5,15 @@ Torch-free, so the workflow and the command line can check and hash them without
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from nucleistyle.utils import PRECISIONS, NucleistyleError, config_fingerprint, config_from_mapping
+from nucleistyle.schema import check
+from nucleistyle.utils import NucleistyleError, config_fingerprint, config_from_mapping
 
 __all__ = [
     "ATTRIBUTE_SOURCES",
-    "LATENT_REGRESSIONS",
-    "LR_POLICIES",
-    "MIN_CROP",
     "RESUME_IGNORES",
     "GanConfig",
     "lr_factor",
@@ -40,9 +34,6 @@ RESUME_IGNORES = (
     "monitor_every",
 )
 ATTRIBUTE_SOURCES = ("prior", "domain_stats")
-LR_POLICIES = ("linear", "step")
-LATENT_REGRESSIONS = ("mdmm", "histaugan")
-MIN_CROP = 16  # below the paper crop the discriminators adapt (depth, resize); tested down to 16
 
 
 @dataclass(frozen=True)
@@ -136,70 +127,13 @@ class GanConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        ints = {
-            "n_domains": 2,
-            "crop": MIN_CROP,
-            "resize": 0,
-            "batch_size": 2,
-            "iterations": 0,
-            "d_iter": 1,
-            "checkpoint_every": 1,
-            "log_every": 1,
-            "attribute_dim": 1,
-            "base_channels": 1,
-            "stats_images": 0,
-            "monitor_every": 0,
-            "workers": 0,
-            "seed": 0,
-        }
-        for name, minimum in ints.items():
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | np.integer)
-                or value < minimum
-            ):
-                raise NucleistyleError(f"gan.{name} must be an integer >= {minimum}, got {value!r}")
-        if self.crop % 4:
-            raise NucleistyleError(f"gan.crop must be a multiple of 4, got {self.crop}")
-        if self.batch_size % 2:
-            raise NucleistyleError(
-                f"gan.batch_size must be even (two halves A and B), got {self.batch_size}"
-            )
+        check(self, "#/properties/gan", "gan", skip=("n_domains", "seed"))
+        check(self.n_domains, "#/properties/cluster/properties/k", "gan.n_domains")
+        check(self.seed, "#/properties/seed", "gan.seed")
         if 0 < self.resize < self.crop:
             raise NucleistyleError(
-                f"gan.resize ({self.resize}) must be 0 or >= gan.crop ({self.crop})"
+                f"config key gan.resize ({self.resize}) must be 0 or >= gan.crop ({self.crop})"
             )
-        floats = ["lr", "lr_content", "weight_decay", "content_grad_clip", "logvar_clamp"]
-        floats += [f.name for f in dataclasses.fields(self) if f.name.startswith("w_")]
-        for name in floats:
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (math.isfinite(value) and value >= 0)
-            ):
-                raise NucleistyleError(f"gan.{name} must be a number >= 0, got {value!r}")
-        if self.logvar_clamp <= 0 or self.lr <= 0:
-            raise NucleistyleError("gan.lr and gan.logvar_clamp must be > 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise NucleistyleError(f"gan.betas must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.decay_start <= 1:
-            raise NucleistyleError(f"gan.decay_start must be in [0, 1], got {self.decay_start}")
-        choices = {
-            "latent_regression": LATENT_REGRESSIONS,
-            "lr_policy": LR_POLICIES,
-            "precision": PRECISIONS,
-            "attribute_source": ATTRIBUTE_SOURCES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise NucleistyleError(
-                    f"gan.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        for name in ("flip", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise NucleistyleError(f"gan.{name} must be true or false")
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any]) -> GanConfig:

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nucleistyle.utils import PRECISIONS, NucleistyleError
+from nucleistyle.schema import check
+from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "ARMS",
@@ -63,37 +64,11 @@ def _fail(key: str, rule: str, value: Any) -> NucleistyleError:
     return NucleistyleError(f"config key segment.{key} must be {rule}, got {value!r}")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_range(key: str, value: Any, low: float, high: float = math.inf) -> None:
-    if not (_is_number(value) and low <= value <= high):
-        raise _fail(key, f"a number in [{low}, {high}]", value)
-
-
-def _check_int(key: str, value: Any, low: int) -> None:
-    if not (_is_int(value) and value >= low):
-        raise _fail(key, f"an integer >= {low}", value)
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _fail(key, f"one of {choices}", value)
-
-
-def _check_interval(key: str, value: Any, low: float) -> None:
-    if not (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and all(_is_number(v) for v in value)
-        and low <= value[0] <= value[1]
-    ):
-        raise _fail(key, f"a pair [lo, hi] with {low} <= lo <= hi", value)
+def _check(config: Any, section: str = "") -> None:
+    """The schema's rules for every field of one section (``$defs/segmenter`` in the schema)."""
+    pointer = "#/$defs/segmenter" + (f"/properties/{section}" if section else "")
+    key = "segment" + (f".{section}" if section else "")
+    check(config, pointer, key, skip=("baseline", "seed", *_SECTIONS) if not section else ())
 
 
 @dataclass(frozen=True)
@@ -156,35 +131,7 @@ class ModelConfig:
     head_norm: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("model.fpn_channels", self.fpn_channels, 8)
-        _check_int("model.representation_size", self.representation_size, 8)
-        if not isinstance(self.head_norm, bool):
-            raise _fail("model.head_norm", "true or false", self.head_norm)
-        if not 0 <= self.trainable_layers <= 5 or not _is_int(self.trainable_layers):
-            raise _fail("model.trainable_layers", "an integer in [0, 5]", self.trainable_layers)
-        if len(self.anchor_sizes) != 5 or not all(_is_int(s) and s > 0 for s in self.anchor_sizes):
-            raise _fail("model.anchor_sizes", "5 positive integers (P2..P6)", self.anchor_sizes)
-        if not self.aspect_ratios or not all(_is_number(r) and r > 0 for r in self.aspect_ratios):
-            raise _fail("model.aspect_ratios", "positive numbers", self.aspect_ratios)
-        for name in (
-            "rpn_batch_size_per_image",
-            "rpn_pre_nms_top_n_train",
-            "rpn_pre_nms_top_n_test",
-            "rpn_post_nms_top_n_train",
-            "rpn_post_nms_top_n_test",
-            "box_batch_size_per_image",
-            "box_detections_per_img",
-        ):
-            _check_int(f"model.{name}", getattr(self, name), 1)
-        for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh"):
-            _check_range(f"model.{name}", getattr(self, name), 0.0, 1.0)
-        _check_range("model.box_nms_thresh", self.box_nms_thresh, 0.0, 1.0)
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if len(value) != 3 or not all(_is_number(v) for v in value):
-                raise _fail(f"model.{name}", "3 numbers", value)
-        if min(self.image_std) <= 0:
-            raise _fail("model.image_std", "3 positive numbers", self.image_std)
+        _check(self, "model")
 
 
 @dataclass(frozen=True)
@@ -223,16 +170,7 @@ class PrepConfig:
     max_instances: int = 256
 
     def __post_init__(self) -> None:
-        _check_choice("prep.policy", self.policy, ("zoom_crop", "fit_longest"))
-        _check_int("prep.size", self.size, 32)
-        _check_int("prep.pad_multiple", self.pad_multiple, 1)
-        _check_int("prep.crop", self.crop, 16)
-        _check_int("prep.max_instances", self.max_instances, 1)
-        for name in ("min_enlarge", "zoom", "aspect"):
-            _check_range(f"prep.{name}", getattr(self, name), 1.0)
-        _check_range("prep.crop_p", self.crop_p, 0.0, 1.0)
-        if not isinstance(self.fill_holes, bool):
-            raise _fail("prep.fill_holes", "true or false", self.fill_holes)
+        _check(self, "prep")
 
 
 @dataclass(frozen=True)
@@ -285,18 +223,11 @@ class AugmentConfig:
     jitter_invert: float = 0.5
 
     def __post_init__(self) -> None:
-        probabilities = ("hflip", "vflip", "rotate_p", "affine_p", "style_p", "jitter_p")
-        for name in (*probabilities, "jitter_invert"):
-            _check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
-        _check_choice("augment.rot90", self.rot90, ("any", "pm1", "none"))
-        for name in ("rotate_deg", "affine_deg", "channel_shift"):
-            _check_range(f"augment.{name}", getattr(self, name), 0.0, 180.0)
-        _check_range("augment.jitter_hue", self.jitter_hue, 0.0, 0.5)
-        _check_range("augment.jitter_tint", self.jitter_tint, 0.0, 1.0)
+        _check(self, "augment")
         for name in ("affine_scale", "jitter_saturation", "jitter_value"):
-            _check_interval(f"augment.{name}", getattr(self, name), 0.0)
-        if self.affine_scale[0] <= 0:
-            raise _fail("augment.affine_scale", "positive", self.affine_scale)
+            low, high = getattr(self, name)
+            if low > high:
+                raise _fail(f"augment.{name}", "a pair [lo, hi] with lo <= hi", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -335,21 +266,10 @@ class OptimConfig:
     warmup_iters: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("optim.optimizer", self.optimizer, ("sgd", "adam"))
-        _check_range("optim.lr", self.lr, 1e-12, 10.0)
-        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
-        _check_range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("optim.grad_clip", self.grad_clip, 0.0)
-        _check_int("optim.warmup_iters", self.warmup_iters, 0)
-        if not isinstance(self.amsgrad, bool):
-            raise _fail("optim.amsgrad", "true or false", self.amsgrad)
-        if list(self.milestones) != sorted(self.milestones) or not all(
-            _is_number(m) and 0 < m < 1 for m in self.milestones
-        ):
+        _check(self, "optim")
+        if list(self.milestones) != sorted(self.milestones):
             raise _fail("optim.milestones", "increasing fractions in (0, 1)", self.milestones)
-        if len(self.lr_factors) != len(self.milestones) + 1 or not all(
-            _is_number(f) and f > 0 for f in self.lr_factors
-        ):
+        if len(self.lr_factors) != len(self.milestones) + 1:
             raise _fail(
                 "optim.lr_factors",
                 "one positive factor more than there are milestones",
@@ -409,16 +329,7 @@ class PostConfig:
     fallback_canvas: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("post.mask_threshold", self.mask_threshold, 0.0, 1.0)
-        _check_range("post.max_lost", self.max_lost, 0.0, 1.0)
-        _check_int("post.min_area", self.min_area, 0)
-        _check_int("post.dilation", self.dilation, 0)
-        _check_int("post.fallback_canvas", self.fallback_canvas, 0)
-        if self.fallback_canvas == 1:
-            raise _fail("post.fallback_canvas", "0 (off) or >= 2", self.fallback_canvas)
-        for name in ("fill_holes", "closing", "drop_fragmented"):
-            if not isinstance(getattr(self, name), bool):
-                raise _fail(f"post.{name}", "true or false", getattr(self, name))
+        _check(self, "post")
 
 
 @dataclass(frozen=True)
@@ -482,28 +393,15 @@ class SegmenterConfig:
     post: PostConfig = field(default_factory=PostConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("baseline", self.baseline, BASELINES)
-        _check_choice("backbone", self.backbone, BACKBONES)
-        if not isinstance(self.weights, str) or not self.weights:
-            raise _fail("weights", "none, imagenet, coco or a file path", self.weights)
+        if self.baseline not in BASELINES:
+            raise _fail("baseline", f"one of {BASELINES}", self.baseline)
+        check(self.seed, "#/properties/seed", "seed")
+        _check(self)
         if (self.iterations is None) == (self.epochs is None):
             raise NucleistyleError(
                 "config keys segment.iterations and segment.epochs: set exactly one, got "
                 f"iterations={self.iterations!r}, epochs={self.epochs!r}"
             )
-        if self.iterations is not None:
-            _check_int("iterations", self.iterations, 1)
-        if self.epochs is not None:
-            _check_range("epochs", self.epochs, 1e-9)
-        for name in ("batch_size", "checkpoint_every", "log_every"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("seed", "workers", "split_seed"):
-            _check_int(name, getattr(self, name), 0)
-        if self.val_every is not None:
-            _check_int("val_every", self.val_every, 1)
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
-        _check_choice("selection", self.selection, ("last", "best_val"))
-        _check_choice("precision", self.precision, PRECISIONS)
         if self.model.head_norm and self.weights == "coco":
             raise _fail(
                 "model.head_norm",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sys
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from nucleistyle.data.bbbc038 import write_sample
 from nucleistyle.data.csvio import write_solution
 from nucleistyle.data.synthetic.calibration import DEFAULT_PROPORTIONS, MODALITIES, default_scale
 from nucleistyle.data.synthetic.draw import synthesize
+from nucleistyle.schema import check
 from nucleistyle.utils import NucleistyleError, atomic_dir, config_from_mapping
 
 __all__ = [
@@ -65,45 +65,20 @@ class SyntheticConfig:
     scale: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("seed", "n_train", "n_test_per_modality", "height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool):
-                raise NucleistyleError(f"synthetic.{name} must be an integer, got {value!r}")
-        if self.seed < 0:
-            raise NucleistyleError(f"synthetic.seed must be >= 0, got {self.seed}")
-        if min(self.height, self.width) < 32:
-            raise NucleistyleError(
-                f"synthetic.height/width must be >= 32 px, got {self.height} x {self.width}"
-            )
-        if self.n_test_per_modality < 1:
-            raise NucleistyleError(
-                f"synthetic.n_test_per_modality must be >= 1, got {self.n_test_per_modality}"
-            )
-        if not isinstance(self.proportions, Mapping):
-            raise NucleistyleError(
-                f"synthetic.proportions must map modality names to weights, got "
-                f"{self.proportions!r}"
-            )
-        unknown = sorted(set(self.proportions) - set(MODALITIES))
-        if unknown:
-            raise NucleistyleError(
-                f"synthetic.proportions: unknown modality {unknown[0]!r} (known: "
-                f"{', '.join(MODALITIES)})"
-            )
+        check(self, "#/properties/data/properties/synthetic", "data.synthetic")
         values = [float(self.proportions.get(m, 0.0)) for m in MODALITIES]
-        if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        if sum(values) <= 0:
             raise NucleistyleError(
-                f"synthetic.proportions must be finite, >= 0 and sum to > 0, got "
+                f"config key data.synthetic.proportions must sum to > 0, got "
                 f"{dict(self.proportions)}"
             )
         needed = MIN_TRAIN_PER_MODALITY * sum(v > 0 for v in values)
         if self.n_train < needed:
             raise NucleistyleError(
-                f"synthetic.n_train must be >= {needed} ({MIN_TRAIN_PER_MODALITY} per modality "
-                f"with a positive proportion), got {self.n_train}"
+                f"config key data.synthetic.n_train must be >= {needed} "
+                f"({MIN_TRAIN_PER_MODALITY} per modality with a positive proportion), "
+                f"got {self.n_train}"
             )
-        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
-            raise NucleistyleError(f"synthetic.scale must be > 0, got {self.scale}")
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any]) -> SyntheticConfig:
