@@ -57,7 +57,7 @@ class SyntheticConfig:
     """
 
     seed: int = 0
-    n_train: int = 100
+    n_train: int = 120
     n_test_per_modality: int = 6
     height: int = 128
     width: int = 128
