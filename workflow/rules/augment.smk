@@ -16,6 +16,7 @@ rule augment_dataset:
         "logs/augment_dataset.log",
     benchmark:
         "benchmarks/augment_dataset.tsv"
+    priority: 10  # on the critical path: every style arm waits for it
     conda:
         "../../envs/torch.yaml"
     threads: TORCH_THREADS

@@ -15,6 +15,7 @@ rule train_gan:
         "logs/train_gan.log",
     benchmark:
         "benchmarks/train_gan.tsv"
+    priority: 10  # on the critical path: augmentation and every style arm wait for it
     conda:
         "../../envs/torch.yaml"
     threads: TORCH_THREADS
