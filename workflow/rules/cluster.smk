@@ -14,6 +14,7 @@ rule cluster_images:
         "logs/cluster_images.log",
     benchmark:
         "benchmarks/cluster_images.tsv"
+    priority: 10  # on the critical path: the GAN, augmentation and every style arm wait for it
     conda:
         "../../envs/data.yaml"
     threads: 2
@@ -57,6 +58,7 @@ rule enhance_images:
         "logs/enhance_images.log",
     benchmark:
         "benchmarks/enhance_images.tsv"
+    priority: 10  # on the critical path: the GAN, augmentation and every style arm wait for it
     conda:
         "../../envs/data.yaml"
     threads: 2
