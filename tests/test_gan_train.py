@@ -155,6 +155,10 @@ def test_training_writes_a_weights_only_model_history_and_loss_figure(
     assert {"g_total", "cross_cycle", "d1_adv", "d_content"} <= set(history.columns)
     plot_losses(tmp_path / "h.tsv", tmp_path / "losses.png")
     assert (tmp_path / "losses.png").stat().st_size > 1000
+    monitored = history.assign(eval_style_hit=0.4, eval_fg_iou=0.3, eval_edge_corr=0.1)
+    monitored.to_csv(tmp_path / "m.tsv", sep="\t", index=False)
+    plot_losses(tmp_path / "m.tsv", tmp_path / "curve.png", {"fg_iou": 0.4, "edge_corr": 0.4})
+    assert (tmp_path / "curve.png").stat().st_size > (tmp_path / "losses.png").stat().st_size
 
     # a larger budget resumes from the checkpoint and trains only the new iterations
     grown = GanConfig(**{**TINY, "iterations": 8})

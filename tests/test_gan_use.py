@@ -17,6 +17,7 @@ from nucleistyle.gan.evaluate import (
     edge_similarity,
     evaluate_transfer,
     foreground_iou,
+    perfect_transfer,
 )
 from nucleistyle.gan.stylize import image_seed, load_stylizer, pad_to_multiple, stylize_folder
 from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
@@ -307,6 +308,22 @@ def test_foreground_iou_by_hand() -> None:
     b = np.array([[0, 2, 2, 0]])
     assert foreground_iou(a, b) == pytest.approx(1 / 3)
     assert np.isnan(foreground_iou(np.zeros((2, 2)), np.zeros((2, 2))))
+
+
+def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
+    synthetic = {"height": 64, "width": 64}
+    table = perfect_transfer(synthetic, {"select": "dark"}, per_pair=2)
+    assert len(table) == 5 * 4  # every ordered pair of different modalities
+    assert set(table.n_images) == {2}
+    means = table[["fg_iou", "edge_corr"]].mean()
+    assert means.between(0.2, 0.8).all()  # far above a failed transfer, well below 1
+    close = table.set_index(["source_name", "target_name"]).loc[
+        ("small_fluorescent", "large_fluorescent")
+    ]
+    assert close.fg_iou > 0.6  # the same nuclei found again in a similar style
+    two = ("small_fluorescent", "purple_tissue")
+    pair = perfect_transfer(synthetic, per_pair=1, modalities=two)
+    assert list(pair.target_name) == ["purple_tissue", "small_fluorescent"]
 
 
 def test_evaluate_transfer_reports_every_domain_pair(trained: dict, tmp_path: Path) -> None:

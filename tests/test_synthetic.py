@@ -165,6 +165,24 @@ def test_synthesize_is_deterministic_for_a_seed() -> None:
     assert not np.array_equal(a[0], c[0])
 
 
+def test_render_as_draws_the_same_nuclei_in_another_style() -> None:
+    def draw(render_as: str) -> tuple[np.ndarray, np.ndarray]:
+        return synthesize("small_fluorescent", np.random.default_rng(7), render_as=render_as)
+
+    image, labels = synthesize("small_fluorescent", np.random.default_rng(7))
+    np.testing.assert_array_equal(draw("small_fluorescent")[0], image)  # itself: the plain call
+    moved, moved_labels = draw("purple_tissue")
+    np.testing.assert_array_equal(moved_labels, labels)
+    purple = synthesize("purple_tissue", np.random.default_rng(8))[0]
+
+    def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.reshape(-1, 3).mean(0) - b.reshape(-1, 3).mean(0)).sum())
+
+    assert colour_distance(moved, purple) < colour_distance(moved, image)
+    with pytest.raises(NucleistyleError, match="unknown modality 'phase'"):
+        draw("phase")
+
+
 def test_synthesize_rejects_unknown_modality() -> None:
     with pytest.raises(NucleistyleError, match="unknown modality 'phase'"):
         synthesize("phase", np.random.default_rng(0))

@@ -9,7 +9,7 @@ per stratum, ``round(fraction * n)`` images are held out, at least one when the 
 or more, never all of them.
 
 Example:
-    >>> make_holdout("../shared/bbbc038/stage1_train", "resources/holdout", 0.2)  # doctest: +SKIP
+    >>> make_holdout("data/stage1_train", "resources/holdout", 0.2)  # doctest: +SKIP
 """
 
 from __future__ import annotations

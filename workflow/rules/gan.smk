@@ -86,5 +86,7 @@ rule plot_gan:
         runtime=30,
     params:
         seed=config["seed"],
+        synthetic=config["data"].get("synthetic", {}) if SOURCE == "synthetic" else None,
+        clahe=config["clahe"],
     script:
         "../../scripts/plot_gan.py"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -111,15 +111,21 @@ def plot_figure3(
     save_figure(fig, out_png)
 
 
-def _plot_monitor(ax, rows: pd.DataFrame) -> None:
-    """The learning curve: style reached (style_hit against chance) and structure kept."""
+def _plot_monitor(ax, rows: pd.DataFrame, reference: Mapping[str, float] | None) -> None:
+    """The learning curve: style reached (style_hit against chance) and structure kept, beside
+    what a perfect transfer scores (``reference``, dotted)."""
     for column, label in (
         ("eval_style_hit", "style_hit"),
         ("eval_fg_iou", "foreground IoU"),
         ("eval_edge_corr", "edge correlation"),
     ):
         if column in rows:
-            ax.plot(rows["iteration"], rows[column], marker="o", ms=3, label=label)
+            (line,) = ax.plot(rows["iteration"], rows[column], marker="o", ms=3, label=label)
+            perfect = (reference or {}).get(column.removeprefix("eval_"))
+            if perfect is not None:
+                ax.axhline(perfect, color=line.get_color(), ls=":", lw=1.0)
+    if reference:
+        ax.plot([], [], color="grey", ls=":", lw=1.0, label="perfect transfer")
     if "eval_style_hit_chance" in rows:
         ax.axhline(rows["eval_style_hit_chance"].iloc[-1], color="grey", ls="--", lw=0.8)
         ax.text(rows["iteration"].iloc[0], rows["eval_style_hit_chance"].iloc[-1], " chance",
@@ -131,9 +137,13 @@ def _plot_monitor(ax, rows: pd.DataFrame) -> None:
     ax.legend(fontsize=7, frameon=False)
 
 
-def plot_losses(history_tsv: PathLike, out_png: PathLike) -> None:
+def plot_losses(
+    history_tsv: PathLike, out_png: PathLike, reference: Mapping[str, float] | None = None
+) -> None:
     """Loss curves from the training history TSV, one panel per group of terms, and the
-    monitor's learning curve (style_hit, foreground IoU, edge correlation) when logged.
+    monitor's learning curve (style_hit, foreground IoU, edge correlation) when logged, with
+    ``reference`` (``fg_iou``, ``edge_corr``: what a perfect transfer scores, from
+    :func:`nucleistyle.gan.evaluate.perfect_transfer`) as dotted lines.
 
     Raises:
         NucleistyleError: The file is missing, unreadable or has no rows.
@@ -148,7 +158,7 @@ def plot_losses(history_tsv: PathLike, out_png: PathLike) -> None:
     panels = len(LOSS_PANELS) + monitored
     fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 2.8))
     if monitored:
-        _plot_monitor(axes[-1], history.dropna(subset=["eval_style_hit"]))
+        _plot_monitor(axes[-1], history.dropna(subset=["eval_style_hit"]), reference)
     losses = history.dropna(subset=["g_total"]) if "g_total" in history else history
     window = max(1, len(losses) // 50)
     for ax, (title, names) in zip(axes, LOSS_PANELS, strict=False):

@@ -392,8 +392,13 @@ def synthesize(
     height: int = 128,
     width: int = 128,
     scale: float | None = None,
+    render_as: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image of ``modality`` and its instance labels.
+
+    With ``render_as``, the nuclei that ``modality`` would get from this ``rng`` (the same
+    labels) are drawn in the style of another modality: a perfect style transfer of that image,
+    the reference for what a transfer measure can reach (:mod:`nucleistyle.gan.evaluate`).
 
     Args:
         modality: One of :data:`MODALITIES`.
@@ -401,6 +406,7 @@ def synthesize(
         height: Image height (px).
         width: Image width (px).
         scale: Generated px per native px; ``None`` = :func:`default_scale`.
+        render_as: The modality whose style draws the image (``None``: ``modality``).
 
     Returns:
         ``(image, labels)``: uint8 (H, W, 3) RGB (R == G == B for grey modalities) and int32
@@ -409,8 +415,9 @@ def synthesize(
     Raises:
         NucleistyleError: Unknown modality.
     """
-    if modality not in STYLES:
-        raise NucleistyleError(f"unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
+    for name in (modality, render_as or modality):
+        if name not in STYLES:
+            raise NucleistyleError(f"unknown modality {name!r} (known: {', '.join(MODALITIES)})")
     style = STYLES[modality]
     scale = default_scale(height, width) if scale is None else scale
     shape = (height, width)
@@ -419,6 +426,8 @@ def synthesize(
         labels, rasters, kept = _rasterise_nuclei(blobs, shape, max(8.0, 20 * scale**2))
         if kept:
             break
+    modality = render_as or modality
+    style = STYLES[modality]
     if style.brightfield:
         kept_blobs = [blobs[i] for i in kept]
         image = _brightfield(modality, style, rng, shape, rasters, kept_blobs, scale)
