@@ -138,7 +138,7 @@ def smoke_segmenter(
         f"{args.precision}): "
         f"{1 / seconds:.2f} iterations/s = {cfg.batch_size / seconds:.2f} images/s, "
         f"{_peak(device)}; {total:,} iterations ({paper.epochs:g} epochs of {n_train} images): "
-        f"{_hours(total * seconds)}",
+        f"{_hours(total * seconds * paper.batch_size / cfg.batch_size)}",  # at this image rate
         flush=True,
     )
     segmenter = load_segmenter(out / f"{baseline}.pt", str(device))
