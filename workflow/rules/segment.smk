@@ -6,7 +6,7 @@
 rule train_segmenter:
     input:
         unpack(get_segmenter_extra_inputs),
-        train_dirs=get_train_images(),
+        train_dirs=get_segmenter_train_images,
         code=code_of("train_segmenter.py"),
     output:
         model=protected("results/segment/{baseline}-{arm}/model.pt"),
