@@ -1,4 +1,4 @@
-"""Rules enhance_images, enhance_test_images: CLAHE on the selected (dark) images; masks untouched."""
+"""Rule enhance_images: CLAHE on the selected (dark) training images; masks untouched."""
 
 import pandas as pd
 
@@ -12,5 +12,5 @@ enhance_dataset(
     snakemake.output.images,
     ClaheConfig.from_config(snakemake.params.clahe),
     workers=snakemake.threads,
-    table_csv=snakemake.output.get("table"),
+    table_csv=snakemake.output.table,
 )

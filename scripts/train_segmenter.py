@@ -1,5 +1,6 @@
 """Rule train_segmenter: one Mask R-CNN baseline on one training arm (resumes after a kill)."""
 
+from nucleistyle.enhance import ClaheConfig
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
 from nucleistyle.torchutils import set_torch_threads
@@ -18,5 +19,10 @@ train_segmenter(
     style_dirs=[snakemake.input.style_images] if "style_images" in snakemake.input.keys() else [],
     style_manifests=(
         [snakemake.input.style_manifest] if "style_manifest" in snakemake.input.keys() else []
+    ),
+    input_clahe=(
+        ClaheConfig.from_config(snakemake.params.clahe)
+        if snakemake.params.inputs == "enhanced"
+        else None
     ),
 )

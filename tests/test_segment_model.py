@@ -26,6 +26,7 @@ from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
 from nucleistyle.data.csvio import gather_submissions, read_submission
 from nucleistyle.data.rle import rle_decode_labels
 from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.enhance import ClaheConfig, enhance_image
 from nucleistyle.metrics import score_files
 from nucleistyle.segment import engine
 from nucleistyle.segment.configs import get_config
@@ -103,6 +104,37 @@ def test_training_writes_a_loadable_model_and_a_finite_history(trained: dict[str
     assert scored["iteration"].tolist() == [2]
     assert 0 <= scored["train_score"].iloc[0] <= 1 and (scored["cpu_s"] > 0).all()
     assert torch.load(trained["checkpoint"], weights_only=True)["iteration"] == 2
+
+
+def test_a_model_trained_on_enhanced_images_enhances_what_it_segments(
+    trained: dict[str, Path], demo: Path, tmp_path: Path
+) -> None:
+    assert torch.load(trained["model"], weights_only=True)["input_clahe"] is None
+    clahe = ClaheConfig()  # select dark: median V under 0.4
+    train_segmenter([demo / "stage1_train"], tmp_path / "m.pt", tiny(), input_clahe=clahe)
+    segmenter = load_segmenter(tmp_path / "m.pt", "cpu")
+    assert segmenter.clahe == clahe
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+    bright = rng.integers(150, 255, (48, 48, 3), dtype=np.uint8)
+    assert np.array_equal(segmenter.enhance(dark), enhance_image(dark, clahe))
+    assert segmenter.enhance(bright) is bright
+    seen: list[np.ndarray] = []  # what reaches the network (single pass and TTA alike)
+
+    def network(images, tta):
+        seen.extend(images)
+        return [np.ones(image.shape[:2], np.int32) for image in images]
+
+    segmenter._segment = network  # type: ignore[method-assign]
+    segmenter.segment([dark, bright], TTAConfig.for_baseline("mirzaev"))
+    assert np.array_equal(seen[0], enhance_image(dark, clahe)) and seen[1] is bright
+    assert load_segmenter(trained["model"], "cpu").clahe is None
+    with pytest.raises(NucleistyleError, match=r"clahe\.select"):
+        train_segmenter(
+            [demo / "stage1_train"], tmp_path / "c.pt", tiny(),
+            input_clahe=ClaheConfig(select="clusters", clusters=(1,)),
+        )  # fmt: skip
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_a_checkpoint_from_another_configuration_names_file_and_key(

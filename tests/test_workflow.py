@@ -91,17 +91,16 @@ def test_dry_run_of_a_local_copy_needs_no_download(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "download_bbbc038" not in result.stdout
     assert "segment_classical" in result.stdout
-    assert "enhance_test_images" not in result.stdout  # segment.inputs: original
 
 
-def test_dry_run_with_enhanced_inputs_enhances_the_test_sets_for_the_segmenters(tmp_path):
+def test_dry_run_with_enhanced_inputs_trains_the_segmenters_on_the_clahe_copies(tmp_path):
     copy = workflow_copy(tmp_path)
     result = snakemake(
         "-n", "--profile", "profiles/demo", "--config", "segment={inputs: enhanced}", cwd=copy
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "enhance_test_images" in result.stdout
-    assert "results/cluster/enhanced/stage1_test" in result.stdout
+    train = [job for job in result.stdout.split("\n\n") if "rule train_segmenter:" in job]
+    assert train and all("results/cluster/enhanced/stage1_train" in job for job in train)
 
 
 @pytest.mark.parametrize(

@@ -71,30 +71,6 @@ rule enhance_images:
         "../../scripts/enhance_images.py"
 
 
-# segment.inputs enhanced: the test images get the same CLAHE rule as the training images.
-rule enhance_test_images:
-    input:
-        images=get_test_images,
-        assignments="results/cluster/{testset}_assignments.csv",
-        code=code_of("enhance_images.py"),
-    output:
-        images=directory(f"{ENHANCED}/{{testset}}"),
-    log:
-        "logs/enhance_images/{testset}.log",
-    benchmark:
-        "benchmarks/enhance_images/{testset}.tsv"
-    conda:
-        "../../envs/data.yaml"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    params:
-        clahe=config["clahe"],
-    script:
-        "../../scripts/enhance_images.py"
-
-
 rule plot_clusters:
     input:
         unpack(get_cluster_truth),

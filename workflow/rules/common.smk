@@ -100,21 +100,12 @@ def get_test_images(wildcards):
     return f"{RAW}/{wildcards.testset}"
 
 
-ENHANCED = "results/cluster/enhanced"
-
-
 def get_segmenter_train_images(wildcards):
-    """What the segmenters train on (segment.inputs): the training set or its CLAHE copy."""
+    """What the segmenters train on (segment.inputs): the training set or its CLAHE copy
+    (the model file records the CLAHE, and prediction applies it to each test image)."""
     if SEGMENT["inputs"] == "enhanced":
-        return f"{ENHANCED}/stage1_train"
+        return "results/cluster/enhanced/stage1_train"
     return get_train_images()
-
-
-def get_predict_images(wildcards):
-    """What the segmenters predict (segment.inputs): a test set or its CLAHE copy."""
-    if SEGMENT["inputs"] == "enhanced":
-        return f"{ENHANCED}/{wildcards.testset}"
-    return get_test_images(wildcards)
 
 
 def get_solution(wildcards):

@@ -6,7 +6,7 @@
 rule predict_shard:
     input:
         model=get_predictor_model,
-        images=get_predict_images,
+        images=get_test_images,
         code=code_of("predict.py"),
     output:
         submission=temp("results/predict/{model}/{testset}/shards/{shard}.csv"),

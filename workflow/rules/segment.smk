@@ -25,6 +25,8 @@ rule train_segmenter:
     params:
         segment=get_segmenter_overrides,
         checkpoint=get_segmenter_checkpoint,
+        inputs=SEGMENT["inputs"],
+        clahe=config["clahe"],
     script:
         "../../scripts/train_segmenter.py"
 

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nucleistyle.enhance import ClaheConfig
 from nucleistyle.segment.configs import RESUME_IGNORES, SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
     DrawDataset,
@@ -338,6 +339,7 @@ def train_segmenter(
     assignments_csv: PathLike | None = None,
     style_dirs: Sequence[PathLike] = (),
     style_manifests: Sequence[PathLike] = (),
+    input_clahe: ClaheConfig | None = None,
 ) -> Path:
     """Train one segmenter and write its model file.
 
@@ -368,6 +370,9 @@ def train_segmenter(
         style_dirs: Arm ``style``: folders of restyled copies (:mod:`nucleistyle.gan.augment`).
         style_manifests: Their manifests (which original each copy restyles); copies of
             validation images are left out.
+        input_clahe: The CLAHE the training images went through (``segment.inputs:
+            enhanced``; select ``dark``, ``all`` or ``none``), recorded in the model file so that
+            prediction enhances new images by the same rule. None: the images are as they come.
 
     Returns:
         ``out_model`` as a Path.
@@ -379,6 +384,11 @@ def train_segmenter(
         TrainingDiverged: a non-finite loss.
     """
     check_arm(arm, assignments_csv, len(style_dirs))
+    if input_clahe is not None and input_clahe.select == "clusters":
+        raise NucleistyleError(
+            "segment.inputs: enhanced needs clahe.select dark, all or none "
+            "(a trained segmenter cannot tell a new image's cluster)"
+        )
     if arm != "style" and style_dirs:
         raise NucleistyleError(f"restyled folders given for arm {arm}: only arm style uses them")
     device = select_device(cfg.device, "segment.device")
@@ -535,6 +545,7 @@ def train_segmenter(
             "model": final_state,
             "config": flatten(cfg),
             "arm": arm,
+            "input_clahe": None if input_clahe is None else asdict(input_clahe),
             "iterations": total,
             "selected_iteration": selected,
             "train_images": [it.image_id for it in train_items],

@@ -39,9 +39,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from nucleistyle.cluster import v_median
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.csvio import CompressedLabels, write_submission
 from nucleistyle.data.folder import outline, write_label_image
+from nucleistyle.enhance import ClaheConfig, enhance_image
 from nucleistyle.segment.configs import SegmenterConfig, config_from_fingerprint
 from nucleistyle.segment.engine import read_model_file
 from nucleistyle.segment.model import build_model
@@ -141,6 +143,9 @@ class Segmenter:
         cfg: Its configuration.
         device: Where it runs.
         dtype: Autocast dtype (None = fp32).
+        clahe: The CLAHE the model's training images went through (``segment.inputs:
+            enhanced``): :meth:`segment` applies it to every image it selects (by median V)
+            first, so a caller passes images as they come. None = images used as they are.
     """
 
     def __init__(
@@ -149,11 +154,20 @@ class Segmenter:
         cfg: SegmenterConfig,
         device: torch.device,
         dtype: torch.dtype | None,
+        clahe: ClaheConfig | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
         self.dtype = dtype
+        self.clahe = clahe
+
+    def enhance(self, image: np.ndarray) -> np.ndarray:
+        """The image as the model was trained to see it: CLAHE-enhanced when :attr:`clahe`
+        selects it (the training set's rule, :meth:`ClaheConfig.selects`), else unchanged."""
+        if self.clahe is None or not self.clahe.selects(v_median(image), -1):
+            return image
+        return enhance_image(image, self.clahe)
 
     def scale_for(self, height: int, width: int) -> float:
         """The resize factor the baseline applies to an image of this size."""
@@ -249,6 +263,7 @@ class Segmenter:
         """
         if not images:
             return []
+        images = [self.enhance(image) for image in images]
         labels = self._segment(images, tta)
         k = self.cfg.post.fallback_canvas
         if k:
@@ -345,8 +360,10 @@ def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
         ) from exc
     torch_device = select_device(device)
     dtype = resolve_precision(cfg.precision, torch_device)
+    clahe = state.get("input_clahe")
+    clahe = None if clahe is None else ClaheConfig.from_config(clahe)
     log.info("loaded %s (%s, %s) on %s", model_path, cfg.baseline, cfg.backbone, torch_device)
-    return Segmenter(model, cfg, torch_device, dtype)
+    return Segmenter(model, cfg, torch_device, dtype, clahe)
 
 
 def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
