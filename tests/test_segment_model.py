@@ -32,7 +32,13 @@ from nucleistyle.segment import engine
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
 from nucleistyle.segment.model import PreparedTransform, build_model
-from nucleistyle.segment.predict import Detections, Segmenter, load_segmenter, predict_folder
+from nucleistyle.segment.predict import (
+    Detections,
+    Segmenter,
+    calibrate,
+    load_segmenter,
+    predict_folder,
+)
 from nucleistyle.tta import DIHEDRAL, TTAConfig
 from nucleistyle.utils import NucleistyleError
 from tests.conftest import REPO, TINY_SEGMENTER
@@ -258,14 +264,20 @@ def test_predict_folder_writes_a_submission_and_label_pngs_of_the_input_size(
 ) -> None:
     if baseline == "deep_retina":
         model = trained["model"]
-    else:  # 1 iteration, 10 % validation split, best-val selection
+    else:  # 1 iteration, 10 % validation split, best-val selection, calibrated thresholds
         model = train_segmenter(
             [demo / "stage1_train"],
             tmp_path / "mz.pt",
-            tiny("mirzaev", iterations=1),
+            tiny("mirzaev", iterations=1, calibrate=True),
             history_tsv=tmp_path / "mz.tsv",
         )
         assert "val_loss" in pd.read_csv(tmp_path / "mz.tsv", sep="\t").columns
+        calibration = torch.load(model, weights_only=True)["calibration"]
+        assert calibration["n_images"] == 1 and len(calibration["grid"]) >= 25
+        loaded = load_segmenter(model, "cpu")
+        assert loaded.cfg.post.mask_threshold == calibration["mask_threshold"]
+        assert loaded.cfg.model.box_score_thresh == calibration["box_score_thresh"]
+        assert loaded.model.roi_heads.score_thresh == calibration["box_score_thresh"]
     n = predict_folder(
         model, demo / "stage1_test", tmp_path / "sub.csv", tmp_path / "labels", device="cpu"
     )
@@ -281,6 +293,45 @@ def test_predict_folder_writes_a_submission_and_label_pngs_of_the_input_size(
     for image_id, size in sizes.items():
         with Image.open(tmp_path / "odd_labels" / f"{image_id}.png") as im:
             assert im.mode == "I;16" and (im.height, im.width) == size
+
+
+def test_calibration_picks_the_thresholds_that_score_best_on_the_validation_images(
+    trained: dict[str, Path],
+) -> None:
+    """Three true nuclei detected with confident masks at probability 0.58 and three
+    background detections scored 0.45: the configured pair (0.3, 0.6) keeps the false ones and
+    loses the true masks (score 0); calibration finds a pair that scores 1.0."""
+    truth = np.zeros((64, 64), np.int32)
+    boxes = []
+    for n, (y, x) in enumerate([(4, 4), (4, 36), (36, 20)], start=1):
+        truth[y : y + 20, x : x + 20] = n
+        boxes.append([x, y, x + 20, y + 20])
+    for y, x in [(36, 2), (36, 44), (2, 24)]:  # background: false detections
+        boxes.append([x, y, x + 8, y + 8])
+    probs = np.full((6, 28, 28), 0.58, np.float32)
+    probs[3:] = 0.9
+    detections = Detections(
+        np.array(boxes, np.float32), np.array([0.95] * 3 + [0.45] * 3, np.float32), probs, (64, 64)
+    )
+    segmenter = load_segmenter(trained["model"], "cpu")
+    segmenter.cfg = tiny(model={"box_score_thresh": 0.3}, post={"mask_threshold": 0.6})
+    heads = segmenter.model.roi_heads
+    seen = []
+
+    def raw(images):
+        seen.append(heads.score_thresh)
+        return [detections.above(heads.score_thresh)]
+
+    segmenter.raw = raw  # type: ignore[method-assign]
+    found = calibrate(segmenter, [np.zeros((64, 64, 3), np.uint8)], [truth])
+    assert seen == [0.3] and heads.score_thresh == 0.9  # lowest threshold, then restored
+    assert found.configured_score == 0.0 and found.score == 1.0
+    assert 0.45 < found.box_score_thresh and found.mask_threshold < 0.58
+    assert (0.3, 0.6, 0.0) in found.grid and max(g[2] for g in found.grid) == 1.0
+    with pytest.raises(NucleistyleError, match=r"segment\.calibrate"):
+        calibrate(segmenter, [], [])
+    with pytest.raises(NucleistyleError, match=r"segment\.calibrate"):
+        tiny(calibrate=True)  # Deep Retina: no validation split
 
 
 @pytest.mark.parametrize("baseline", ["deep_retina", "mirzaev"])

@@ -57,6 +57,7 @@ RESUME_IGNORES = (
     "log_every",
     "workers",
     "val_every",
+    "calibrate",
 )
 
 
@@ -363,6 +364,11 @@ class SegmenterConfig:
         selection: Which weights become the model: ``"last"`` (Deep Retina) or ``"best_val"``, the
             lowest validation loss within the last LR phase (Mirzaev: best-val checkpoint of the
             last ``train()`` call).
+        calibrate: After training, choose ``model.box_score_thresh`` and
+            ``post.mask_threshold`` on the validation split: the pair of
+            :data:`~.predict.CALIBRATION_GRID` (and the configured pair) with the highest mean
+            DSB score there, recorded in the model file and used by every prediction
+            (:func:`~.predict.calibrate`). Needs ``val_fraction`` > 0.
         model: See :class:`ModelConfig`.
         prep: See :class:`PrepConfig`.
         augment: See :class:`AugmentConfig`.
@@ -386,6 +392,7 @@ class SegmenterConfig:
     val_every: int | None = None
     split_seed: int = 11
     selection: str = "last"
+    calibrate: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     prep: PrepConfig = field(default_factory=PrepConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -410,6 +417,8 @@ class SegmenterConfig:
             )
         if self.selection == "best_val" and self.val_fraction == 0:
             raise _fail("selection", "last when val_fraction is 0", self.selection)
+        if self.calibrate and self.val_fraction == 0:
+            raise _fail("calibrate", "false when val_fraction is 0", self.calibrate)
 
     def total_iterations(self, n_train: int) -> int:
         """The iteration budget for ``n_train`` training images."""

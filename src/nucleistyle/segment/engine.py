@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -69,6 +69,9 @@ from nucleistyle.torchutils import (
     set_rng_state,
 )
 from nucleistyle.utils import NucleistyleError
+
+if TYPE_CHECKING:
+    from nucleistyle.segment.predict import Calibration
 
 __all__ = [
     "MODEL_FORMAT",
@@ -329,6 +332,37 @@ def _ceiling(truths: Sequence[np.ndarray], cfg: SegmenterConfig) -> float:
     return ceiling_score(truths, cfg)
 
 
+def _calibrate(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    cfg: SegmenterConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    items: Sequence[TrainItem],
+) -> Calibration:
+    """:func:`~.predict.calibrate` of the selected weights on the validation items."""
+    from nucleistyle.segment.predict import Segmenter, calibrate
+
+    model.load_state_dict(state)
+    found = calibrate(
+        Segmenter(model, cfg, device, dtype),
+        [it.image for it in items],
+        [it.labels for it in items],
+    )
+    log.info(
+        "calibrated on %d validation images: box_score_thresh %g, mask_threshold %g "
+        "(val score %.4f; configured %g / %g: %.4f)",
+        found.n_images,
+        found.box_score_thresh,
+        found.mask_threshold,
+        found.score,
+        cfg.model.box_score_thresh,
+        cfg.post.mask_threshold,
+        found.configured_score,
+    )
+    return found
+
+
 def train_segmenter(
     train_dirs: Sequence[PathLike],
     out_model: PathLike,
@@ -373,6 +407,10 @@ def train_segmenter(
         input_clahe: The CLAHE the training images went through (``segment.inputs:
             enhanced``; select ``dark``, ``all`` or ``none``), recorded in the model file so that
             prediction enhances new images by the same rule. None: the images are as they come.
+
+    With ``cfg.calibrate`` the selected weights then choose their detection and mask
+    thresholds on the validation images (:func:`~.predict.calibrate`); the model file records
+    the choice and the whole grid (``calibration``), and loading it applies them.
 
     Returns:
         ``out_model`` as a Path.
@@ -538,6 +576,9 @@ def train_segmenter(
         else:
             selected, final_state = int(best["iteration"]), copy.copy(best["model"])
             log.info("selected iteration %d (val_loss %.4f)", selected, best["val_loss"])
+    calibration = None
+    if cfg.calibrate:
+        calibration = _calibrate(model, final_state, cfg, device, dtype, val_items)
     save_checkpoint(
         out_model,
         {
@@ -546,6 +587,7 @@ def train_segmenter(
             "config": flatten(cfg),
             "arm": arm,
             "input_clahe": None if input_clahe is None else asdict(input_clahe),
+            "calibration": None if calibration is None else asdict(calibration),
             "iterations": total,
             "selected_iteration": selected,
             "train_images": [it.image_id for it in train_items],

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,16 @@ from nucleistyle.tta import BASELINE_TTA, PredictFn, TTAConfig, predict_tta
 from nucleistyle.tta import Instances as DenseInstances
 from nucleistyle.utils import NucleistyleError, first_line, published_together
 
-__all__ = ["Detections", "Segmenter", "ceiling_score", "load_segmenter", "predict_folder"]
+__all__ = [
+    "CALIBRATION_GRID",
+    "Calibration",
+    "Detections",
+    "Segmenter",
+    "calibrate",
+    "ceiling_score",
+    "load_segmenter",
+    "predict_folder",
+]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -78,6 +87,14 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def above(self, score: float) -> Detections:
+        """The detections scoring at least ``score`` (as a higher ``box_score_thresh`` would
+        have left them)."""
+        keep = self.scores >= score
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.mask_probs[keep], self.image_size
+        )
 
     def paste(self, index: int) -> tuple[int, int, np.ndarray]:
         """One soft mask as ``(row, col, probabilities)``: the crop's top-left corner (may lie
@@ -338,6 +355,101 @@ def ceiling_score(
     return float(np.mean(scores)) if scores else math.nan
 
 
+# The thresholds :func:`calibrate` tries (with the configured pair).
+CALIBRATION_GRID = {
+    "box_score_thresh": (0.3, 0.5, 0.7, 0.8, 0.9),
+    "mask_threshold": (0.4, 0.5, 0.55, 0.6, 0.7),
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Detection and mask thresholds chosen on validation images (:func:`calibrate`).
+
+    Attributes:
+        box_score_thresh: The chosen minimum detection score.
+        mask_threshold: The chosen mask probability threshold.
+        score: Mean DSB score of the validation images with the chosen pair.
+        configured_score: The same with the configured pair.
+        n_images: Validation images.
+        grid: ``(box_score_thresh, mask_threshold, score)`` for every pair tried.
+    """
+
+    box_score_thresh: float
+    mask_threshold: float
+    score: float
+    configured_score: float
+    n_images: int
+    grid: tuple[tuple[float, float, float], ...]
+
+    def apply(self, cfg: SegmenterConfig) -> SegmenterConfig:
+        """``cfg`` with the chosen thresholds."""
+        return replace(
+            cfg,
+            model=replace(cfg.model, box_score_thresh=self.box_score_thresh),
+            post=replace(cfg.post, mask_threshold=self.mask_threshold),
+        )
+
+
+@torch.no_grad()
+def calibrate(
+    segmenter: Segmenter, images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
+) -> Calibration:
+    """Choose ``box_score_thresh`` and ``mask_threshold`` by the DSB score on labelled images.
+
+    Every pair of :data:`CALIBRATION_GRID` and the configured pair is scored: one network
+    pass per image at the lowest detection threshold, then, per pair, the detections above the
+    score threshold binarised at the mask threshold and post-processed as in
+    :meth:`Segmenter.segment` (single pass; without Mirzaev's fallback canvas, which only
+    concerns images where nothing is found). The best mean score wins; ties, and any pair no
+    better than the configured one, keep the configured pair.
+
+    Args:
+        segmenter: The trained segmenter (its configured thresholds are the reference).
+        images: uint8 (H, W, 3) validation images, as the model sees them (already enhanced
+            when the model was trained on enhanced images).
+        truths: Their ground-truth label images.
+
+    Returns:
+        The :class:`Calibration`.
+
+    Raises:
+        NucleistyleError: no images.
+    """
+    from nucleistyle.metrics import image_score
+
+    if not images:
+        raise NucleistyleError("segment.calibrate: no validation images to calibrate on")
+    configured = (segmenter.cfg.model.box_score_thresh, segmenter.cfg.post.mask_threshold)
+    scores_grid = sorted({*CALIBRATION_GRID["box_score_thresh"], configured[0]})
+    masks_grid = sorted({*CALIBRATION_GRID["mask_threshold"], configured[1]})
+    heads: Any = segmenter.model.roi_heads
+    saved = heads.score_thresh
+    heads.score_thresh = scores_grid[0]
+    try:
+        detections = [segmenter.raw([image])[0] for image in images]
+    finally:
+        heads.score_thresh = saved
+    grid = []
+    for score_thresh in scores_grid:
+        kept = [det.above(score_thresh) for det in detections]
+        for mask_thresh in masks_grid:
+            mean = np.mean(
+                [
+                    image_score(
+                        np.asarray(truth, np.int32),
+                        segmenter.postprocess(det.instances(mask_thresh)),
+                    )
+                    for det, truth in zip(kept, truths, strict=True)
+                ]
+            )
+            grid.append((float(score_thresh), float(mask_thresh), float(mean)))
+    reference = next(g[2] for g in grid if (g[0], g[1]) == configured)
+    best = max(grid, key=lambda g: g[2])
+    chosen = best if best[2] > reference else (*configured, reference)
+    return Calibration(chosen[0], chosen[1], chosen[2], reference, len(images), tuple(grid))
+
+
 def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
     """Load a model file written by :func:`~.engine.train_segmenter` (``weights_only=True``).
 
@@ -351,6 +463,15 @@ def load_segmenter(model_path: PathLike, device: str = "auto") -> Segmenter:
     """
     state = read_model_file(model_path)
     cfg = config_from_fingerprint(state["config"])
+    if state.get("calibration") is not None:
+        record = dict(state["calibration"])
+        calibration = Calibration(**{**record, "grid": tuple(map(tuple, record["grid"]))})
+        cfg = calibration.apply(cfg)
+        log.info(
+            "calibrated thresholds: box_score_thresh %g, mask_threshold %g",
+            calibration.box_score_thresh,
+            calibration.mask_threshold,
+        )
     model = build_model(cfg, pretrained=False)
     try:
         model.load_state_dict(state["model"])
