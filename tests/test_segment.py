@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import write_sample
+from nucleistyle.report import segment as report_segment
 from nucleistyle.report.segment import plot_training
 from nucleistyle.segment.configs import (
     PostConfig,
@@ -489,7 +490,7 @@ def test_draws_are_deterministic_and_cover_each_epoch() -> None:
 # report figure
 
 
-def test_plot_training_draws_every_history(tmp_path: Path) -> None:
+def test_plot_training_draws_every_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = pd.DataFrame(
         {
             "iteration": [10, 20],
@@ -499,8 +500,24 @@ def test_plot_training_draws_every_history(tmp_path: Path) -> None:
         }
     )
     rows.to_csv(tmp_path / "a.tsv", sep="\t", index=False)
-    with_val = pd.concat([rows, pd.DataFrame({"iteration": [20], "val_loss": [1.5]})])
+    scored = {"iteration": [20], "val_loss": [1.5], "val_score": [0.4], "cpu_s": [120.0]}
+    calibrated = {"iteration": [20], "val_score_calibrated": [0.45]}  # the engine's extra row
+    with_val = pd.concat([rows, pd.DataFrame(scored), pd.DataFrame(calibrated)])
     with_val.to_csv(tmp_path / "b.tsv", sep="\t", index=False)
+    figures = []
+    monkeypatch.setattr(report_segment, "save_figure", lambda fig, out: figures.append(fig))
+    plot_training({"a": tmp_path / "a.tsv", "b": tmp_path / "b.tsv"}, tmp_path / "x.png")
+    curve, against_cpu = figures[0].axes[:2]
+    stars = [
+        (line.get_xdata()[0], line.get_ydata()[0])
+        for line in curve.lines
+        if line.get_marker() == "*"
+    ]
+    assert stars == [(20, 0.45)] and "calibration" in curve.get_title()
+    assert [
+        (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in against_cpu.lines if ln.get_marker() == "*"
+    ] == [(2.0, 0.45)]
+    monkeypatch.undo()
     plot_training({"a": tmp_path / "a.tsv", "b": tmp_path / "b.tsv"}, tmp_path / "curves.png")
     with Image.open(tmp_path / "curves.png") as im:
         # two rows (learning curves above, the four loss panels below), four panels wide

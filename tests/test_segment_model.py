@@ -274,6 +274,8 @@ def test_predict_folder_writes_a_submission_and_label_pngs_of_the_input_size(
         assert "val_loss" in pd.read_csv(tmp_path / "mz.tsv", sep="\t").columns
         calibration = torch.load(model, weights_only=True)["calibration"]
         assert calibration["n_images"] == 1 and len(calibration["grid"]) >= 25
+        history = pd.read_csv(tmp_path / "mz.tsv", sep="\t")  # the learning curve's star
+        assert history["val_score_calibrated"].dropna().tolist() == [calibration["score"]]
         loaded = load_segmenter(model, "cpu")
         assert loaded.cfg.post.mask_threshold == calibration["mask_threshold"]
         assert loaded.cfg.model.box_score_thresh == calibration["box_score_thresh"]

@@ -64,7 +64,7 @@ def _score_column(table: pd.DataFrame) -> str | None:
 def _plot_scores(ax_iter, ax_cpu, tables: Mapping[str, pd.DataFrame]) -> None:
     """DSB score against iteration and against CPU minutes, each model's post-processing
     ceiling as a dashed line in its colour."""
-    kinds = set()
+    kinds, calibrated = set(), False
     for i, (name, table) in enumerate(tables.items()):
         column = _score_column(table)
         if column is None:
@@ -78,8 +78,17 @@ def _plot_scores(ax_iter, ax_cpu, tables: Mapping[str, pd.DataFrame]) -> None:
         if "score_ceiling" in rows:
             for ax in (ax_iter, ax_cpu):
                 ax.axhline(rows["score_ceiling"].iloc[-1], color=colour, ls="--", lw=0.8)
+        if "val_score_calibrated" in table:  # the selected weights after threshold calibration
+            for _, row in table.dropna(subset=["val_score_calibrated"]).iterrows():
+                at = rows[rows["iteration"] == row["iteration"]]
+                ax_iter.plot(row["iteration"], row["val_score_calibrated"], "*", color=colour, ms=9)
+                if "cpu_s" in at and len(at):
+                    ax_cpu.plot(at["cpu_s"].iloc[-1] / 60, row["val_score_calibrated"], "*",
+                                color=colour, ms=9)  # fmt: skip
+                calibrated = True
     what = " / ".join(sorted(kinds)) or "no scores logged"
-    ax_iter.set_title(f"DSB score ({what} images)", fontsize=9)
+    star = "; star: after threshold calibration" if calibrated else ""
+    ax_iter.set_title(f"DSB score ({what} images{star})", fontsize=9)
     ax_cpu.set_title("DSB score against CPU time (dashed: post-processing ceiling)", fontsize=9)
     ax_iter.set_xlabel("iteration")
     ax_cpu.set_xlabel("CPU minutes of training")
@@ -108,8 +117,10 @@ def plot_training(history_tsvs: Mapping[str, PathLike], out_png: PathLike) -> No
 
     Top row: the DSB score of the validation images (the first training images when a model
     has no validation split) against iteration and against CPU minutes, with each model's
-    post-processing ceiling. Bottom row: total training loss, mask loss, box classification
-    loss, and the validation loss when any model has one. Smoothed values as logged.
+    post-processing ceiling and, for a calibrated model (``segment.calibrate``), a star at its
+    selected iteration: the validation score with the calibrated thresholds. Bottom row: total
+    training loss, mask loss, box classification loss, and the validation loss when any model
+    has one. Smoothed values as logged.
 
     Args:
         history_tsvs: ``{model name: history TSV}`` in legend order.

@@ -579,6 +579,7 @@ def train_segmenter(
     calibration = None
     if cfg.calibrate:
         calibration = _calibrate(model, final_state, cfg, device, dtype, val_items)
+        history.append(selected, {"val_score_calibrated": calibration.score})
     save_checkpoint(
         out_model,
         {
