@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -165,6 +166,31 @@ def test_training_writes_a_weights_only_model_history_and_loss_figure(
     train_gan(images, assignments, tmp_path / "m.pt", grown, tmp_path / "ck.pt", tmp_path / "h.tsv")
     assert torch.load(tmp_path / "m.pt", weights_only=True)["iteration"] == 8
     assert pd.read_csv(tmp_path / "h.tsv", sep="\t")["iteration"].tolist() == [2, 4, 6, 8]
+
+
+def test_monitoring_a_run_does_not_change_its_weights(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The monitor builds networks and draws noise (global generators); the weights must be
+    those of an unmonitored run, whatever ``monitor_every`` is."""
+    images, assignments = data
+
+    def monitor(state: dict, domains: object) -> dict[str, float]:
+        torch.nn.Linear(8, 8)  # as the monitor's Stylizer: initialised from the global generator
+        return {"eval_noise": float(torch.randn(1)) + float(np.random.rand())}  # noqa: NPY002
+
+    plain = train_gan(images, assignments, tmp_path / "a.pt", GanConfig(**TINY))
+    watched = train_gan(
+        images,
+        assignments,
+        tmp_path / "b.pt",
+        GanConfig(**{**TINY, "monitor_every": 2}),
+        history_tsv=tmp_path / "b.tsv",
+        monitor=monitor,
+    )
+    assert pd.read_csv(tmp_path / "b.tsv", sep="\t")["eval_noise"].notna().sum() == 3
+    a, b = torch.load(plain, weights_only=True), torch.load(watched, weights_only=True)
+    assert _tensors_equal(a["nets"], b["nets"])
 
 
 def test_checkpoint_of_another_configuration_is_rejected_naming_the_file(

@@ -438,12 +438,20 @@ def _monitor(
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> dict[str, float]:
-    """Run ``monitor`` on the current weights (attribute statistics from a few images)."""
+    """Run ``monitor`` on the current weights (attribute statistics from a few images).
+
+    The global random generators are restored afterwards: watching a run does not change it
+    (the same weights whatever ``monitor_every`` is).
+    """
     tic = time.perf_counter()
-    mean, std = attribute_statistics(
-        trainer.nets.enc_a, data, cfg.crop, device, dtype, MONITOR_STATS_IMAGES
-    )
-    values = dict(monitor(_model_state(trainer, data, cfg, mean, std), data))
+    rng = get_rng_state()
+    try:
+        mean, std = attribute_statistics(
+            trainer.nets.enc_a, data, cfg.crop, device, dtype, MONITOR_STATS_IMAGES
+        )
+        values = dict(monitor(_model_state(trainer, data, cfg, mean, std), data))
+    finally:
+        set_rng_state(rng)
     log.info(
         "iteration %d monitor (%.1f s): %s",
         trainer.iteration,
