@@ -17,6 +17,7 @@ train_gan(
     history_tsv=snakemake.output.history,
     monitor=TransferMonitor(
         snakemake.input.cluster_model,
+        snakemake.input.images,
         seed=snakemake.params.gan.get("seed", 0),
         device=snakemake.params.gan.get("device", "auto"),
     ),

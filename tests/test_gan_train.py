@@ -156,9 +156,12 @@ def test_training_writes_a_weights_only_model_history_and_loss_figure(
     assert {"g_total", "cross_cycle", "d1_adv", "d_content"} <= set(history.columns)
     plot_losses(tmp_path / "h.tsv", tmp_path / "losses.png")
     assert (tmp_path / "losses.png").stat().st_size > 1000
-    monitored = history.assign(eval_style_hit=0.4, eval_fg_iou=0.3, eval_edge_corr=0.1)
+    monitored = history.assign(
+        eval_style_hit=0.4, eval_fg_iou=0.3, eval_edge_corr=0.1, eval_fg_iou_original=0.8
+    )
     monitored.to_csv(tmp_path / "m.tsv", sep="\t", index=False)
-    plot_losses(tmp_path / "m.tsv", tmp_path / "curve.png", {"fg_iou": 0.4, "edge_corr": 0.4})
+    reference = {"fg_iou": 0.7, "fg_iou_unrelated": 0.2, "edge_corr": 0.4}
+    plot_losses(tmp_path / "m.tsv", tmp_path / "curve.png", reference)
     assert (tmp_path / "curve.png").stat().st_size > (tmp_path / "losses.png").stat().st_size
 
     # a larger budget resumes from the checkpoint and trains only the new iterations

@@ -12,12 +12,14 @@ import torch
 
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
 from nucleistyle.gan.augment import MANIFEST_COLUMNS, augment_dataset, augmented_id
+from nucleistyle.gan.data import load_domain_set
 from nucleistyle.gan.evaluate import (
     EVALUATION_COLUMNS,
+    TransferMonitor,
     edge_similarity,
     evaluate_transfer,
-    foreground_iou,
     perfect_transfer,
+    threshold_iou,
 )
 from nucleistyle.gan.stylize import image_seed, load_stylizer, pad_to_multiple, stylize_folder
 from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
@@ -303,11 +305,20 @@ def test_edge_similarity_ignores_polarity_and_detects_moved_structure() -> None:
     assert np.isnan(edge_similarity(image, np.zeros_like(image)))
 
 
-def test_foreground_iou_by_hand() -> None:
-    a = np.array([[1, 1, 0, 0]])
-    b = np.array([[0, 2, 2, 0]])
-    assert foreground_iou(a, b) == pytest.approx(1 / 3)
-    assert np.isnan(foreground_iou(np.zeros((2, 2)), np.zeros((2, 2))))
+def test_threshold_iou_finds_the_nuclei_in_any_style_and_not_in_other_images() -> None:
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 10:22] = True
+    bright = np.where(mask, 200, 30).astype(np.uint8)
+    assert threshold_iou(bright, mask, sigma=0) == 1.0
+    assert threshold_iou(255 - bright, mask, sigma=0) == 1.0  # dark nuclei on bright
+    purple = np.stack(
+        [np.where(mask, 120, 230), np.where(mask, 60, 60), np.full((32, 32), 200)], -1
+    )
+    assert threshold_iou(purple.astype(np.uint8), mask, sigma=0) == 1.0  # only red differs
+    moved = np.roll(bright, 16, axis=1)
+    assert threshold_iou(moved, mask, sigma=0) < 0.5
+    assert threshold_iou(np.full((32, 32), 90, np.uint8), mask) == pytest.approx(mask.mean())
+    assert np.isnan(threshold_iou(bright, np.zeros_like(mask)))
 
 
 def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
@@ -315,8 +326,10 @@ def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
     table = perfect_transfer(synthetic, {"select": "dark"}, per_pair=2)
     assert len(table) == 5 * 4  # every ordered pair of different modalities
     assert set(table.n_images) == {2}
-    means = table[["fg_iou", "edge_corr"]].mean()
-    assert means.between(0.2, 0.8).all()  # far above a failed transfer, well below 1
+    means = table[["fg_iou", "fg_iou_unrelated", "edge_corr"]].mean()
+    assert means.fg_iou > 0.6  # the nuclei still show in every other style ...
+    assert means.fg_iou_unrelated < 0.3  # ... and other nuclei do not fit their masks
+    assert 0.2 < means.edge_corr < 0.8
     close = table.set_index(["source_name", "target_name"]).loc[
         ("small_fluorescent", "large_fluorescent")
     ]
@@ -324,6 +337,30 @@ def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
     two = ("small_fluorescent", "purple_tissue")
     pair = perfect_transfer(synthetic, per_pair=1, modalities=two)
     assert list(pair.target_name) == ["purple_tissue", "small_fluorescent"]
+
+
+@pytest.mark.parametrize("resize", [0, 40])
+def test_monitor_reads_structure_against_the_true_masks(trained: dict, resize: int) -> None:
+    data = load_domain_set(trained["images"], trained["assignments"], 3, resize=resize, crop=36)
+    state = torch.load(trained["model"], weights_only=True)
+    monitor = TransferMonitor(trained["clusters"], trained["images"], per_domain=1, device="cpu")
+    scores = monitor(state, data)
+    assert scores["eval_style_hit_chance"] == pytest.approx(1 / 3)
+    assert 0 <= scores["eval_fg_iou"] <= 1 and 0 <= scores["eval_style_hit"] <= 1
+    records = {r.image_id: r for r in list_images(trained["images"])}
+    kept = []
+    for members in data.members:
+        index = members[0]
+        labels = load_sample(records[data.image_ids[index]]).labels
+        image = data.images[index]
+        assert monitor._foreground(data, int(index)).shape == image.shape[:2]
+        if resize == 0:  # native size: exactly the true foreground
+            assert np.array_equal(monitor._foreground(data, int(index)), labels > 0)
+        kept.append(threshold_iou(image, monitor._foreground(data, int(index))))
+    assert scores["eval_fg_iou_original"] == pytest.approx(np.mean(kept))
+    assert scores["eval_fg_iou_original"] > 0.6  # the synthetic nuclei show in the originals
+    blind = TransferMonitor(trained["clusters"], None, per_domain=1, device="cpu")
+    assert blind(state, data)["eval_fg_iou_original"] != scores["eval_fg_iou_original"]
 
 
 def test_evaluate_transfer_reports_every_domain_pair(trained: dict, tmp_path: Path) -> None:

@@ -253,7 +253,9 @@ def _train_gan(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     monitor = None
     if args.cluster_model:
-        monitor = TransferMonitor(args.cluster_model, seed=config["seed"], device=cfg.device)
+        monitor = TransferMonitor(
+            args.cluster_model, args.images_dir, seed=config["seed"], device=cfg.device
+        )
     out = Path(args.out_dir)
     train_gan(
         args.images_dir,

@@ -113,19 +113,29 @@ def plot_figure3(
 
 def _plot_monitor(ax, rows: pd.DataFrame, reference: Mapping[str, float] | None) -> None:
     """The learning curve: style reached (style_hit against chance) and structure kept, beside
-    what a perfect transfer scores (``reference``, dotted)."""
+    what a perfect transfer scores (``reference``, dotted) and, for the foreground IoU, what an
+    unrelated image scores (``fg_iou_unrelated``, dash-dot) and the unstyled originals
+    (``eval_fg_iou_original``, solid thin)."""
+    reference = reference or {}
     for column, label in (
         ("eval_style_hit", "style_hit"),
         ("eval_fg_iou", "foreground IoU"),
         ("eval_edge_corr", "edge correlation"),
     ):
-        if column in rows:
-            (line,) = ax.plot(rows["iteration"], rows[column], marker="o", ms=3, label=label)
-            perfect = (reference or {}).get(column.removeprefix("eval_"))
-            if perfect is not None:
-                ax.axhline(perfect, color=line.get_color(), ls=":", lw=1.0)
+        if column not in rows:
+            continue
+        (line,) = ax.plot(rows["iteration"], rows[column], marker="o", ms=3, label=label)
+        name = column.removeprefix("eval_")
+        if name in reference:
+            ax.axhline(reference[name], color=line.get_color(), ls=":", lw=1.0)
+        if name == "fg_iou" and "fg_iou_unrelated" in reference:
+            ax.axhline(reference["fg_iou_unrelated"], color=line.get_color(), ls="-.", lw=0.8)
+        if name == "fg_iou" and "eval_fg_iou_original" in rows:
+            ax.axhline(rows["eval_fg_iou_original"].iloc[-1], color=line.get_color(), lw=0.6)
     if reference:
         ax.plot([], [], color="grey", ls=":", lw=1.0, label="perfect transfer")
+    if "fg_iou_unrelated" in reference:
+        ax.plot([], [], color="grey", ls="-.", lw=0.8, label="unrelated image")
     if "eval_style_hit_chance" in rows:
         ax.axhline(rows["eval_style_hit_chance"].iloc[-1], color="grey", ls="--", lw=0.8)
         ax.text(rows["iteration"].iloc[0], rows["eval_style_hit_chance"].iloc[-1], " chance",
@@ -142,8 +152,9 @@ def plot_losses(
 ) -> None:
     """Loss curves from the training history TSV, one panel per group of terms, and the
     monitor's learning curve (style_hit, foreground IoU, edge correlation) when logged, with
-    ``reference`` (``fg_iou``, ``edge_corr``: what a perfect transfer scores, from
-    :func:`nucleistyle.gan.evaluate.perfect_transfer`) as dotted lines.
+    ``reference`` (``fg_iou``, ``edge_corr``: what a perfect transfer scores;
+    ``fg_iou_unrelated``: what an unrelated image scores; from
+    :func:`nucleistyle.gan.evaluate.perfect_transfer`) as reference lines.
 
     Raises:
         NucleistyleError: The file is missing, unreadable or has no rows.
