@@ -31,7 +31,7 @@ from nucleistyle.metrics import score_files
 from nucleistyle.segment import engine
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
-from nucleistyle.segment.model import PreparedTransform, build_model
+from nucleistyle.segment.model import GatherRoIAlign, PreparedTransform, build_model
 from nucleistyle.segment.predict import (
     Detections,
     Segmenter,
@@ -431,6 +431,32 @@ def test_box_geometry_stays_float32_under_bf16_autocast() -> None:
     # torchvision would build anchors and decode boxes in bf16 (4-px steps near 500 px)
     assert anchors[0].dtype == torch.float32 and features["0"].dtype == torch.float32
     assert out[0]["boxes"].dtype == torch.float32 and out[0]["masks"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_gather_roi_align_gives_torchvisions_values_and_gradients(output_size: int) -> None:
+    # boxes partly or wholly outside the maps (both border rules), tiny and large ones, and an
+    # image without any box, over four FPN levels
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(32, 40), (16, 20), (8, 10), (4, 5)]
+    ours_in = {str(i): torch.randn(3, 8, h, w, generator=gen) for i, (h, w) in enumerate(shapes)}
+    ref_in = {k: v.clone().requires_grad_() for k, v in ours_in.items()}
+    ours_in = {k: v.requires_grad_() for k, v in ours_in.items()}
+    boxes = []
+    for n in (60, 0, 40):
+        corner = torch.rand(n, 2, generator=gen) * torch.tensor([180.0, 150.0]) - 12
+        size = torch.rand(n, 2, generator=gen) * 100 + 0.2
+        boxes.append(torch.cat([corner, corner + size], 1))
+    names = ["0", "1", "2", "3"]
+    ref = torchvision.ops.MultiScaleRoIAlign(names, output_size, 2)(ref_in, boxes, [(128, 160)] * 3)
+    ours = GatherRoIAlign(names, output_size, 2)(ours_in, boxes, [(128, 160)] * 3)
+    assert ours.shape == ref.shape == (100, 8, output_size, output_size)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    weights = torch.randn(ref.shape, generator=gen)
+    (ref * weights).sum().backward()
+    (ours * weights).sum().backward()
+    for name in names:
+        torch.testing.assert_close(ours_in[name].grad, ref_in[name].grad, atol=1e-4, rtol=1e-4)
 
 
 def test_plain_heads_have_the_layout_of_torchvisions_coco_model() -> None:
