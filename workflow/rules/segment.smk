@@ -15,6 +15,9 @@ rule train_segmenter:
         "logs/train_segmenter/{baseline}-{arm}.log",
     benchmark:
         "benchmarks/train_segmenter/{baseline}-{arm}.tsv"
+    # before predictions and plots, which fill the gaps: on 2 cores a segmenter that waits
+    # for a short job to finish first delays the end of the run by its whole length
+    priority: 5
     conda:
         "../../envs/torch.yaml"
     threads: TORCH_THREADS
