@@ -5,6 +5,11 @@ Usage: ``python bench/bench_segment.py [--configs demo cpu] [--baselines deep_re
 [--stock-iterations N] [--no-contention] [--learning demo cpu] [--learning-iterations N]
 [--budgets 0.5 1 2]``
 
+0. ROI Align: seconds per demo Deep Retina training step (one thread, bf16 where the CPU has it)
+   with torchvision's ``MultiScaleRoIAlign`` poolers (the baseline) and with ours
+   (``GatherRoIAlign``), swapped in one model every 8 steps, 6 rounds, the order alternated;
+   ours as a ratio to it. (Timed alone, forward and backward of the two poolers take about as
+   long as torchvision's; the gain shows in training only.)
 1. Throughput: images/s of a training step as the engine runs it (``train_iterations``: the
    batch from the engine's DataLoader, forward, backward, gradient clipping, optimiser step) of
    each baseline with the settings of ``config.demo.yaml`` (128 px, ResNet-18, narrow heads)
@@ -48,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -356,6 +362,64 @@ def _print_learning(name: str, baseline: str, rows: list[dict], budgets: list[fl
     print(f"{name}: {baseline}: {key} within " + ", ".join(reached), flush=True)
 
 
+def roi_align_seconds(data: Path, rounds: int = 6, iterations: int = 8) -> dict[str, float]:
+    """Mean seconds per demo Deep Retina training step (``train_iterations``, one thread, bf16
+    where the CPU has it) with torchvision's ROI poolers (``stock``) and with ours (``ours``):
+    one model trained on, the poolers swapped every ``iterations`` steps, the order alternated
+    each round (the steps get slower as training goes on)."""
+    import torch
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from nucleistyle.segment import engine
+    from nucleistyle.segment.configs import get_config
+    from nucleistyle.segment.dataset import DrawDataset, list_training_records, load_items
+    from nucleistyle.segment.model import build_model
+    from nucleistyle.segment.transforms import training_pipeline
+    from nucleistyle.torchutils import LossHistory, cpu_has_bf16
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    total = 2 + 2 * rounds * iterations
+    overrides = {**segment_overrides("demo", "deep_retina"), "device": "cpu", "workers": 0,
+                 "iterations": total, "log_every": 1}  # fmt: skip
+    cfg = get_config("deep_retina", overrides)
+    items = load_items(list_training_records([data / "stage1_train"]), False)
+    dataset = DrawDataset(items, training_pipeline(cfg), total * cfg.batch_size, 0, 10**6)
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained=False)
+    heads = model.roi_heads
+    pools = {
+        "ours": (heads.box_roi_pool, heads.mask_roi_pool),
+        "stock": (MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
+                  MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)),
+    }  # fmt: skip
+    dtype = torch.bfloat16 if cpu_has_bf16() else None
+    run = engine.TrainingRun(
+        model, engine.make_optimizer(model, cfg), engine._batches(dataset, 0, cfg.batch_size, 0),
+        torch.device("cpu"), dtype, cfg, total, LossHistory(), engine.MetricLogger(window=1),
+    )  # fmt: skip
+    engine.train_iterations(run, 0, 2)
+    seconds: dict[str, float] = dict.fromkeys(pools, 0.0)
+    done = 2
+    for n in range(rounds):
+        for kind in ("ours", "stock") if n % 2 == 0 else ("stock", "ours"):
+            heads.box_roi_pool, heads.mask_roi_pool = pools[kind]
+            tic = time.perf_counter()
+            engine.train_iterations(run, done, done + iterations)
+            seconds[kind] += (time.perf_counter() - tic) / (rounds * iterations)
+            done += iterations
+    torch.set_num_threads(threads)
+    return seconds
+
+
+def roi_align_line(seconds: Mapping[str, float]) -> str:
+    return (
+        f"ROI Align, a demo Deep Retina training step, 1 thread: torchvision's poolers "
+        f"{seconds['stock']:.3f} s (the 1.0x baseline), ours {seconds['ours']:.3f} s "
+        f"({seconds['stock'] / seconds['ours']:.2f}x)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=list(CPU_CONFIGS), choices=CPU_CONFIGS)
@@ -402,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
             "emulated): fp32 only, bf16 not measured",
             flush=True,
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(Path(tmp) / "data", DATA_SIZES["demo"], THROUGHPUT_IMAGES)
+        print(roi_align_line(roi_align_seconds(data)), flush=True)
     fastest = {}
     for n, name in enumerate(args.configs):
         with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,6 +124,14 @@ def test_gan_bench_without_bf16_reports_fp32_only_and_passes_on_memory(
 
 
 # -- bench_segment -------------------------------------------------------------------------------
+
+
+def test_roi_align_bench_times_training_steps_with_both_poolers(tmp_path: Path) -> None:
+    data = bench_segment.make_data(tmp_path / "data", (64, 64), 10)
+    seconds = bench_segment.roi_align_seconds(data, rounds=2, iterations=1)
+    assert set(seconds) == {"stock", "ours"} and all(0 < v < 60 for v in seconds.values())
+    line = bench_segment.roi_align_line({"stock": 0.5, "ours": 0.4})
+    assert "torchvision's poolers 0.500 s (the 1.0x baseline), ours 0.400 s (1.25x)" in line
 
 
 def test_segment_report_gives_every_speed_as_a_ratio_to_a_baseline_of_the_run() -> None:

@@ -310,7 +310,7 @@ class GatherRoIAlign(MultiScaleRoIAlign):
     levels: the values and gradients of ``torchvision.ops.roi_align`` (``aligned=False``; the
     boxes get no gradient there either). torchvision's CPU backward recomputes every bilinear
     weight once per channel; this one computes them once, which made a demo training step
-    about 9 % faster (2-core Xeon, bf16). Elsewhere (CUDA, adaptive sampling): torchvision's."""
+    about 7 % faster (``make bench``). Elsewhere (CUDA, adaptive sampling): torchvision's."""
 
     def forward(
         self,
