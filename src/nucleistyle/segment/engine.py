@@ -381,9 +381,9 @@ def train_segmenter(
     original images only. Every ``val_every`` iterations the validation images (or, without a
     validation split, the first :data:`MONITOR_IMAGES` training images) are segmented and
     scored with the DSB metric; the history gets ``val_score`` (or ``train_score``), the
-    ``score_ceiling`` (the ground truth of those images after the post-processing: no model can
-    score above it), ``wall_s`` and ``cpu_s`` (seconds of training so far, wall clock and this
-    process's CPU time).
+    ``score_ceiling`` (a perfect network's output on those images, pasted and post-processed:
+    no model can score above it), ``wall_s`` and ``cpu_s`` (seconds of training so far, wall
+    clock and this process's CPU time).
 
     Args:
         train_dirs: BBBC038-layout folders with masks (the original training set); ImageIds

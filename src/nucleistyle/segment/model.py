@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -35,7 +36,7 @@ from torchvision.models.detection.mask_rcnn import (
     MaskRCNNPredictor,
 )
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.poolers import _setup_scales  # the level mapping MultiScaleRoIAlign uses
 
@@ -44,10 +45,12 @@ from nucleistyle.utils import NucleistyleError, first_line
 
 __all__ = [
     "GatherRoIAlign",
+    "PixelEdgeRoIHeads",
     "PreparedTransform",
     "build_model",
     "keep_geometry_in_float32",
     "modern_key_names",
+    "project_masks",
     "read_weights_file",
     "roi_align_taps",
 ]
@@ -234,6 +237,53 @@ def keep_geometry_in_float32(model: MaskRCNN) -> None:
         module.register_forward_hook(_float32_outputs)
 
 
+def project_masks(
+    gt_masks: torch.Tensor, boxes: torch.Tensor, matched_idxs: torch.Tensor, m: int
+) -> torch.Tensor:
+    """The mask head's m x m training targets: each proposal's matched true mask, sampled over
+    the proposal box taken as pixel edges (pixel k covers [k, k + 1); ROI Align ``aligned=True``).
+
+    torchvision's ``project_masks_on_boxes`` samples half a pixel off (``aligned=False``), and
+    its paste reads box ends as inclusive pixels; a perfect mask head then grows every nucleus
+    by about a pixel and scores 0.75 on real images (DSB, 20 native 256-px images), 1.0 with
+    these targets and :meth:`nucleistyle.segment.predict.Detections.paste`.
+
+    Args:
+        gt_masks: (n_true, H, W) masks of one image.
+        boxes: float (n, 4) proposals, x0, y0, x1, y1 in pixel edges.
+        matched_idxs: (n,) index of each proposal's true mask.
+        m: Output side (28).
+
+    Returns:
+        float (n, m, m) mask fractions in [0, 1].
+    """
+    rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
+    return roi_align(gt_masks[:, None].to(rois), rois, (m, m), 1.0, aligned=True)[:, 0]
+
+
+class PixelEdgeRoIHeads(tv_roi_heads.RoIHeads):
+    """torchvision's ROI heads, trained on :func:`project_masks` targets.
+
+    torchvision looks ``project_masks_on_boxes`` up in its module when the mask loss runs, so
+    training swaps it for the length of this forward call (CPU and CUDA alike; the
+    inference path is torchvision's own, unchanged)."""
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        original = tv_roi_heads.project_masks_on_boxes
+        tv_roi_heads.project_masks_on_boxes = project_masks
+        try:
+            return super().forward(features, proposals, image_shapes, targets)
+        finally:
+            tv_roi_heads.project_masks_on_boxes = original
+
 
 def _bilinear_taps(
     start: torch.Tensor, bin_size: torch.Tensor, bins: int, samples: int, size: int
@@ -241,9 +291,10 @@ def _bilinear_taps(
     """Pixel indices and weights, along one axis, of ROI Align's bilinear samples: shape
     (rois, bins, samples, 2) for the low and the high neighbour (torchvision's CPU kernel:
     a sample beyond one pixel outside the map weighs 0, one inside is clamped to the map)."""
-    offsets = torch.arange(bins, dtype=start.dtype, device=start.device)[:, None] + (
-        torch.arange(samples, dtype=start.dtype, device=start.device) + 0.5
-    ) / samples
+    offsets = (
+        torch.arange(bins, dtype=start.dtype, device=start.device)[:, None]
+        + (torch.arange(samples, dtype=start.dtype, device=start.device) + 0.5) / samples
+    )
     pos = start[:, None, None] + offsets * bin_size[:, None, None]
     inside = (pos >= -1.0) & (pos <= size)
     pos = pos.clamp(min=0.0)
@@ -456,6 +507,7 @@ def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(c, c, 2),
     )
     model.transform = PreparedTransform(list(m.image_mean), list(m.image_std), pad)
+    model.roi_heads.__class__ = PixelEdgeRoIHeads  # same parameters, pixel-edge mask targets
     keep_geometry_in_float32(model)
     # torchvision initialises the 1x1 mask logits conv with fan-out Kaiming (std 1 for 2 output
     # channels), which starts the mask loss at 2-3 instead of log 2; Detectron2's std 0.001

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -48,7 +47,7 @@ from nucleistyle.segment.configs import SegmenterConfig, config_from_fingerprint
 from nucleistyle.segment.engine import read_model_file
 from nucleistyle.segment.model import build_model
 from nucleistyle.segment.postprocess import Instances, postprocess
-from nucleistyle.segment.transforms import resize_image
+from nucleistyle.segment.transforms import mask_boxes, resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
 from nucleistyle.tta import BASELINE_TTA, PredictFn, TTAConfig, predict_tta
 from nucleistyle.tta import Instances as DenseInstances
@@ -98,19 +97,21 @@ class Detections:
 
     def paste(self, index: int) -> tuple[int, int, np.ndarray]:
         """One soft mask as ``(row, col, probabilities)``: the crop's top-left corner (may lie
-        outside the image) and its float32 values. Same geometry as torchvision's
-        ``paste_masks_in_image`` (1-px padded mask, box expanded accordingly)."""
+        outside the image) and its float32 values.
+
+        The box is taken as pixel edges (pixel k covers [k, k + 1)), as in training
+        (:func:`~nucleistyle.segment.model.project_masks`): each pixel centre samples the
+        M x M mask bilinearly, zero beyond its border cells. torchvision's
+        ``paste_masks_in_image`` instead stretches the mask over the box's truncated corners
+        taken as inclusive pixels, about a pixel larger: a perfect mask head scored 0.75 with
+        it on real images, 1.0 with this.
+        """
         m = self.mask_probs.shape[-1]
-        scale = (m + 2) / m
         x0, y0, x1, y1 = (float(v) for v in self.boxes[index])
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        half_w, half_h = (x1 - x0) / 2 * scale, (y1 - y0) / 2 * scale
-        bx0, by0 = int(cx - half_w), int(cy - half_h)  # truncation, as .to(torch.int64)
-        bx1, by1 = int(cx + half_w), int(cy + half_h)
-        w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-        padded = F.pad(torch.from_numpy(self.mask_probs[index])[None, None], (1, 1, 1, 1))
-        crop = F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)
-        return by0, bx0, crop[0, 0].numpy()
+        top, row_weights = _pixel_taps(y0, y1, m)
+        left, col_weights = _pixel_taps(x0, x1, m)
+        crop = row_weights @ self.mask_probs[index].astype(np.float32) @ col_weights.T
+        return top, left, crop.astype(np.float32, copy=False)
 
     def soft_masks(self) -> np.ndarray:
         """All soft masks pasted into the image: float32 (n, H, W) (memory n x H x W)."""
@@ -150,6 +151,24 @@ class Detections:
             the float32 scores.
         """
         return DenseInstances(self.instances(threshold).dense(), self.scores.astype(np.float32))
+
+
+def _pixel_taps(low: float, high: float, m: int) -> tuple[int, np.ndarray]:
+    """Bilinear weights of the pixels near the box span ``[low, high)`` (pixel edges) on the
+    ``m`` cells a mask spreads over it: ``(first pixel, float32 (pixels, m))``. Pixel centre
+    k + 0.5 falls at cell coordinate ``(k + 0.5 - low) / (high - low) * m - 0.5`` (cell j
+    centred at j; ``grid_sample``'s ``align_corners=False`` with zero padding)."""
+    cell = max(high - low, 1e-3) / m
+    first, stop = math.floor(low - cell), math.ceil(high + cell)
+    u = (np.arange(first, stop, dtype=np.float64) + 0.5 - low) / cell - 0.5
+    j = np.floor(u).astype(np.int64)
+    frac = u - j
+    weights = np.zeros((len(u), m + 2), np.float32)  # cells -1 .. m: the zero border
+    rows = np.arange(len(u))
+    for cells, weight in ((j, 1.0 - frac), (j + 1, frac)):
+        inside = (cells >= -1) & (cells <= m)
+        weights[rows[inside], cells[inside] + 1] = weight[inside]
+    return first, weights[:, 1:-1]
 
 
 class Segmenter:
@@ -321,12 +340,15 @@ class Segmenter:
 def ceiling_score(
     truths: Sequence[np.ndarray], cfg: SegmenterConfig, tta: TTAConfig | None = None
 ) -> float:
-    """Mean DSB score of the ground truth itself after the baseline's post-processing.
+    """Mean DSB score of a perfect network's output after the baseline's post-processing.
 
-    Each true nucleus becomes a detection (scores in label order), optionally merged through
-    the TTA of ``tta`` with every variant identical, then post-processed as a prediction would
-    be. A post-processing that cannot reproduce a perfect prediction caps every model below
-    this score: it must be (close to) 1.0.
+    Each true nucleus becomes a detection (scores in label order) with its bounding box and
+    the M x M mask the mask head is trained to output
+    (:func:`~nucleistyle.segment.model.project_masks`, M = 28). The masks are pasted and
+    binarised at ``post.mask_threshold`` as a prediction's would be, optionally merged through
+    the TTA of ``tta`` with every variant identical, then post-processed. Whatever cannot
+    reproduce a perfect prediction here (paste geometry, thresholds, merge, clean-up) caps
+    every model below this score: it must be (close to) 1.0.
 
     Args:
         truths: Ground-truth label images (0 = background).
@@ -337,6 +359,7 @@ def ceiling_score(
         The mean score over ``truths`` (NaN for none).
     """
     from nucleistyle.metrics import image_score
+    from nucleistyle.segment.model import project_masks
     from nucleistyle.tta import merge
 
     scores = []
@@ -344,11 +367,16 @@ def ceiling_score(
         truth = np.asarray(truth)
         ids = np.unique(truth[truth > 0])
         masks = truth[None] == ids[:, None, None]
+        boxes = mask_boxes(masks)
+        ideal = project_masks(
+            torch.from_numpy(masks), torch.from_numpy(boxes), torch.arange(len(ids)), 28
+        )
         ranks = np.linspace(1.0, 0.5, len(ids)).astype(np.float32)
+        detections = Detections(boxes, ranks, ideal.numpy(), truth.shape[:2])
         if tta is None:
-            found = Instances.from_dense(masks, ranks)
+            found = detections.instances(cfg.post.mask_threshold)
         else:
-            variant = DenseInstances(masks, ranks)
+            variant = detections.binary_masks(cfg.post.mask_threshold)
             merged = merge([variant] * len(tta.transforms), tta)
             found = Instances.from_dense(merged.masks >= tta.mask_threshold, merged.scores)
         scores.append(image_score(truth.astype(np.int32), postprocess(found, cfg.post)))

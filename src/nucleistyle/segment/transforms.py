@@ -49,6 +49,7 @@ __all__ = [
     "RandomRotate",
     "RandomZoomCrop",
     "eval_pipeline",
+    "mask_boxes",
     "resize_pair",
     "to_target",
     "training_pipeline",
@@ -361,6 +362,16 @@ def eval_pipeline(cfg: SegmenterConfig) -> Compose:
     return Compose([FitLongest(cfg.prep.size)])
 
 
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Bounding boxes of non-empty bool masks (n, H, W): float32 (n, 4) x0, y0, x1, y1 in
+    pixel edges (a 1-px object has width 1)."""
+    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)
+    h, w = masks.shape[1:]
+    y0, y1 = rows.argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)
+    x0, x1 = cols.argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32).reshape(-1, 4)
+
+
 def to_target(
     image: np.ndarray, labels: np.ndarray, max_instances: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -383,11 +394,7 @@ def to_target(
     if ids.size > max_instances:
         ids = np.sort(rng.choice(ids, max_instances, replace=False))
     masks = labels[None, :, :] == ids[:, None, None]
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    h, w = labels.shape
-    y0, y1 = rows.argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)
-    x0, x1 = cols.argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
-    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.float32).reshape(-1, 4)
+    boxes = mask_boxes(masks)
     tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
     target = {
         "boxes": torch.from_numpy(boxes),
