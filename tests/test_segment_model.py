@@ -370,6 +370,22 @@ def test_raw_detections_are_in_input_coordinates(
     assert seg.predict(images[1]).shape == (90, 50)  # with Mirzaev's fallback canvas too
 
 
+def test_an_images_detections_do_not_depend_on_what_it_is_batched_with(tmp_path: Path) -> None:
+    cfg = tiny("deep_retina")
+    path = tmp_path / "m.pt"
+    model = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
+    engine.save_checkpoint(path, {**model, "model": build_model(cfg).state_dict()})
+    seg = load_segmenter(path, device="cpu")
+    seg.model.roi_heads.score_thresh = 0.0  # an untrained model: keep every detection
+    rng = np.random.default_rng(0)
+    small, large = (rng.integers(0, 255, (s, s, 3), dtype=np.uint8) for s in (48, 96))
+    alone = seg.raw([small])[0]
+    mixed = seg.raw([large, small, large])[1]  # a padded batch would see small at 96 x 96
+    assert len(alone) > 0
+    np.testing.assert_array_equal(mixed.boxes, alone.boxes)
+    np.testing.assert_array_equal(mixed.soft_masks(), alone.soft_masks())
+
+
 def test_soft_masks_sample_the_mask_at_pixel_centres() -> None:
     rng = np.random.default_rng(0)
     probs = rng.random((4, 28, 28)).astype(np.float32)

@@ -355,13 +355,12 @@ def evaluate_transfer(
     with atomic_path(out_csv) as tmp:
         result.to_csv(tmp, index=False, float_format="%.4f", lineterminator="\n")
     off = result[result.source_domain != result.target_domain]
+    means = per_image[per_image.source_domain != per_image.target_domain].mean()
     log.info(
-        "style transfer on %d images: off-diagonal mean seg_score %.3f, edge_corr %.3f, "
-        "style_hit %.2f (chance %.2f)",
+        "style transfer on %d images, off-diagonal means over pairs (over transfers): fg_iou %.3f "
+        "(%.3f), edge_corr %.3f (%.3f), style_hit %.2f (%.2f), chance %.2f",
         len(per_image) // max(1, stylizer.n_domains),
-        off["seg_score"].mean(),
-        off["edge_corr"].mean(),
-        off["style_hit"].mean(),
+        *(v for m in ("fg_iou", "edge_corr", "style_hit") for v in (off[m].mean(), means[m])),
         1 / stylizer.n_domains,
     )
     return result

@@ -227,17 +227,29 @@ class Segmenter:
         Args:
             images: uint8 (H, W, 3) RGB images.
 
+        Images of equal prepared size go through the network together, each size in a batch of
+        its own: torchvision would pad a mixed batch to its largest image (a TTA batch with a
+        2x rescale costs four times its area per variant), and an image's detections would
+        depend on what it was batched with.
+
         Returns:
             One :class:`Detections` per image, in that image's coordinates, with the model's
             score threshold, NMS and detection cap applied.
         """
         prepared = [self._prepare(image) for image in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for n, (tensor, _, _) in enumerate(prepared):
+            by_size.setdefault(tuple(tensor.shape), []).append(n)
         model: Any = self.model  # torchvision MaskRCNN: its parts are called one by one
-        with autocast(self.device, self.dtype):
-            batch, _ = model.transform([t for t, _, _ in prepared])
-            features = model.backbone(batch.tensors)
-            proposals, _ = model.rpn(batch, features)
-            outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        outputs: list[Any] = [None] * len(prepared)
+        for members in by_size.values():
+            with autocast(self.device, self.dtype):
+                batch, _ = model.transform([prepared[n][0] for n in members])
+                features = model.backbone(batch.tensors)
+                proposals, _ = model.rpn(batch, features)
+                found, _ = model.roi_heads(features, proposals, batch.image_sizes)
+            for n, out in zip(members, found, strict=True):
+                outputs[n] = out
         result = []
         for image, (_, sy, sx), out in zip(images, prepared, outputs, strict=True):
             boxes = out["boxes"].float().cpu().numpy()
