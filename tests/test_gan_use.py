@@ -18,6 +18,7 @@ from nucleistyle.gan.evaluate import (
     TransferMonitor,
     edge_similarity,
     evaluate_transfer,
+    nucleus_contrast,
     perfect_transfer,
     threshold_iou,
 )
@@ -321,6 +322,24 @@ def test_threshold_iou_finds_the_nuclei_in_any_style_and_not_in_other_images() -
     assert np.isnan(threshold_iou(bright, np.zeros_like(mask)))
 
 
+def test_nucleus_contrast_falls_when_nuclei_wash_out_though_a_threshold_still_finds_them() -> None:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((48, 48), bool)
+    mask[10:22, 12:24] = mask[30:40, 28:42] = True
+    noise = rng.normal(0, 8, mask.shape)
+    clear = np.clip(np.where(mask, 180, 60) + noise, 0, 255).astype(np.uint8)
+    faint = np.clip(np.where(mask, 75, 60) + noise, 0, 255).astype(np.uint8)
+    sharp = nucleus_contrast(clear, mask)
+    assert sharp > 10 and nucleus_contrast(255 - clear, mask) == pytest.approx(sharp)
+    assert nucleus_contrast(faint, mask) < 0.2 * sharp  # washed out ...
+    assert threshold_iou(faint, mask) > 0.9  # ... yet the best threshold still finds them
+    blobs = clear.copy()  # nucleus-like texture painted around the nuclei
+    band = ~mask & (np.add.outer(np.arange(48), np.arange(48)) % 6 < 3)
+    blobs[band] = 170
+    assert nucleus_contrast(blobs, mask) < 0.5 * sharp
+    assert np.isnan(nucleus_contrast(clear, np.zeros_like(mask)))
+
+
 def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
     synthetic = {"height": 64, "width": 64}
     table = perfect_transfer(synthetic, {"select": "dark"}, per_pair=2)
@@ -377,6 +396,9 @@ def test_evaluate_transfer_reports_every_domain_pair(trained: dict, tmp_path: Pa
     for column in ("seg_score", "style_hit", "gt_score_original", "gt_score_stylised"):
         assert result[column].between(0, 1).all()
     assert result["edge_corr"].between(-1, 1).all()
+    assert (result[["contrast", "contrast_original"]] >= 0).all().all()
+    for _, rows in result.groupby("source_domain"):  # one value per source image set
+        assert rows["contrast_original"].nunique() == 1
     saved = pd.read_csv(tmp_path / "eval.csv")
     assert len(saved) == 9
 
