@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "overlay_config",
     "script_imports",
+    "segmenter_priority",
     "segmenter_settings",
     "validate_config",
 ]
@@ -189,6 +190,27 @@ def segmenter_settings(config: MutableMapping[str, Any], baseline: str) -> dict[
 
     segment = config["segment"]
     return merge_overrides(segment["common"], segment[baseline], {"seed": config["seed"]})
+
+
+def segmenter_priority(config: MutableMapping[str, Any], baseline: str, arm: str) -> int:
+    """The scheduling priority of training ``baseline`` on ``arm`` (higher starts first).
+
+    Every segmenter outranks the short jobs (5 and up), so a core never idles on a prediction
+    while a long training waits. Among segmenters: the arms that need no GAN first, which fill
+    the other cores while the GAN trains; within an arm, the baseline with the larger training
+    batch (side of the network input squared times the batch size) first. On 2 cores this packs
+    the real-image run as {GAN, augmentation, the smaller baseline's two arms} beside {the larger
+    baseline's two arms}, instead of ending on the larger baseline's style arm alone.
+    """
+    from nucleistyle.segment.configs import get_config  # no torch: cheap
+
+    def cost(name: str) -> int:
+        cfg = get_config(name, segmenter_settings(config, name))
+        return cfg.prep.size**2 * cfg.batch_size
+
+    baselines = config["segment"]["baselines"]
+    rank = sum(cost(baseline) > cost(other) for other in baselines)
+    return 5 + rank + (len(baselines) if arm != "style" else 0)
 
 
 def gan_settings(config: MutableMapping[str, Any], n_domains: int | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from nucleistyle.workflow import (
     export_library_path,
     gan_settings,
     script_imports,
+    segmenter_priority,
     segmenter_settings,
     validate_config,
 )
@@ -242,6 +243,11 @@ def get_mem_mb_train(wildcards, attempt):
 def get_runtime_train(wildcards, attempt):
     """Minutes; a job killed at its wall time resumes from its checkpoint with more time."""
     return 720 * attempt
+
+
+def get_priority_train(wildcards):
+    """The arms without a GAN first, then the costlier baseline (see segmenter_priority)."""
+    return segmenter_priority(config, wildcards.baseline, wildcards.arm)
 
 
 def get_segmenter_overrides(wildcards):

@@ -17,7 +17,7 @@ rule train_segmenter:
         "benchmarks/train_segmenter/{baseline}-{arm}.tsv"
     # before predictions and plots, which fill the gaps: on 2 cores a segmenter that waits
     # for a short job to finish first delays the end of the run by its whole length
-    priority: 5
+    priority: get_priority_train
     conda:
         "../../envs/torch.yaml"
     threads: TORCH_THREADS
