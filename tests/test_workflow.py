@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from nucleistyle.workflow import overlay_config, segmenter_priority, validate_config
 from tests.conftest import (
     DEMO_CONFIG,
     REPO,
@@ -101,6 +102,27 @@ def test_dry_run_with_enhanced_inputs_trains_the_segmenters_on_the_clahe_copies(
     assert result.returncode == 0, result.stderr
     train = [job for job in result.stdout.split("\n\n") if "rule train_segmenter:" in job]
     assert train and all("results/cluster/enhanced/stage1_train" in job for job in train)
+
+
+def test_two_cores_train_the_arms_without_a_gan_first_then_the_costlier_baseline():
+    config: dict = {}
+    for name in ("config.yaml", "config.small.yaml", "config.cpu.yaml"):
+        overlay_config(config, yaml.safe_load((REPO / name).read_text()))
+    validate_config(config, REPO)
+    priority = {
+        (baseline, arm): segmenter_priority(config, baseline, arm)
+        for baseline in ("deep_retina", "mirzaev")
+        for arm in ("none", "style")
+    }
+    # Mirzaev trains 384-px inputs, Deep Retina 256-px ones, both in batches of 8
+    assert sorted(priority, key=priority.get, reverse=True) == [
+        ("mirzaev", "none"),
+        ("deep_retina", "none"),
+        ("mirzaev", "style"),
+        ("deep_retina", "style"),
+    ]
+    # above the predictions and plots (0), below the GAN's chain (10)
+    assert all(0 < value < 10 for value in priority.values())
 
 
 @pytest.mark.parametrize(
