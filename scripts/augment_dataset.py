@@ -1,6 +1,6 @@
 """Rule augment_dataset: restyled copies of every training image; masks inherited."""
 
-from nucleistyle.gan.augment import augment_dataset
+from nucleistyle.gan.augment import AugmentConfig, augment_dataset
 from nucleistyle.torchutils import set_torch_threads
 from nucleistyle.utils import setup_logging
 
@@ -12,6 +12,6 @@ augment_dataset(
     snakemake.input.model,
     snakemake.output.images,
     snakemake.output.manifest,
-    copies=snakemake.params.copies,
+    AugmentConfig.from_config(snakemake.params.augment),
     seed=snakemake.params.seed,
 )

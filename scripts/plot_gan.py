@@ -20,6 +20,8 @@ if snakemake.params.synthetic is not None:
     table = perfect_transfer(
         snakemake.params.synthetic, snakemake.params.clahe, seed=snakemake.params.seed
     )
-    reference = table[["fg_iou", "fg_iou_unrelated", "edge_corr", "seg_score"]].mean().to_dict()
+    columns = ["fg_iou", "fg_iou_unrelated", "visibility_ratio", "phantoms_per_100"]
+    reference = table[columns].mean().to_dict()
+    reference["phantoms_per_nucleus"] = reference.pop("phantoms_per_100") / 100
     logging.getLogger("plot_gan").info("a perfect transfer scores %s", reference)
 plot_losses(snakemake.input.history, snakemake.output.losses, reference)

@@ -11,5 +11,6 @@ tabulate_scores(
     table1_csv=snakemake.output.table1,
     paired_csv=snakemake.output.paired,
     chart_png=snakemake.output.chart,
+    paired_png=snakemake.output.paired_chart,
     seed=snakemake.params.seed,
 )

@@ -20,6 +20,7 @@ from nucleistyle.gan.networks import (
     ImageDiscriminator,
     count_parameters,
 )
+from nucleistyle.gan.quality import DomainLook
 from nucleistyle.utils import NucleistyleError
 
 # parameter counts (docs/gan.md), C = 6 domains, crop 216, base 64
@@ -261,6 +262,91 @@ def test_one_training_iteration_updates_all_networks_with_finite_losses() -> Non
         keys = [k for k in before if k.startswith(name + ".")]
         changed = [k for k in keys if not torch.equal(before[k], after[k])]
         assert changed == keys, f"{name}: unchanged {sorted(set(keys) - set(changed))}"
+
+
+def _random_set(sizes: list[int], side: int = 40, labels: bool = False) -> DomainSet:
+    data = _domain_set(sizes, side=side)
+    rng = np.random.default_rng(0)
+    masks = None
+    if labels:
+        masks = tuple(
+            (np.add.outer(np.arange(side), np.arange(side)) % 12 < 5).astype(np.int32)
+            for _ in data.images
+        )
+    return DomainSet(
+        data.image_ids,
+        tuple(rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in data.images),
+        data.domains,
+        data.names,
+        data.members,
+        "x",
+        masks,
+    )
+
+
+def test_warmup_updates_train_the_autoencoder_and_leave_the_discriminators_alone() -> None:
+    cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10, warmup=2)
+    torch.manual_seed(0)
+    trainer = GanTrainer(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.nets.state_dict().items()}
+    sampler = DomainSampler(_random_set([2, 2, 2]), 2, 36, seed=0)
+    values = [trainer.train_iteration(sampler) for _ in range(2)]
+    assert set(values[0]) == {"self_recon", "kl", "kl_content", "g_total", "lr_factor"}
+    after = trainer.nets.state_dict()
+    for name in ("dis1", "dis2", "dis_c"):
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(name + "."))
+    for name in ("enc_c", "enc_a", "gen"):
+        keys = [k for k in before if k.startswith(name + ".")]
+        assert any(not torch.equal(before[k], after[k]) for k in keys), name
+    assert "d1_adv" in trainer.train_iteration(sampler)  # then the adversarial updates
+
+
+def test_resize_upsampling_has_the_paper_generators_parameters_and_shapes() -> None:
+    paper, resize = Generator(6, 8, 8), Generator(6, 8, 8, upsample="resize")
+    assert count_parameters(paper) == count_parameters(resize)
+    content = torch.randn(2, 32, 9, 9)
+    attribute, domain = torch.randn(2, 8), one_hot([1, 4], 6)
+    assert resize(content, attribute, domain).shape == paper(content, attribute, domain).shape
+    with pytest.raises(ValueError, match="upsample"):
+        Generator(6, 8, 8, upsample="bilinear")
+
+
+def test_nucleus_visibility_loss_asks_for_the_target_domains_polarity_and_contrast() -> None:
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., 8:16, 8:16] = 1
+    grey = torch.full((1, 3), 1 / 3)
+    bright = (mask * 1.6 - 0.8).repeat(1, 3, 1, 1)  # nuclei at 229, ground at 25 grey levels
+
+    def loss(image: torch.Tensor, polarity: float, target: float = 3.0) -> torch.Tensor:
+        return L.nucleus_visibility(
+            image, mask, grey, torch.tensor([polarity]), torch.tensor([target])
+        )
+
+    assert loss(bright, +1.0).item() == 0.0  # clearer than asked: no loss
+    assert loss(bright, -1.0).item() > 100  # the wrong polarity for this domain
+    flat = torch.zeros(1, 3, 24, 24, requires_grad=True)
+    value = loss(flat, +1.0)
+    assert value.item() == pytest.approx(3.0)  # invisible nuclei fall short by the whole target
+    value.backward()
+    assert flat.grad is not None and (flat.grad[0, :, 8:16, 8:16] < 0).all()  # brighten them
+    empty = torch.zeros_like(mask)
+    none = L.nucleus_visibility(flat, empty, grey, torch.tensor([1.0]), torch.tensor([3.0]))
+    assert none.item() == 0.0  # a crop without nuclei does not count
+
+
+def test_the_structure_term_joins_the_generator_loss_with_masks() -> None:
+    cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10,
+                    w_structure=1.0)  # fmt: skip
+    looks = [DomainLook(0, 1, 3.0, 50.0, 0.0, 4), DomainLook(2, -1, 2.0, 40.0, 0.0, 4)] * 2
+    looks = looks[:3]
+    torch.manual_seed(0)
+    trainer = GanTrainer(cfg, torch.device("cpu"), looks=looks)
+    sampler = DomainSampler(_random_set([2, 2, 2], labels=True), 2, 36, seed=0)
+    values = trainer.train_iteration(sampler)
+    assert values["structure"] > 0 and math.isfinite(values["g_total"])
+    plain = GanTrainer(GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10),
+                       torch.device("cpu"))  # fmt: skip
+    assert "structure" not in plain.train_iteration(DomainSampler(_random_set([2, 2, 2]), 2, 36))
 
 
 # -- the fast paths of networks.py compute the layers of docs/gan.md -----------------------------

@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
-from nucleistyle.gan.augment import MANIFEST_COLUMNS, augment_dataset, augmented_id
+from nucleistyle.gan.augment import MANIFEST_COLUMNS, AugmentConfig, augment_dataset, augmented_id
 from nucleistyle.gan.data import load_domain_set
 from nucleistyle.gan.evaluate import (
     EVALUATION_COLUMNS,
     TransferMonitor,
     edge_similarity,
     evaluate_transfer,
-    nucleus_contrast,
     perfect_transfer,
     threshold_iou,
 )
@@ -247,7 +246,7 @@ def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_
     out, manifest_csv = tmp_path / "aug", tmp_path / "manifest.csv"
     manifest = augment_dataset(
         trained["images"], trained["assignments"], trained["model"], out, manifest_csv,
-        copies=2, seed=3, device="cpu",
+        AugmentConfig(copies=2), seed=3, device="cpu",
     )  # fmt: skip
     originals = {r.image_id: r for r in list_images(trained["images"])}
     assert len(manifest) == 2 * len(originals)
@@ -271,10 +270,13 @@ def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_
             assert a.read_bytes() == b.read_bytes()
         image = load_sample(copy).image
         assert image.shape == read_image(source.image_path)[0].shape
-    pd.testing.assert_frame_equal(pd.read_csv(manifest_csv, dtype={"ImageId": str}), manifest)
+    saved = pd.read_csv(manifest_csv, dtype={"ImageId": str})
+    pd.testing.assert_frame_equal(saved, manifest, atol=1e-4)
+    assert (manifest["draws"] == 1).all()  # no gate: every first draw is kept
+    assert manifest["visibility_ratio"].between(0, 1).all()
     again = augment_dataset(
         trained["images"], trained["assignments"], trained["model"], tmp_path / "aug2",
-        tmp_path / "m2.csv", copies=2, seed=3, device="cpu",
+        tmp_path / "m2.csv", AugmentConfig(copies=2), seed=3, device="cpu",
     )  # fmt: skip
     pd.testing.assert_frame_equal(
         again.drop(columns="source_image"), manifest.drop(columns="source_image")
@@ -282,6 +284,34 @@ def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_
 
     plot_augmented_gallery(out, manifest_csv, tmp_path / "gallery.png", n=4)
     assert (tmp_path / "gallery.png").stat().st_size > 1000
+
+
+def test_the_quality_gate_keeps_only_copies_that_pass_and_redraws_the_others(
+    trained: dict, tmp_path: Path
+) -> None:
+    def run(name: str, **gate: float) -> pd.DataFrame:
+        config = AugmentConfig(copies=2, gate=True, tries=3, **gate)
+        return augment_dataset(
+            trained["images"], trained["assignments"], trained["model"], tmp_path / name,
+            tmp_path / f"{name}.csv", config, seed=3, device="cpu",
+        )  # fmt: skip
+
+    open_gate = run("open", min_visibility=0.0, max_phantoms=1e9)
+    assert (open_gate["draws"] == 1).all()  # everything passes at the first draw
+    ungated = augment_dataset(
+        trained["images"], trained["assignments"], trained["model"], tmp_path / "u",
+        tmp_path / "u.csv", AugmentConfig(copies=2), seed=3, device="cpu",
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(
+        open_gate.drop(columns="source_image"), ungated.drop(columns="source_image")
+    )
+    median = float(ungated["visibility_ratio"].median())
+    gated = run("gated", min_visibility=median, max_phantoms=1e9)
+    assert (gated["visibility_ratio"] >= median).all()
+    assert gated["draws"].between(1, 3).all() and (gated["draws"] > 1).any()
+    assert len(gated) <= len(ungated)
+    shut = run("shut", min_visibility=1.5)  # no copy can be clearer than 1
+    assert shut.empty and not any((tmp_path / "shut").iterdir())
 
 
 def test_augment_rejects_images_missing_from_assignments(trained: dict, tmp_path: Path) -> None:
@@ -322,24 +352,6 @@ def test_threshold_iou_finds_the_nuclei_in_any_style_and_not_in_other_images() -
     assert np.isnan(threshold_iou(bright, np.zeros_like(mask)))
 
 
-def test_nucleus_contrast_falls_when_nuclei_wash_out_though_a_threshold_still_finds_them() -> None:
-    rng = np.random.default_rng(0)
-    mask = np.zeros((48, 48), bool)
-    mask[10:22, 12:24] = mask[30:40, 28:42] = True
-    noise = rng.normal(0, 8, mask.shape)
-    clear = np.clip(np.where(mask, 180, 60) + noise, 0, 255).astype(np.uint8)
-    faint = np.clip(np.where(mask, 75, 60) + noise, 0, 255).astype(np.uint8)
-    sharp = nucleus_contrast(clear, mask)
-    assert sharp > 10 and nucleus_contrast(255 - clear, mask) == pytest.approx(sharp)
-    assert nucleus_contrast(faint, mask) < 0.2 * sharp  # washed out ...
-    assert threshold_iou(faint, mask) > 0.9  # ... yet the best threshold still finds them
-    blobs = clear.copy()  # nucleus-like texture painted around the nuclei
-    band = ~mask & (np.add.outer(np.arange(48), np.arange(48)) % 6 < 3)
-    blobs[band] = 170
-    assert nucleus_contrast(blobs, mask) < 0.5 * sharp
-    assert np.isnan(nucleus_contrast(clear, np.zeros_like(mask)))
-
-
 def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
     synthetic = {"height": 64, "width": 64}
     table = perfect_transfer(synthetic, {"select": "dark"}, per_pair=2)
@@ -349,6 +361,9 @@ def test_perfect_transfer_is_the_reference_a_gan_is_read_against() -> None:
     assert means.fg_iou > 0.6  # the nuclei still show in every other style ...
     assert means.fg_iou_unrelated < 0.3  # ... and other nuclei do not fit their masks
     assert 0.2 < means.edge_corr < 0.8
+    # the copy-quality scale: the same nuclei visible, another image's not
+    assert table.visibility_ratio.median() > 0.8 > 0.2 > table.visibility_ratio_unrelated.median()
+    assert table.phantoms_per_100.median() < table.phantoms_per_100_unrelated.median()
     close = table.set_index(["source_name", "target_name"]).loc[
         ("small_fluorescent", "large_fluorescent")
     ]
@@ -366,16 +381,19 @@ def test_monitor_reads_structure_against_the_true_masks(trained: dict, resize: i
     scores = monitor(state, data)
     assert scores["eval_style_hit_chance"] == pytest.approx(1 / 3)
     assert 0 <= scores["eval_fg_iou"] <= 1 and 0 <= scores["eval_style_hit"] <= 1
+    assert 0 <= scores["eval_visibility_ratio"] <= 1 and scores["eval_phantoms_per_100"] >= 0
+    assert np.isfinite(scores["eval_self_visibility_kept"])
     records = {r.image_id: r for r in list_images(trained["images"])}
     kept = []
     for members in data.members:
         index = members[0]
         labels = load_sample(records[data.image_ids[index]]).labels
         image = data.images[index]
-        assert monitor._foreground(data, int(index)).shape == image.shape[:2]
-        if resize == 0:  # native size: exactly the true foreground
-            assert np.array_equal(monitor._foreground(data, int(index)), labels > 0)
-        kept.append(threshold_iou(image, monitor._foreground(data, int(index))))
+        inherited = monitor._labels_of(data, int(index))
+        assert inherited.shape == image.shape[:2]
+        if resize == 0:  # native size: exactly the true nuclei
+            assert np.array_equal(inherited, labels)
+        kept.append(threshold_iou(image, inherited))
     assert scores["eval_fg_iou_original"] == pytest.approx(np.mean(kept))
     assert scores["eval_fg_iou_original"] > 0.6  # the synthetic nuclei show in the originals
     blind = TransferMonitor(trained["clusters"], None, per_domain=1, device="cpu")
@@ -396,9 +414,11 @@ def test_evaluate_transfer_reports_every_domain_pair(trained: dict, tmp_path: Pa
     for column in ("seg_score", "style_hit", "gt_score_original", "gt_score_stylised"):
         assert result[column].between(0, 1).all()
     assert result["edge_corr"].between(-1, 1).all()
-    assert (result[["contrast", "contrast_original"]] >= 0).all().all()
-    for _, rows in result.groupby("source_domain"):  # one value per source image set
-        assert rows["contrast_original"].nunique() == 1
+    for column in ("visibility_ratio", "visibility_ratio_unrelated"):
+        assert result[column].between(0, 1).all()
+    assert (result[["phantoms_per_100", "phantoms_per_100_unrelated"]] >= 0).all().all()
+    for _, rows in result.groupby("target_domain"):  # the target domain's own real images
+        assert rows["phantoms_per_100_real"].nunique() == 1
     saved = pd.read_csv(tmp_path / "eval.csv")
     assert len(saved) == 9
 

@@ -10,7 +10,12 @@ import pytest
 from nucleistyle.data.bbbc038 import list_images
 from nucleistyle.data.csvio import read_solution
 from nucleistyle.data.synthetic import SyntheticConfig, generate
-from nucleistyle.holdout import make_holdout, split_strata
+from nucleistyle.holdout import (
+    make_holdout,
+    split_leave_cluster_out,
+    split_minority,
+    split_strata,
+)
 from nucleistyle.utils import NucleistyleError
 
 
@@ -28,6 +33,29 @@ def test_the_split_does_not_depend_on_row_order():
     shuffled = strata.sample(frac=1.0, random_state=1)
     assert split_strata(strata, 0.3, 5).equals(split_strata(shuffled, 0.3, 5))
     assert not split_strata(strata, 0.3, 5).equals(split_strata(strata, 0.3, 6))
+
+
+def test_minority_split_holds_out_half_of_every_rare_stratum_and_as_many_of_the_largest():
+    strata = pd.Series(
+        ["a"] * 40 + ["b"] * 6 + ["c"] * 3 + ["d"], index=[f"i{k:02d}" for k in range(50)]
+    )
+    held = split_minority(strata, 0.2, seed=1)
+    counts = held.groupby(strata).sum()
+    assert counts.to_dict() == {"a": 5, "b": 3, "c": 2, "d": 0}  # c: round(1.5) = 2 of 3
+    assert held[strata != "a"].sum() == held[strata == "a"].sum()  # rare modalities weigh half
+    assert split_minority(strata, 0.05, seed=1).groupby(strata).sum()["a"] == 2  # the cap
+    shuffled = strata.sample(frac=1.0, random_state=3)
+    assert split_minority(shuffled, 0.2, 1).equals(held)
+
+
+def test_leave_cluster_out_holds_out_the_whole_cluster_and_a_share_of_the_others():
+    strata = pd.Series(["a"] * 10 + ["b"] * 5 + ["c"] * 5, index=[f"i{k:02d}" for k in range(20)])
+    held = split_leave_cluster_out(strata, "b", 0.2, seed=0)
+    counts = held.groupby(strata).agg(["sum", "size"])
+    assert counts.loc["b"].tolist() == [5, 5]
+    assert counts.loc["a"].tolist() == [2, 10] and counts.loc["c"].tolist() == [1, 5]
+    with pytest.raises(NucleistyleError, match="holdout cluster 'z' is not one of"):
+        split_leave_cluster_out(strata, "z", 0.2)
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
@@ -66,6 +94,34 @@ def test_holdout_writes_the_local_layout_with_the_held_out_masks_as_solution(
     assert pd.read_csv(out / "holdout.csv").equals(table.reset_index(drop=True))
 
 
+@pytest.mark.parametrize("scheme", ["minority", "leave-cluster-out"])
+def test_holdout_schemes_write_the_same_layout(synthetic_train, tmp_path, scheme):
+    stratified = make_holdout(synthetic_train, tmp_path / "s", fraction=0.25, k=3)
+    cluster = stratified["name"].value_counts().index[-1] if scheme != "minority" else None
+    table = make_holdout(
+        synthetic_train, tmp_path / "h", fraction=0.25, k=3, scheme=scheme, held_cluster=cluster
+    )
+    test = table[table["set"] == "stage1_test"]
+    assert set(read_solution(tmp_path / "h" / "stage1_solution.csv")) == set(test["ImageId"])
+    largest = stratified["name"].value_counts().index[0]
+    share = (test["name"] != largest).mean()
+    assert share > (stratified.loc[stratified["set"] == "stage1_test", "name"] != largest).mean()
+    if cluster is not None:
+        assert (table.loc[table["name"] == cluster, "set"] == "stage1_test").all()
+
+
+def test_holdout_refuses_a_cluster_without_leave_cluster_out_and_the_reverse(
+    synthetic_train, tmp_path
+):
+    with pytest.raises(NucleistyleError, match="leave-cluster-out scheme, and only with it"):
+        make_holdout(synthetic_train, tmp_path / "a", k=3, held_cluster="x")
+    with pytest.raises(NucleistyleError, match="leave-cluster-out scheme, and only with it"):
+        make_holdout(synthetic_train, tmp_path / "b", k=3, scheme="leave-cluster-out")
+    with pytest.raises(NucleistyleError, match="scheme must be one of"):
+        make_holdout(synthetic_train, tmp_path / "c", k=3, scheme="random")
+    assert not any(tmp_path.iterdir())
+
+
 def test_holdout_refuses_an_existing_folder_and_a_set_without_masks(synthetic_train, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
@@ -92,15 +148,20 @@ def test_holdout_command_prints_the_split_per_cluster(synthetic_train, tmp_path,
 
 
 @pytest.mark.workflow
-def test_the_cpu_profile_plans_the_small_models_on_the_held_out_copy(synthetic_train, tmp_path):
-    """`nucleistyle holdout ... resources/holdout`, then `snakemake --profile profiles/cpu`:
-    config.small.yaml and config.cpu.yaml are applied, the held-out copy is the test set."""
+def test_the_cpu_profile_holds_out_the_minority_test_set_and_trains_three_arms(
+    synthetic_train, tmp_path
+):
+    """`snakemake --profile profiles/cpu --config data={holdout: {train: ...}}`: config.small.yaml
+    and config.cpu.yaml are applied, the held-out copy (minority scheme) is the test set, and
+    every baseline trains the none, style and jitter arms."""
     from tests.conftest import snakemake, workflow_copy
 
     copy = workflow_copy(tmp_path)
-    make_holdout(synthetic_train, copy / "resources" / "holdout", fraction=0.25, seed=0, k=3)
-    result = snakemake("-n", "--profile", "profiles/cpu", "--cores", "2", cwd=copy)
+    override = f"data={{holdout: {{train: {synthetic_train}}}}}"
+    result = snakemake("-n", "--profile", "profiles/cpu", "--cores", "2", "--config", override,
+                       cwd=copy)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "train_segmenter" in result.stdout and "stage1_test" in result.stdout
-    assert "deep_retina-jitter" not in result.stdout  # the small configs' arms: none, style
-    assert "synthesize_dataset" not in result.stdout
+    assert "make_holdout" in result.stdout and "stage1_test" in result.stdout
+    for arm in ("none", "style", "jitter"):
+        assert f"deep_retina-{arm}" in result.stdout
+    assert "synthesize_dataset" not in result.stdout and "download" not in result.stdout

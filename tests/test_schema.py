@@ -11,6 +11,7 @@ from nucleistyle.classical import ClassicalConfig
 from nucleistyle.cluster import ClusterConfig
 from nucleistyle.data.synthetic import SyntheticConfig
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.gan.augment import AugmentConfig
 from nucleistyle.gan.configs import GanConfig
 from nucleistyle.schema import check, load_schema, plain
 from nucleistyle.tta import TTAConfig
@@ -23,6 +24,7 @@ SECTIONS = [
     (ClaheConfig, ("clahe",), set()),
     (ClassicalConfig, ("classical",), set()),
     (SyntheticConfig, ("data", "synthetic"), set()),
+    (AugmentConfig, ("augment",), set()),
 ]
 
 
@@ -62,6 +64,9 @@ def test_tta_keys_are_the_settings_fields_and_each_baseline_may_override_them():
         (lambda: GanConfig(batch_size=3), r"config key gan\.batch_size"),
         (lambda: GanConfig(w_kl=math.nan), r"config key gan\.w_kl: must be a finite number"),
         (lambda: GanConfig(crop=64, resize=32), r"gan\.resize \(32\) must be 0 or >= gan\.crop"),
+        (lambda: GanConfig(iterations=10, warmup=10), r"gan\.warmup \(10\) must be below"),
+        (lambda: GanConfig(upsample="bilinear"), r"config key gan\.upsample: 'bilinear' is not"),
+        (lambda: AugmentConfig(tries=0), r"config key augment\.tries"),
         (lambda: ClusterConfig(k=1), r"config key cluster\.k: 1 is less than the minimum of 2"),
         (lambda: ClaheConfig(select="clusters"), r"config key clahe\.clusters"),
         (lambda: TTAConfig(merge="max"), r"config key tta\.merge: 'max' is not one of"),

@@ -247,17 +247,49 @@ def test_table1_has_no_paper_score_on_other_test_sets(tmp_path: Path) -> None:
 
 def test_paired_differences_hand_checked(score_files: tuple[list[Path], list[Path]]) -> None:
     paired = paired_differences(load_scores(*score_files), n_boot=2000, seed=0)
-    assert paired[["model", "reference"]].to_numpy().tolist() == [
+    overall = paired[paired.group == "all"]
+    assert overall[["model", "reference"]].to_numpy().tolist() == [
         ["deep_retina-style", "deep_retina-none"],
         ["deep_retina-style-tta", "deep_retina-none-tta"],
     ]
-    single, tta = paired.to_dict("records")
+    single, tta = overall.to_dict("records")
     # single pass: differences 0.25, 0, 0.25, 0 (see test_paired_interval_hand_checked)
     assert (single["mean_diff"], single["ci_low"], single["ci_high"]) == (0.125, 0.0, 0.25)
     assert (single["wins"], single["losses"], single["ties"], single["tta"]) == (2, 0, 2, False)
     # TTA: differences -0.25, 0, 0, 0.25
     assert (tta["mean_diff"], tta["wins"], tta["losses"], tta["ties"]) == (0.0, 1, 1, 2)
     assert tta["ci_low"] < 0 < tta["ci_high"]
+
+
+def test_paired_differences_per_modality(score_files: tuple[list[Path], list[Path]]) -> None:
+    paired = paired_differences(load_scores(*score_files), n_boot=500, seed=0)
+    single = paired[paired.model == "deep_retina-style"].set_index("group")
+    assert single.index.tolist() == ["all", "fluo", "he"]
+    # fluo: i1 +0.25, i2 0; he: i3 +0.25, i4 0
+    assert single.loc["fluo", ["mean_diff", "wins", "ties", "n_images"]].tolist() == [
+        0.125,
+        1,
+        1,
+        2,
+    ]
+    assert single.loc["he", ["mean_diff", "wins", "ties", "n_images"]].tolist() == [0.125, 1, 1, 2]
+
+
+def test_the_style_arm_is_also_compared_with_the_jitter_control(
+    score_files: tuple[list[Path], list[Path]], tmp_path: Path
+) -> None:
+    p, s = _write_scores(tmp_path / "extra", "deep_retina-jitter", [0.5, 0.5, 0.5, 0.0])
+    per_image, summaries = score_files
+    paired = paired_differences(load_scores([*per_image, p], [*summaries, s]), n_boot=200)
+    rows = paired[(paired.group == "all") & ~paired.tta].set_index(["model", "reference"])
+    assert sorted(rows.index) == [
+        ("deep_retina-jitter", "deep_retina-none"),
+        ("deep_retina-style", "deep_retina-jitter"),
+        ("deep_retina-style", "deep_retina-none"),
+    ]
+    style_vs_jitter = rows.loc[("deep_retina-style", "deep_retina-jitter")]
+    assert style_vs_jitter["mean_diff"] == 0.0  # +0.25, -0.25, 0, 0
+    assert (style_vs_jitter["wins"], style_vs_jitter["losses"]) == (1, 1)
 
 
 def test_score_table_has_overall_and_group_rows(
@@ -292,7 +324,7 @@ def test_tabulate_scores_writes_every_output(
     table1 = pd.read_csv(paths["t1.csv"])
     assert len(table1) == 5 + len(PAPER_TABLE1)
     assert {"ap50", "ap75", "score_fluo", "score_he", "paper_score"} <= set(table1.columns)
-    assert len(pd.read_csv(paths["pd.csv"])) == 2
+    assert len(pd.read_csv(paths["pd.csv"])) == 2 * 3  # style - none, single / TTA, 3 groups
     assert paths["c.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = tmp_path / "again"
     tabulate_scores(*score_files, *(again / p.name for p in paths.values()), n_boot=300, seed=1)

@@ -134,6 +134,9 @@ def test_two_cores_train_the_arms_without_a_gan_first_then_the_costlier_baseline
         ("data={bbbc038: {base_url: ftp://x/}}", "data.bbbc038.base_url"),
         ("data={sorce: synthetic}", "data"),
         ("data={source: local}", "data.local.path"),
+        ("data={source: holdout, holdout: {scheme: leave-cluster-out}}", "data.holdout.cluster"),
+        ("segment={inputs: original}", "segment.inputs"),
+        ("augment={gate: true, tries: 0}", "augment.tries"),
         ("seed=-4", "seed"),
     ],
 )
@@ -196,7 +199,7 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tiny_demo):
         "scores_by_modality.png", "dataset_summary.csv", "fig2a_clusters_pca.png",
         "fig3_style_transfer.png", "gan_losses.png", "augmented_gallery.png",
         "segmenter_training.png", "table1.csv", "paired_differences.csv",
-        "fig4_predictions.png", "provenance.html",
+        "paired_by_modality.png", "fig4_predictions.png", "provenance.html",
     ):  # fmt: skip
         assert name in html, name
 
@@ -221,7 +224,10 @@ def test_tiny_demo_trains_every_model_and_scores_it_in_table1(tiny_demo):
         0.570, 0.532, 0.609, 0.599, 0.613
     }  # fmt: skip
     paired = pd.read_csv(copy / "results/score/paired_differences.csv")
-    assert len(paired) == 4  # 2 baselines x (single pass, TTA), style minus none
+    overall = paired[paired["group"] == "all"]
+    assert len(overall) == 4  # 2 baselines x (single pass, TTA), style minus none
+    assert set(paired["group"]) > {"all"}  # and per modality
+    assert {"visibility_ratio", "phantoms_per_100", "draws"} <= set(manifest.columns)
     for model in expected - {"classical"}:
         submission = copy / f"results/predict/{model}/stage1_test/submission.csv"
         assert submission.read_text().startswith("ImageId,EncodedPixels")

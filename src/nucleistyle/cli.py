@@ -22,6 +22,7 @@ from typing import Any
 
 from nucleistyle import __version__
 from nucleistyle.schema import bounds as schema_bounds
+from nucleistyle.schema import choices as schema_choices
 from nucleistyle.utils import (
     NucleistyleError,
     check_input,
@@ -164,6 +165,8 @@ def _holdout(args: argparse.Namespace) -> int:
         fraction=args.fraction,
         seed=args.seed,
         k=args.k,
+        scheme=args.scheme,
+        held_cluster=args.cluster,
         overwrite=args.overwrite,
     )
     counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
@@ -566,8 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--fraction",
         type=_number(float, exclusiveMinimum=0, exclusiveMaximum=1),
         default=0.2,
-        help="share held out per cluster, in (0, 1)",
+        help="share held out per cluster, in (0, 1) (minority: at most this share of the largest)",
     )
+    p.add_argument(
+        "--scheme",
+        choices=schema_choices("data.holdout.scheme"),
+        default="stratified",
+        help="stratified: the training mix; minority: half of every cluster but the largest, as "
+        "many of the largest; leave-cluster-out: --cluster entirely, the rest stratified",
+    )
+    p.add_argument("--cluster", help="leave-cluster-out: the cluster held out (name or id)")
     p.add_argument(
         "--k", type=_number(int, "cluster.k"), default=6, help="HSV clusters used as strata"
     )

@@ -1,12 +1,19 @@
-"""A held-out test set carved out of a BBBC038-layout training set, stratified by modality.
+"""A held-out test set carved out of a BBBC038-layout training set, by modality.
 
 For experiments without the official test sets (or without network access), this turns a
 training folder into the ``data.source: local`` layout: ``stage1_train/`` (the rest, with
 masks), ``stage1_test/`` (images only), ``stage1_solution.csv`` (the held-out masks, Usage
-``Public``) and ``holdout.csv`` (ImageId, cluster, name, set). Strata are the K-means clusters
-of the HSV features (paper §2.2), so every modality, rare ones included, appears on both sides:
-per stratum, ``round(fraction * n)`` images are held out, at least one when the stratum has two
-or more, never all of them.
+``Public``) and ``holdout.csv`` (ImageId, cluster, name, set). Modalities are the K-means
+clusters of the HSV features (paper §2.2). Three schemes (:data:`SCHEMES`):
+
+* ``stratified``: per cluster, ``round(fraction * n)`` images are held out, at least one when
+  the cluster has two or more, never all of them: the test set has the training set's mix, the
+  setting where style augmentation should help least.
+* ``minority``: the test set over-represents the rare modalities, as the paper's stage-2 test
+  set does: half of every cluster but the largest (at least one of two or more, never all),
+  and as many of the largest cluster, at most ``fraction`` of it.
+* ``leave-cluster-out``: one cluster (``held_cluster``, by name or id) entirely in the test
+  set, the rest stratified: a modality the segmenters never see in training.
 
 Example:
     >>> make_holdout("data/stage1_train", "resources/holdout", 0.2)  # doctest: +SKIP
@@ -24,9 +31,12 @@ import pandas as pd
 from nucleistyle.cluster import ClusterConfig, features_table, fit_clusters, hsv_features
 from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images
 from nucleistyle.data.csvio import CompressedLabels, write_solution
+from nucleistyle.schema import choices
 from nucleistyle.utils import NucleistyleError, atomic_dir, check_separate, link_or_copy
 
-__all__ = ["make_holdout", "split_strata"]
+__all__ = ["SCHEMES", "make_holdout", "split_leave_cluster_out", "split_minority", "split_strata"]
+
+SCHEMES = choices("data.holdout.scheme")  # stratified, minority, leave-cluster-out
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +79,59 @@ def split_strata(strata: pd.Series, fraction: float, seed: int = 0) -> pd.Series
     return held
 
 
+def _take(members: pd.Index, take: int, rng: np.random.Generator) -> pd.Index:
+    return members[rng.choice(len(members), size=take, replace=False)]
+
+
+def split_minority(strata: pd.Series, fraction: float, seed: int = 0) -> pd.Series:
+    """Hold out half of every stratum but the largest, and as many of the largest (at most
+    ``fraction`` of it): a test set in which the rare strata weigh about half. Arguments,
+    result and errors as :func:`split_strata`.
+
+    Example:
+        >>> s = pd.Series(["a"] * 20 + ["b"] * 4 + ["c"] * 2, index=[f"i{k}" for k in range(26)])
+        >>> split_minority(s, 0.2).groupby(s).sum().to_dict()
+        {'a': 3, 'b': 2, 'c': 1}
+    """
+    _check_fraction(fraction)
+    strata = strata.sort_index()
+    sizes = strata.value_counts()
+    largest = sorted(sizes[sizes == sizes.max()].index, key=str)[0]
+    rng = np.random.default_rng(seed)
+    held = pd.Series(False, index=strata.index)
+    rare = 0
+    for name, members in strata.groupby(strata, sort=True):
+        if name == largest:
+            continue
+        n = len(members)
+        take = 0 if n < 2 else min(n - 1, max(1, round(n / 2)))
+        held.loc[_take(members.index, take, rng)] = True
+        rare += take
+    members = strata.index[strata == largest]
+    take = min(rare, round(fraction * len(members)), len(members) - 1)
+    held.loc[_take(members, take, rng)] = True
+    return held
+
+
+def split_leave_cluster_out(
+    strata: pd.Series, held_out: object, fraction: float, seed: int = 0
+) -> pd.Series:
+    """Hold out every item of the stratum ``held_out`` and a stratified ``fraction`` of the
+    others (:func:`split_strata`).
+
+    Raises:
+        NucleistyleError: ``held_out`` is not a stratum, is the only one, or a bad ``fraction``.
+    """
+    if held_out not in set(strata):
+        known = sorted(set(strata), key=str)
+        raise NucleistyleError(f"holdout cluster {held_out!r} is not one of the clusters {known}")
+    if strata.nunique() < 2:
+        raise NucleistyleError("leave-cluster-out needs at least two clusters")
+    held = split_strata(strata, fraction, seed)
+    held[strata.loc[held.index] == held_out] = True
+    return held
+
+
 def make_holdout(
     train_dir: PathLike,
     out_dir: PathLike,
@@ -77,9 +140,11 @@ def make_holdout(
     k: int = 6,
     workers: int = 2,
     *,
+    scheme: str = "stratified",
+    held_cluster: str | int | None = None,
     overwrite: bool = False,
 ) -> pd.DataFrame:
-    """Split a BBBC038-layout training set into train / held-out test, stratified by cluster.
+    """Split a BBBC038-layout training set into train / held-out test by cluster (``scheme``).
 
     Every image and mask is decoded and checked first (masks of the image's size), on both
     sides of the split; only the listed image and mask files are written, hard-linked where
@@ -90,10 +155,14 @@ def make_holdout(
         train_dir: BBBC038-layout training folder (``<id>/images``, ``<id>/masks``).
         out_dir: New or empty folder for the ``data.source: local`` layout, outside
             ``train_dir``; with ``overwrite`` also one that ``make_holdout`` wrote before.
-        fraction: Share of each cluster held out, in (0, 1).
+        fraction: Share of each cluster held out, in (0, 1) (``minority``: at most this
+            share of the largest cluster).
         seed: Seeds K-means and the draw.
         k: Number of HSV clusters (strata).
         workers: Decoding processes.
+        scheme: One of :data:`SCHEMES` (see the module docstring).
+        held_cluster: ``leave-cluster-out``: the cluster held out entirely, by name (as in
+            ``holdout.csv``, e.g. ``purple``) or id.
         overwrite: Replace a non-empty ``out_dir`` written by ``make_holdout`` (its marker).
 
     Returns:
@@ -104,9 +173,15 @@ def make_holdout(
         NucleistyleError: ``out_dir`` is not empty (see ``overwrite``) or lies inside
             ``train_dir``, ``train_dir`` is empty or not BBBC038 layout, an image has no
             masks, an image or mask is unreadable or of the wrong size, or a bad
-            ``fraction`` / ``k``.
+            ``fraction`` / ``k``, an unknown scheme or held-out cluster.
     """
     _check_fraction(fraction)
+    if scheme not in SCHEMES:
+        raise NucleistyleError(f"holdout scheme must be one of {SCHEMES}, got {scheme!r}")
+    if (scheme == "leave-cluster-out") != (held_cluster is not None):
+        raise NucleistyleError(
+            "a held-out cluster is given with the leave-cluster-out scheme, and only with it"
+        )
     check_separate({"training folder": train_dir}, {"output folder": out_dir})
     cluster_cfg = ClusterConfig(k=k, seed=seed)
     records = list_images(train_dir)
@@ -121,7 +196,17 @@ def make_holdout(
             labels.add(sample.image_id, sample.labels)
         model = fit_clusters(features_table([r.image_id for r in records], rows), cluster_cfg)
         table = model.table[["ImageId", "cluster", "name"]].copy()
-        held = split_strata(table.set_index("ImageId")["cluster"], fraction, seed)
+        clusters = table.set_index("ImageId")["cluster"]
+        if scheme == "minority":
+            held = split_minority(clusters, fraction, seed)
+        elif scheme == "leave-cluster-out":
+            names = table.set_index("ImageId")["name"]
+            by_name = str(held_cluster) in set(names)
+            held = split_leave_cluster_out(
+                names if by_name else clusters.astype(str), str(held_cluster), fraction, seed
+            )
+        else:
+            held = split_strata(clusters, fraction, seed)
         table["set"] = np.where(
             held.loc[table["ImageId"]].to_numpy(), "stage1_test", "stage1_train"
         )
@@ -136,7 +221,9 @@ def make_holdout(
         write_solution(tmp / "stage1_solution.csv", truth)
         table.to_csv(tmp / "holdout.csv", index=False)
     counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
-    log.info("held out %d of %d images:\n%s", held.sum(), len(table), counts.to_string())
+    log.info(
+        "held out %d of %d images (%s):\n%s", held.sum(), len(table), scheme, counts.to_string()
+    )
     return table
 
 

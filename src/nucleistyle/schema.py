@@ -24,7 +24,16 @@ import yaml
 
 from nucleistyle.utils import NucleistyleError
 
-__all__ = ["SCHEMA_PATH", "bounds", "check", "load_schema", "plain", "schema_file", "validate"]
+__all__ = [
+    "SCHEMA_PATH",
+    "bounds",
+    "check",
+    "choices",
+    "load_schema",
+    "plain",
+    "schema_file",
+    "validate",
+]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
@@ -129,6 +138,14 @@ def check(values: Any, pointer: str, key: str, skip: tuple[str, ...] = ()) -> No
     for path in _non_finite(data, key):
         raise NucleistyleError(f"config key {path}: must be a finite number")
     _raise_first(list(_validator(pointer).iter_errors(data)), key)
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values (``enum``) of a dotted config key."""
+    node: Any = load_schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return tuple(node["enum"])
 
 
 def bounds(key: str) -> dict[str, float]:

@@ -103,9 +103,18 @@ def check_config(config: MutableMapping[str, Any]) -> None:
             )
     if data["source"] == "folder":
         _check_folders(data["folder"])
-    if data["source"] == "synthetic" and data["test_sets"] != ["stage1_test"]:
+    if data["source"] in ("synthetic", "holdout") and data["test_sets"] != ["stage1_test"]:
         raise NucleistyleError(
-            "config key data.test_sets: the synthetic source provides stage1_test only"
+            f"config key data.test_sets: the {data['source']} source provides stage1_test only"
+        )
+    if data["source"] == "holdout":
+        _check_holdout(data["holdout"])
+    segment = config["segment"]
+    if "style" in segment["arms"] and segment["inputs"] != "enhanced":
+        raise NucleistyleError(
+            "config key segment.inputs: must be enhanced with the style arm (its copies are "
+            "rendered from the CLAHE-enhanced images the GAN trains on, so the none arm must see "
+            "the same images)"
         )
     # The rules that involve several keys live in the sections' settings (single-key rules are
     # the schema's): build each one whose module imports fast (no torch, no scikit-*).
@@ -120,6 +129,17 @@ def check_config(config: MutableMapping[str, Any]) -> None:
     for baseline in config["segment"]["baselines"]:
         get_config(baseline, segmenter_settings(config, baseline))
         TTAConfig.for_baseline(baseline, config["tta"])
+
+
+def _check_holdout(holdout: MutableMapping[str, Any]) -> None:
+    """data.source holdout: the training folder exists; a cluster with leave-cluster-out."""
+    if holdout["train"] and not Path(holdout["train"]).is_dir():
+        raise NucleistyleError(f"config key data.holdout.train: {holdout['train']} is not a folder")
+    if (holdout["scheme"] == "leave-cluster-out") != (holdout["cluster"] is not None):
+        raise NucleistyleError(
+            "config key data.holdout.cluster: required with scheme leave-cluster-out, and only "
+            "with it"
+        )
 
 
 def _check_folders(folder: MutableMapping[str, Any]) -> None:

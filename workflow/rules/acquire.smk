@@ -160,3 +160,28 @@ use rule import_training_folder as import_unlabelled_test_folder with:
     params:
         training=False,
         intensity=FOLDER["intensity"],
+
+
+rule make_holdout:
+    input:
+        train=get_holdout_source,
+        code=code_of("make_holdout.py"),
+    output:
+        train=directory(f"{HOLDOUT}/stage1_train"),
+        test=directory(f"{HOLDOUT}/stage1_test"),
+        solution=f"{HOLDOUT}/stage1_solution.csv",
+        table=f"{HOLDOUT}/holdout.csv",
+    log:
+        "logs/make_holdout.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        holdout=config["data"]["holdout"],
+        k=config["cluster"]["k"],
+        seed=config["seed"],
+    script:
+        "../../scripts/make_holdout.py"

@@ -25,7 +25,7 @@ rule augment_dataset:
         mem_mb=8000,
         runtime=120,
     params:
-        copies=config["augment"]["copies"],
+        augment=config["augment"],
         seed=config["seed"],
     script:
         "../../scripts/augment_dataset.py"

@@ -61,6 +61,7 @@ SOLUTIONS = {name: csv for name, csv in SOLUTION_FILES.items() if csv}
 SYNTHETIC = "resources/synthetic"
 IMPORTED = "resources/folder"
 RAW = "resources/bbbc038/raw"
+HOLDOUT = "resources/holdout"
 DOWNLOADS = "resources/bbbc038/downloads"
 
 
@@ -86,9 +87,21 @@ def get_train_images(wildcards=None):
         return f"{IMPORTED}/stage1_train"
     if SOURCE == "local":
         return local_path("stage1_train")
+    if SOURCE == "holdout":
+        return f"{HOLDOUT}/stage1_train"
+    return get_bbbc038_train()
+
+
+def get_bbbc038_train(wildcards=None):
+    """BBBC038's stage1_train as downloaded (community-fixed when configured)."""
     if config["data"]["bbbc038"]["fixes"]["apply"]:
         return "resources/bbbc038/fixed/stage1_train"
     return f"{RAW}/stage1_train"
+
+
+def get_holdout_source(wildcards):
+    """The annotated images data.source holdout splits."""
+    return config["data"]["holdout"]["train"] or get_bbbc038_train()
 
 
 def get_test_images(wildcards):
@@ -98,6 +111,8 @@ def get_test_images(wildcards):
         return f"{IMPORTED}/{wildcards.testset}"
     if SOURCE == "local":
         return local_path(wildcards.testset)
+    if SOURCE == "holdout":
+        return f"{HOLDOUT}/{wildcards.testset}"
     return f"{RAW}/{wildcards.testset}"
 
 
@@ -117,6 +132,8 @@ def get_solution(wildcards):
         return f"{IMPORTED}/{wildcards.testset}_solution.csv"
     if SOURCE == "local":
         return local_path(name)
+    if SOURCE == "holdout":
+        return f"{HOLDOUT}/{name}"
     return f"{DOWNLOADS}/{name}"
 
 

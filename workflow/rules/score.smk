@@ -52,6 +52,11 @@ rule tabulate_scores:
             caption="../report/scores_by_modality.rst",
             category="6. Scores",
         ),
+        paired_chart=report(
+            "results/score/paired_by_modality.png",
+            caption="../report/paired_by_modality.rst",
+            category="6. Scores",
+        ),
     log:
         "logs/tabulate_scores.log",
     conda:

@@ -9,17 +9,25 @@ target domain is drawn uniformly from the domains other than the image's own clu
 augmentation is meant to add modalities an image does not have, and a same-domain copy (which
 HistAuGAN's on-line augmentation also allows) adds little beyond colour jitter.
 
+Every copy is measured against the inherited masks (:mod:`nucleistyle.gan.quality`): how clearly its
+nuclei show compared with real images of the target domain, and how many nucleus-like objects it
+shows where the masks say there is background. With the quality gate (``gate``, an extension
+beyond the paper) a copy that fails either is drawn again with another target domain and
+attribute, up to ``tries`` draws, and is left out when none passes; the manifest says how many
+draws each copy took.
+
 The content code is kept, so nuclei stay where they were and the mask PNGs are hard-linked
 (byte-identical, no extra space; copied where links are impossible). A new ImageId is the
 SHA-256 of ``"<source ImageId>:<target domain>:<seed>"`` (64 hex digits, the BBBC038 format),
 distinct from every original, so the folder can be used next to the original training set. The
 manifest lists, per new image: ImageId, source_ImageId, source_cluster, target_domain,
-target_name, seed (of the attribute draw), attribute_source and source_image (the file).
+target_name, seed (of the attribute draw), attribute_source, source_image (the file),
+visibility_ratio, phantoms_per_100 and draws.
 
 Example:
     >>> manifest = augment_dataset("resources/stage1_train", "results/cluster/assignments.csv",
     ...     "results/gan/model.pt", "results/augment/stage1_train", "results/augment/manifest.csv",
-    ...     copies=3)  # doctest: +SKIP
+    ...     AugmentConfig(copies=3))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,17 +36,27 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
+from nucleistyle.data.bbbc038 import Sample, list_images, load_sample, write_sample
 from nucleistyle.gan.data import read_assignments
-from nucleistyle.gan.stylize import load_stylizer
-from nucleistyle.utils import NucleistyleError, link_or_copy, published_together
+from nucleistyle.gan.quality import DomainLook, copy_quality, record_looks
+from nucleistyle.gan.stylize import Stylizer, load_stylizer
+from nucleistyle.schema import check
+from nucleistyle.utils import (
+    NucleistyleError,
+    config_from_mapping,
+    link_or_copy,
+    published_together,
+)
 
-__all__ = ["MANIFEST_COLUMNS", "augment_dataset", "augmented_id"]
+__all__ = ["MANIFEST_COLUMNS", "AugmentConfig", "augment_dataset", "augmented_id"]
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -52,7 +70,49 @@ MANIFEST_COLUMNS = (
     "seed",
     "attribute_source",
     "source_image",
+    "visibility_ratio",
+    "phantoms_per_100",
+    "draws",
 )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Settings of the augmented training set (config section ``augment``).
+
+    Attributes:
+        copies: Restyled copies per training image.
+        gate: Redraw copies that fail the quality measure (not in the paper).
+        min_visibility: Gate: smallest visibility of the inherited nuclei, as a share of the
+            target domain's (:func:`nucleistyle.gan.quality.copy_quality`).
+        max_phantoms: Gate: phantoms per 100 inherited nuclei from which a copy is refused.
+        tries: Gate: draws per copy before it is given up.
+    """
+
+    copies: int = 3
+    gate: bool = False
+    min_visibility: float = 0.8
+    max_phantoms: float = 10.0
+    tries: int = 4
+
+    def __post_init__(self) -> None:
+        check(self, "#/properties/augment", "augment")
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any]) -> AugmentConfig:
+        """Build from the config section ``augment`` (missing keys take the defaults).
+
+        Raises:
+            NucleistyleError: An unknown key or an invalid value (named).
+        """
+        return config_from_mapping(cls, mapping, "augment")
+
+    def passes(self, quality: Mapping[str, float]) -> bool:
+        """Whether a copy with these measures is kept (always without the gate)."""
+        return not self.gate or (
+            quality["visibility_ratio"] >= self.min_visibility
+            and quality["phantoms_per_100"] < self.max_phantoms
+        )
 
 
 def augmented_id(source_id: str, target_domain: int, seed: int) -> str:
@@ -66,11 +126,11 @@ def augment_dataset(
     model_path: PathLike,
     out_dir: PathLike,
     manifest_csv: PathLike,
-    copies: int = 1,
+    config: AugmentConfig | None = None,
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Write ``copies`` stylised copies of every training image.
+    """Write ``config.copies`` stylised copies of every training image.
 
     Args:
         train_dir: Training images with masks (BBBC038 layout).
@@ -78,7 +138,7 @@ def augment_dataset(
         model_path: GAN model from :func:`nucleistyle.gan.engine.train_gan`.
         out_dir: Output folder (BBBC038 layout, new images only); written atomically.
         manifest_csv: Manifest (:data:`MANIFEST_COLUMNS`), one row per new image.
-        copies: Restyled copies per image (each with its own target domain and attribute).
+        config: The settings (default: one copy per image, no gate).
         seed: Seeds the target domains and attributes.
         device: ``auto``, ``cpu`` or ``cuda``.
 
@@ -86,11 +146,10 @@ def augment_dataset(
         The manifest.
 
     Raises:
-        NucleistyleError: Bad ``copies``, an image without a row in the assignment table or with
-            a cluster the model does not know (naming the file), an unreadable model or image.
+        NucleistyleError: An image without a row in the assignment table or with a cluster the
+            model does not know (naming the file), an unreadable model or image.
     """
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise NucleistyleError(f"augment copies must be an integer >= 1, got {copies!r}")
+    config = config or AugmentConfig(copies=1)
     records = list_images(train_dir)
     stylizer = load_stylizer(model_path, device)
     table = read_assignments(assignments_csv, stylizer.n_domains)
@@ -101,6 +160,7 @@ def augment_dataset(
                 f"cluster assignments {assignments_csv}: no row for ImageId {record.image_id} "
                 f"({record.image_path})"
             )
+    looks = record_looks(records, cluster_of, stylizer.n_domains)
     rng = np.random.default_rng(seed)
     rows = []
     with published_together() as outputs:  # the folder and its manifest, or nothing
@@ -108,12 +168,13 @@ def augment_dataset(
         for record in tqdm(records, desc="augment", disable=None, file=sys.stderr):
             source = int(cluster_of[record.image_id])
             others = [d for d in range(stylizer.n_domains) if d != source]
-            image = read_image(record.image_path)[0]
-            for _ in range(copies):
-                target = int(rng.choice(others))
-                image_seed = int(rng.integers(2**31))
+            sample = load_sample(record)
+            for _ in range(config.copies):
+                drawn = _draw_copy(stylizer, sample, others, looks, config, rng)
+                if drawn is None:
+                    continue  # every draw failed the gate: one copy fewer
+                target, image_seed, styled, quality, draws = drawn
                 new_id = augmented_id(record.image_id, target, image_seed)
-                styled = stylizer.stylize([image], target, seed=image_seed)[0]
                 folder = write_sample(tmp, new_id, styled)
                 if record.mask_paths:
                     (folder / "masks").mkdir()
@@ -129,11 +190,52 @@ def augment_dataset(
                         image_seed,
                         stylizer.attribute_source,
                         str(record.image_path),
+                        quality["visibility_ratio"],
+                        quality["phantoms_per_100"],
+                        draws,
                     )
                 )
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-        manifest.to_csv(outputs.file(manifest_csv), index=False, lineterminator="\n")
+        manifest.to_csv(
+            outputs.file(manifest_csv), index=False, lineterminator="\n", float_format="%.4f"
+        )
+    wanted = len(records) * config.copies
     log.info(
-        "wrote %d stylised copies of %d training images to %s", len(manifest), len(records), out_dir
+        "wrote %d stylised copies of %d training images to %s (%d wanted; gate %s); mean "
+        "visibility %.2f of the target domain's, %.1f phantoms per 100 nuclei",
+        len(manifest),
+        len(records),
+        out_dir,
+        wanted,
+        "on" if config.gate else "off",
+        manifest["visibility_ratio"].mean(),
+        manifest["phantoms_per_100"].mean(),
     )
     return manifest
+
+
+def _draw_copy(
+    stylizer: Stylizer,
+    sample: Sample,
+    others: list[int],
+    looks: list[DomainLook | None],
+    config: AugmentConfig,
+    rng: np.random.Generator,
+) -> tuple[int, int, np.ndarray, dict[str, float], int] | None:
+    """One copy: (target domain, attribute seed, image, its measures, draws taken), or None
+    when the gate refused every draw."""
+    for draws in range(1, (config.tries if config.gate else 1) + 1):
+        target = int(rng.choice(others))
+        image_seed = int(rng.integers(2**31))
+        styled = stylizer.stylize([sample.image], target, seed=image_seed)[0]
+        quality = _quality(styled, sample.labels, looks[target])
+        if config.passes(quality):
+            return target, image_seed, styled, quality, draws
+    return None
+
+
+def _quality(styled: np.ndarray, labels: np.ndarray | None, look: DomainLook | None) -> dict:
+    """The copy's measures; NaN (and so refused by the gate) without masks or a look."""
+    if labels is None or look is None:
+        return {"visibility_ratio": np.nan, "phantoms_per_100": np.nan}
+    return copy_quality(styled, labels, look)

@@ -64,6 +64,14 @@ class GanConfig:
         w_cls_g: Domain classification, generator side (fakes).
         w_recon: Self-reconstruction L1.
         w_latent: Latent regression L1.
+        w_structure: Nucleus visibility of the translated images, in the target domain's
+            polarity (:func:`nucleistyle.gan.losses.nucleus_visibility`; not in the paper).
+        warmup: The first ``warmup`` of the ``iterations`` are autoencoder updates: E_c, E_a
+            and G on the self-reconstruction and KL terms only, the discriminators idle (not
+            in the paper; docs/gan.md).
+        upsample: The generator's x2 upsampling, ``transpose`` (the paper's transposed
+            convolution) or ``resize`` (nearest-neighbour, then a 3x3 convolution: no
+            checkerboard pattern).
         latent_regression: ``mdmm`` (the term trains G and E_c, not E_a) or ``histaugan``
             (it trains E_a too); see the module docstring.
         w_kl: KL of the attribute code.
@@ -110,6 +118,9 @@ class GanConfig:
     w_cls_g: float = 5.0
     w_recon: float = 10.0
     w_latent: float = 10.0
+    w_structure: float = 0.0
+    warmup: int = 0
+    upsample: str = "transpose"
     latent_regression: str = "mdmm"
     w_kl: float = 0.01
     w_kl_content: float = 0.01
@@ -130,6 +141,11 @@ class GanConfig:
         check(self, "#/properties/gan", "gan", skip=("n_domains", "seed"))
         check(self.n_domains, "#/properties/cluster/properties/k", "gan.n_domains")
         check(self.seed, "#/properties/seed", "gan.seed")
+        if self.warmup >= self.iterations > 0:
+            raise NucleistyleError(
+                f"config key gan.warmup ({self.warmup}) must be below gan.iterations "
+                f"({self.iterations})"
+            )
         if 0 < self.resize < self.crop:
             raise NucleistyleError(
                 f"config key gan.resize ({self.resize}) must be 0 or >= gan.crop ({self.crop})"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
+from nucleistyle.data.bbbc038 import ImageRecord, list_images, load_sample, read_image
 from nucleistyle.utils import NucleistyleError
 
 __all__ = [
@@ -101,13 +101,29 @@ def domain_names(table: pd.DataFrame, n_domains: int) -> tuple[str, ...]:
 
 
 def _prepare(record: ImageRecord, resize: int, crop: int) -> np.ndarray:
-    image = read_image(record.image_path)[0]
+    return _fit(read_image(record.image_path)[0], resize, crop)
+
+
+def _fit(array: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """Resize to ``resize`` x ``resize`` (bicubic; nearest for label images), or reflect-pad
+    a native-size array to at least ``crop``."""
     if resize > 0:
-        return np.asarray(Image.fromarray(image).resize((resize, resize), Image.Resampling.BICUBIC))
-    short = [max(0, crop - s) for s in image.shape[:2]]
+        labels = array.ndim == 2
+        resample = Image.Resampling.NEAREST if labels else Image.Resampling.BICUBIC
+        out = Image.fromarray(array.astype(np.int32) if labels else array).resize(
+            (resize, resize), resample
+        )
+        return np.asarray(out).astype(array.dtype)
+    short = [max(0, crop - s) for s in array.shape[:2]]
     if any(short):
-        image = np.pad(image, ((0, short[0]), (0, short[1]), (0, 0)), mode="reflect")
-    return image
+        pad = [(0, short[0]), (0, short[1])] + [(0, 0)] * (array.ndim - 2)
+        array = np.pad(array, pad, mode="reflect")
+    return array
+
+
+def _prepare_labels(record: ImageRecord, resize: int, crop: int) -> np.ndarray | None:
+    labels = load_sample(record).labels
+    return None if labels is None else _fit(labels, resize, crop)
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,8 @@ class DomainSet:
         members: Indices into ``images`` of each domain's images.
         fingerprint: SHA-1 of the sorted "ImageId:cluster" lines (stored in checkpoints, so a
             run cannot resume on a different training set).
+        labels: With ``load_domain_set(..., with_labels=True)``: each image's instance labels
+            (None without masks), brought to the image's size as the image was.
     """
 
     image_ids: tuple[str, ...]
@@ -130,6 +148,7 @@ class DomainSet:
     names: tuple[str, ...]
     members: tuple[np.ndarray, ...]
     fingerprint: str
+    labels: tuple[np.ndarray | None, ...] | None = None
 
     @property
     def n_domains(self) -> int:
@@ -143,6 +162,7 @@ def load_domain_set(
     resize: int = 256,
     crop: int = 216,
     workers: int = 2,
+    with_labels: bool = False,
 ) -> DomainSet:
     """Load and preprocess every training image and attach its domain.
 
@@ -155,6 +175,7 @@ def load_domain_set(
         resize: Side every image is resized to (0: keep the native size).
         crop: Training crop (images smaller than it are reflect-padded when ``resize`` is 0).
         workers: Decoding threads.
+        with_labels: Also load every image's masks (:attr:`DomainSet.labels`).
 
     Returns:
         The :class:`DomainSet`.
@@ -185,6 +206,11 @@ def load_domain_set(
         )
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         images = tuple(pool.map(lambda r: _prepare(r, resize, crop), records))
+        labels = (
+            tuple(pool.map(lambda r: _prepare_labels(r, resize, crop), records))
+            if with_labels
+            else None
+        )
     lines = "\n".join(f"{r.image_id}:{d}" for r, d in zip(records, domains, strict=True))
     names = domain_names(table, n_domains)
     log.info(
@@ -201,6 +227,7 @@ def load_domain_set(
         names=names,
         members=members,
         fingerprint=hashlib.sha1(lines.encode()).hexdigest(),
+        labels=labels,
     )
 
 
@@ -250,19 +277,32 @@ class DomainSampler:
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         """One batch: uint8 crops (N, crop, crop, 3) and their domains, int64 (N,)."""
-        crops, domains = [], []
+        crops, domains, _ = self.draw_with_masks()
+        return crops, domains
+
+    def draw_with_masks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`draw` plus the crops' foreground (N, crop, crop) bool, from
+        :attr:`DomainSet.labels` (all False for an image without masks; None when the set
+        has no labels). The random draws are those of :meth:`draw`."""
+        crops, domains, masks = [], [], []
+        labels = self.data.labels
         for _ in range(self.batch_size):
             domain = self._randint(self.data.n_domains)
             members = self.data.members[domain]
-            image = self.data.images[members[self._randint(members.size)]]
+            index = members[self._randint(members.size)]
+            image = self.data.images[index]
             y = self._randint(image.shape[0] - self.crop + 1)
             x = self._randint(image.shape[1] - self.crop + 1)
-            window = image[y : y + self.crop, x : x + self.crop]
-            if self.flip and self._randint(2):
-                window = window[:, ::-1]
-            crops.append(window)
+            window = (slice(y, y + self.crop), slice(x, x + self.crop))
+            flip = bool(self.flip and self._randint(2))
+            crops.append(image[window][:, ::-1] if flip else image[window])
             domains.append(domain)
-        return np.stack(crops), np.array(domains, np.int64)
+            if labels is not None:
+                own = labels[index]
+                mask = np.zeros((self.crop, self.crop), bool) if own is None else own[window] > 0
+                masks.append(mask[:, ::-1] if flip else mask)
+        stacked = np.stack(masks) if labels is not None else None
+        return np.stack(crops), np.array(domains, np.int64), stacked
 
     def state(self) -> torch.Tensor:
         """The generator state (a uint8 tensor) for a checkpoint."""

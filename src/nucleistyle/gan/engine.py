@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from nucleistyle.gan.networks import (
     ImageDiscriminator,
     init_weights,
 )
+from nucleistyle.gan.quality import LOOK_IMAGES, PLANES, DomainLook, domain_looks
 from nucleistyle.torchutils import (
     LossHistory,
     TrainingDiverged,
@@ -123,7 +124,7 @@ class GanNets(nn.Module):
         c, b, a = cfg.n_domains, cfg.base_channels, cfg.attribute_dim
         self.enc_c = self.content_encoder(b)
         self.enc_a = self.attribute_encoder(c, b, a, cfg.logvar_clamp)
-        self.gen: Any = self.generator(c, b, a)  # Generator API: share, decode
+        self.gen: Any = self.generator(c, b, a, cfg.upsample)  # Generator API: share, decode
         self.dis1 = self.image_discriminator(c, cfg.crop, b)
         self.dis2 = self.image_discriminator(c, cfg.crop, b)
         self.dis_c = self.content_discriminator(c, b)
@@ -153,6 +154,26 @@ def _reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
+def _structure_targets(
+    looks: Sequence[DomainLook | None], n_domains: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per-domain plane weights (C, 3), polarity (C,) and target d' (C,) of the structure
+    term; a domain without a look gets polarity and target 0 (no loss)."""
+    plane = torch.zeros(n_domains, 3)
+    polarity, target = torch.zeros(n_domains), torch.zeros(n_domains)
+    for d, look in enumerate(looks):
+        if look is None:
+            continue
+        if look.plane == 0:
+            plane[d] = 1.0 / 3.0
+        else:
+            plane[d, look.plane - 1] = 1.0
+        polarity[d], target[d] = look.polarity, look.visibility
+    return {
+        k: v.to(device) for k, v in (("plane", plane), ("polarity", polarity), ("target", target))
+    }
+
+
 class GanTrainer:
     """The nets, their optimisers and the update steps (no data or file handling).
 
@@ -161,6 +182,9 @@ class GanTrainer:
         device: Where to train.
         dtype: Autocast dtype (None: fp32).
         checkpoint: Named in the divergence message (the checkpoint that is kept).
+        looks: How each domain's nuclei look in its real images (from
+            :func:`nucleistyle.gan.quality.domain_looks`; None for a domain without masks),
+            the targets of the structure term when ``cfg.w_structure > 0``.
     """
 
     def __init__(
@@ -169,8 +193,10 @@ class GanTrainer:
         device: torch.device,
         dtype: torch.dtype | None = None,
         checkpoint: PathLike | None = None,
+        looks: Sequence[DomainLook | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.structure = _structure_targets(looks, cfg.n_domains, device) if looks else None
         self.device = device
         self.dtype = dtype
         self.checkpoint = checkpoint
@@ -235,12 +261,16 @@ class GanTrainer:
         self._step("dis_c", loss, values)
         return {k: float(v) for k, v in values.items()}
 
-    def full_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
+    def full_step(
+        self, images: np.ndarray, domains: np.ndarray, masks: np.ndarray | None = None
+    ) -> dict[str, float]:
         """Forward pass of docs/gan.md, the dis1/dis2 step, then one E_c/E_a/G step.
 
         Args:
             images: uint8 (N, H, W, 3), N even; halves A = [:N/2], B = [N/2:].
             domains: int (N,).
+            masks: bool (N, H, W) foreground of the images, for the structure term (with
+                ``w_structure > 0``).
 
         Returns:
             Every loss term as a float (``d_*``: discriminators, the rest: generator side,
@@ -306,6 +336,20 @@ class GanTrainer:
                 "kl": L.kl_attribute(mu, logvar),
                 "kl_content": L.content_l2(content),
             }
+            if self.structure is not None and masks is not None:
+                # the cross and random fakes show the other half's content in this domain
+                inherited = _swap(torch.from_numpy(masks).to(self.device)[:, None].float())
+                t = {
+                    k: v[torch.as_tensor(domains, device=self.device)]
+                    for k, v in self.structure.items()
+                }
+                g_values["structure"] = L.nucleus_visibility(
+                    torch.cat([fake_cross, fake_random]),
+                    inherited.repeat(2, 1, 1, 1),
+                    t["plane"].repeat(2, 1),
+                    t["polarity"].repeat(2),
+                    t["target"].repeat(2),
+                )
             weights = {
                 "g_adv1": cfg.w_domain,
                 "g_adv2": cfg.w_domain,
@@ -317,20 +361,53 @@ class GanTrainer:
                 "latent": cfg.w_latent,
                 "kl": cfg.w_kl,
                 "kl_content": cfg.w_kl_content,
+                "structure": cfg.w_structure,
             }
             g_loss = torch.stack([weights[k] * v for k, v in g_values.items()]).sum()
         values = {**{k: v.detach() for k, v in g_values.items()}, "g_total": g_loss.detach()}
         self._step("gen", g_loss, values)
         return {k: float(v) for k, v in {**d_values, **values}.items()}
 
+    def warmup_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
+        """One autoencoder update of E_c, E_a and G: self-reconstruction and the two KL terms,
+        weighted as in :meth:`full_step`; the discriminators are not used.
+
+        Raises:
+            TrainingDiverged: A loss is NaN or infinite (nothing is stepped).
+        """
+        cfg, net = self.cfg, self.nets
+        x, c = self._inputs(images, domains)
+        with self._autocast():
+            content = net.enc_c(x)
+            mu, logvar = net.enc_a(x, c)
+            values = {
+                "self_recon": L.l1(net.gen(content, _reparameterise(mu, logvar), c), x),
+                "kl": L.kl_attribute(mu, logvar),
+                "kl_content": L.content_l2(content),
+            }
+            loss = (
+                cfg.w_recon * values["self_recon"]
+                + cfg.w_kl * values["kl"]
+                + cfg.w_kl_content * values["kl_content"]
+            )
+        values = {**{k: v.detach() for k, v in values.items()}, "g_total": loss.detach()}
+        self._step("gen", loss, values)
+        return {k: float(v) for k, v in values.items()}
+
     def train_iteration(self, sampler: DomainSampler) -> dict[str, float]:
-        """One iteration: ``d_iter - 1`` content-D updates, then a full update (batches drawn
-        from ``sampler``); advances :attr:`iteration`. Returns the losses (D_c averaged)."""
+        """One iteration: an autoencoder update during the first ``warmup`` iterations, then
+        ``d_iter - 1`` content-D updates and a full update (batches drawn from ``sampler``);
+        advances :attr:`iteration`. Returns the losses (D_c averaged)."""
         lr = self.set_lr()
+        if self.iteration < self.cfg.warmup:
+            values = self.warmup_step(*sampler.draw())
+            values["lr_factor"] = lr
+            self.iteration += 1
+            return values
         content = [
             self.content_step(*sampler.draw())["d_content"] for _ in range(self.cfg.d_iter - 1)
         ]
-        values = self.full_step(*sampler.draw())
+        values = self.full_step(*sampler.draw_with_masks())
         if content:
             values["d_content"] = float(np.mean(content))
         values["lr_factor"] = lr
@@ -461,6 +538,29 @@ def _monitor(
     return values
 
 
+def _training_looks(data: DomainSet) -> list[DomainLook | None]:
+    """How each domain's nuclei look in its training images (the structure term's targets)."""
+    assert data.labels is not None
+    labels = data.labels
+    looks = domain_looks(
+        ((data.images[i], labels[i], d) for d, members in enumerate(data.members) for i in members),
+        data.n_domains,
+        per_domain=LOOK_IMAGES,
+    )
+    for name, look in zip(data.names, looks, strict=True):
+        if look is None:
+            log.warning("domain %s has no image with masks: no structure term into it", name)
+        else:
+            log.info(
+                "domain %s: nuclei %s on %s, d' %.2f",
+                name,
+                "bright" if look.polarity > 0 else "dark",
+                PLANES[look.plane],
+                look.visibility,
+            )
+    return looks
+
+
 class _Window:
     """Running sums of the losses between two history rows (part of the checkpoint)."""
 
@@ -522,12 +622,14 @@ def train_gan(
     device = select_device(cfg.device, "gan.device")
     keep_freed_memory()  # no page faults for the same activations every step
     dtype = resolve_precision(cfg.precision, device, "gan.precision")
+    structure = cfg.w_structure > 0
     data = load_domain_set(
-        images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers
+        images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers, structure
     )
     fingerprint = {**cfg.fingerprint(), "data": data.fingerprint}
+    looks = _training_looks(data) if structure else None
     seed_everything(cfg.seed)
-    trainer = GanTrainer(cfg, device, dtype, checkpoint)
+    trainer = GanTrainer(cfg, device, dtype, checkpoint, looks)
     sampler = DomainSampler(data, cfg.batch_size, cfg.crop, cfg.flip, cfg.seed)
     history, window = LossHistory(), _Window()
     if checkpoint is not None and Path(checkpoint).exists():

@@ -54,6 +54,14 @@ from nucleistyle.data.bbbc038 import ImageRecord, list_images, load_sample
 from nucleistyle.data.synthetic import MODALITIES, SyntheticConfig, synthesize
 from nucleistyle.enhance import ClaheConfig, enhance_image
 from nucleistyle.gan.data import DomainSet, read_assignments
+from nucleistyle.gan.quality import (
+    LOOK_IMAGES,
+    DomainLook,
+    copy_quality,
+    domain_looks,
+    record_looks,
+    visibility,
+)
 from nucleistyle.gan.stylize import Stylizer, load_stylizer
 from nucleistyle.metrics import image_score
 from nucleistyle.torchutils import select_device
@@ -64,7 +72,6 @@ __all__ = [
     "TransferMonitor",
     "edge_similarity",
     "evaluate_transfer",
-    "nucleus_contrast",
     "perfect_transfer",
     "threshold_iou",
 ]
@@ -78,14 +85,18 @@ EVALUATION_COLUMNS = (
     "target_domain",
     "target_name",
     "n_images",
-    "seg_score",
+    "style_hit",
+    "visibility_ratio",
+    "visibility_kept",
+    "phantoms_per_100",
+    "visibility_ratio_unrelated",
+    "phantoms_per_100_unrelated",
+    "phantoms_per_100_real",
     "fg_iou",
+    "seg_score",
     "edge_corr",
-    "contrast",
-    "contrast_original",
     "gt_score_original",
     "gt_score_stylised",
-    "style_hit",
 )
 
 
@@ -164,85 +175,94 @@ def threshold_iou(image: np.ndarray, foreground: np.ndarray, sigma: float = 1.0)
     return best
 
 
-def nucleus_contrast(image: np.ndarray, foreground: np.ndarray, ring: int = 3) -> float:
-    """How clearly the nuclei of a mask stand out from what surrounds them: d-prime.
-
-    The difference between the mean of the foreground pixels and the mean of a ``ring`` px band
-    around them, in units of their pooled standard deviation (d' = |m_fg - m_ring| /
-    sqrt((s_fg^2 + s_ring^2) / 2)), on the grey level and on each colour channel, the largest
-    (either polarity). Unlike :func:`threshold_iou`, which finds the nuclei at the best of 256
-    thresholds however faint they are, it falls as a restyle washes them out or paints
-    nucleus-like texture next to them: what a segmenter trained on the image has to learn from.
-
-    Args:
-        image: (H, W) or (H, W, 3) image, 0-255.
-        foreground: (H, W) mask or label image (> 0 = foreground).
-        ring: Width (px) of the surrounding band.
-
-    Returns:
-        d' >= 0; NaN when the foreground or its band has fewer than 5 pixels.
-
-    Example:
-        >>> a = np.full((16, 16), 50, np.uint8); a[4:12, 4:12] = 200
-        >>> b = a.copy(); b[::2] += 10; round(nucleus_contrast(b, a > 100), 1)
-        30.0
-    """
-    fg = np.asarray(foreground) > 0
-    if np.shape(image)[:2] != fg.shape:
-        raise ValueError(f"shapes differ: {np.shape(image)} vs {fg.shape}")
-    band = ndi.binary_dilation(fg, iterations=ring) & ~fg
-    if np.count_nonzero(fg) < 5 or np.count_nonzero(band) < 5:
-        return float("nan")
-    pixels = np.asarray(image, np.float64)
-    planes = [pixels] if pixels.ndim == 2 else [pixels.mean(axis=2), *np.moveaxis(pixels, 2, 0)]
-    best = 0.0
-    for plane in planes:
-        inside, around = plane[fg], plane[band]
-        spread = np.sqrt(0.5 * (inside.var() + around.var()))
-        gap = abs(inside.mean() - around.mean())
-        best = max(best, gap / spread if spread > 0 else (np.inf if gap > 0 else 0.0))
-    return float(best)
-
-
 def _transfer_row(
     stylizer: Stylizer,
     clusters: ClusterModel,
     image: np.ndarray,
+    labels: np.ndarray,
+    source: int,
     target: int,
     seed: int,
+    looks: list[DomainLook | None],
     seg_original: np.ndarray,
-    foreground: np.ndarray,
+    attribute: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Structure and style measures of one image restyled to ``target`` (and, as ``_styled``,
-    the segmentation of the restyled image); ``foreground`` is the mask it inherits."""
-    styled = stylizer.stylize([image], target, seed=seed)[0]
+    the segmentation of the restyled image); ``labels`` are the nuclei it inherits."""
+    styled = stylizer.stylize([image], target, attribute, seed=seed)[0]
     seg_styled = segment_image(styled)
     features = pd.DataFrame([hsv_features(styled)], columns=list(FEATURE_NAMES))
     assigned = int(clusters.assign(features)[0])
-    return {
+    row: dict[str, Any] = {
         "seg_score": image_score(seg_original, seg_styled),
-        "fg_iou": threshold_iou(styled, foreground),
+        "fg_iou": threshold_iou(styled, labels),
         "edge_corr": edge_similarity(image, styled),
-        "contrast": nucleus_contrast(styled, foreground),
         "style_hit": float(assigned == stylizer.cluster_ids[target]),
         "_styled": seg_styled,
     }
+    look, own = looks[target], looks[source]
+    if look is not None:
+        quality = copy_quality(styled, labels, look)
+        row["visibility_ratio"] = quality["visibility_ratio"]
+        row["phantoms_per_100"] = quality["phantoms_per_100"]
+        before = visibility(image, labels, own) if own is not None else np.nan
+        row["visibility_kept"] = quality["visibility"] / before if before > 0 else np.nan
+    return row
+
+
+def _unrelated(
+    image: np.ndarray, labels: np.ndarray, other: np.ndarray, look: DomainLook | None
+) -> dict[str, float]:
+    """The quality measures of an unrelated image of the target domain (``other``, brought to
+    the size of ``image``) against the inherited nuclei: what a generator that ignores the
+    content scores."""
+    if look is None:
+        return {}
+    h, w = image.shape[:2]
+    if other.shape[:2] != (h, w):
+        other = np.asarray(Image.fromarray(other).resize((w, h), Image.Resampling.BILINEAR))
+    quality = copy_quality(other, labels, look)
+    return {
+        "visibility_ratio_unrelated": quality["visibility_ratio"],
+        "phantoms_per_100_unrelated": quality["phantoms_per_100"],
+    }
+
+
+def _labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Instance labels brought to an image's (H, W) as :func:`~nucleistyle.gan.data.
+    load_domain_set` brought the image: reflect-padded when smaller, else resized (nearest)."""
+    if labels.shape == shape[:2]:
+        return labels
+    if all(s <= t for s, t in zip(labels.shape, shape, strict=False)):
+        pad = [(0, t - s) for s, t in zip(labels.shape, shape, strict=False)]
+        return np.pad(labels, pad, mode="reflect")
+    resized = Image.fromarray(labels.astype(np.int32)).resize(
+        (shape[1], shape[0]), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized).astype(labels.dtype)
+
+
+def _off_diagonal_means(table: pd.DataFrame) -> dict[str, float]:
+    off = table[table["source"] != table["target"]]
+    columns = [c for c in table if not c.startswith("_") and c not in ("source", "target")]
+    return {k: float(v) for k, v in off[columns].mean().items()}
 
 
 class TransferMonitor:
-    """Off-diagonal transfer quality during GAN training (the report's learning curve).
+    """Transfer quality during GAN training (the report's learning curve).
 
     Called by :func:`nucleistyle.gan.engine.train_gan` with the current model state and the
-    training set; restyles ``per_domain`` fixed images of every domain to every other domain
-    and returns the means of ``style_hit``, ``fg_iou``, ``edge_corr`` and ``seg_score``, plus
+    training set; restyles ``per_domain`` fixed images of every domain to every domain and
+    returns the off-diagonal means of ``style_hit``, ``visibility_ratio``,
+    ``phantoms_per_100``, ``fg_iou``, ``edge_corr`` and ``seg_score``, the diagonal's
+    ``visibility_kept`` (self-reconstruction: the share of the original's visibility kept), plus
     ``style_hit_chance`` (1 / number of domains) and ``fg_iou_original`` (``fg_iou`` of the
     unstyled images: what keeping every nucleus visible scores).
 
     Args:
         cluster_model_json: The fitted cluster model (decides which style an image has).
-        images_dir: The training images with their masks (``fg_iou`` is read against the true
-            foreground; images without masks, or ``None``, use the classical segmentation of
-            the original instead).
+        images_dir: The training images with their masks (the inherited nuclei; images
+            without masks, or ``None``, use the classical segmentation of the original).
         per_domain: Images per source domain (the first ones by ImageId).
         seed: Seeds the attribute draws (the same at every evaluation).
         device: Where the generator runs (``auto``, ``cpu``, ``cuda``...), in fp32.
@@ -261,57 +281,63 @@ class TransferMonitor:
         self.per_domain = per_domain
         self.seed = seed
         self.device = select_device(device)
-        self._foregrounds: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray] = {}
         self._records: dict[str, ImageRecord] | None = None
+        self._looks: list[DomainLook | None] | None = None
 
-    def _foreground(self, data: DomainSet, index: int) -> np.ndarray:
-        """The true foreground of a training image, brought to its size in ``data`` as
-        :func:`nucleistyle.gan.data.load_domain_set` brought the image (cached)."""
+    def _labels_of(self, data: DomainSet, index: int) -> np.ndarray:
+        """The true nuclei of a training image, brought to its size in ``data`` (cached)."""
         image_id, image = data.image_ids[index], data.images[index]
-        if image_id not in self._foregrounds:
+        if image_id not in self._labels:
             if self._records is None:
                 found = list_images(self.images_dir) if self.images_dir is not None else []
                 self._records = {r.image_id: r for r in found}
             record = self._records.get(image_id)
             labels = load_sample(record).labels if record is not None else None
             if labels is None:
-                foreground = segment_image(image) > 0
-            elif labels.shape == image.shape[:2]:
-                foreground = labels > 0
-            elif all(s <= t for s, t in zip(labels.shape, image.shape, strict=False)):
-                pad = [(0, t - s) for s, t in zip(labels.shape, image.shape, strict=False)]
-                foreground = np.pad(labels > 0, pad, mode="reflect")  # as the image was padded
+                self._labels[image_id] = segment_image(image)
             else:
-                size = (image.shape[1], image.shape[0])
-                foreground = np.asarray(
-                    Image.fromarray((labels > 0).astype(np.uint8)).resize(
-                        size, Image.Resampling.NEAREST
-                    )
-                ) > 0  # fmt: skip
-            self._foregrounds[image_id] = foreground
-        return self._foregrounds[image_id]
+                self._labels[image_id] = _labels_at(labels, image.shape)
+        return self._labels[image_id]
+
+    def _domain_looks(self, data: DomainSet) -> list[DomainLook | None]:
+        if self._looks is None:
+            self._looks = domain_looks(
+                (
+                    (data.images[i], self._labels_of(data, int(i)), d)
+                    for d, members in enumerate(data.members)
+                    for i in members[:LOOK_IMAGES]
+                ),
+                data.n_domains,
+                LOOK_IMAGES,
+            )
+        return self._looks
 
     def __call__(self, state: dict, data: DomainSet) -> dict[str, float]:
         stylizer = Stylizer(state, self.device, None)
+        looks = self._domain_looks(data)
         rows, kept = [], []
         for source, members in enumerate(data.members):
             for k, index in enumerate(members[: self.per_domain]):
                 image = data.images[index]
+                labels = self._labels_of(data, int(index))
                 seg_original = segment_image(image)
-                foreground = self._foreground(data, int(index))
-                kept.append(threshold_iou(image, foreground))
+                kept.append(threshold_iou(image, labels))
+                own = stylizer.encode_attribute(image, source)
                 for target in range(data.n_domains):
-                    if target != source:
-                        seed = self.seed + 1000 * k + target
-                        rows.append(
-                            _transfer_row(
-                                stylizer, self.clusters, image, target, seed, seg_original,
-                                foreground,
-                            )
-                        )  # fmt: skip
+                    row = _transfer_row(
+                        stylizer, self.clusters, image, labels, source, target,
+                        self.seed + 1000 * k + target, looks, seg_original,
+                        own if target == source else None,
+                    )  # fmt: skip
+                    rows.append({"source": source, "target": target, **row})
         table = pd.DataFrame(rows).drop(columns="_styled")
+        diagonal = table[table["source"] == table["target"]]
         return {
-            **{f"eval_{k}": float(v) for k, v in table.mean().items()},
+            **{f"eval_{k}": v for k, v in _off_diagonal_means(table).items()},
+            "eval_self_visibility_kept": float(diagonal["visibility_kept"].mean())
+            if "visibility_kept" in diagonal
+            else float("nan"),
             "eval_style_hit_chance": 1.0 / data.n_domains,
             "eval_fg_iou_original": float(np.nanmean(kept)),
         }
@@ -328,7 +354,12 @@ def evaluate_transfer(
     truth_labels: bool = True,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Structure preservation and style hit rate per (source domain, target domain).
+    """Structure kept, phantoms and style reached per (source domain, target domain).
+
+    The diagonal is the self-reconstruction G(E_c(x), E_a(x, c), c); off-diagonal rows restyle
+    to a random attribute of the target domain. Each row also holds what an unrelated real
+    image of the target domain scores against the same nuclei, and the phantom rate of the
+    target domain's own real images (the two ends of the scale).
 
     Args:
         images_dir: Images with their cluster (BBBC038 layout; masks used with ``truth_labels``).
@@ -338,7 +369,8 @@ def evaluate_transfer(
         out_csv: Result table (:data:`EVALUATION_COLUMNS`), written atomically.
         per_domain: Images drawn per source domain (all when the domain has fewer).
         seed: Seeds the choice of images and the attribute draws.
-        truth_labels: Also score against the true masks where the images have them.
+        truth_labels: Use the true masks as the inherited nuclei where the images have them
+            (else the classical segmentation of the original).
         device: ``auto``, ``cpu`` or ``cuda``.
 
     Returns:
@@ -361,10 +393,13 @@ def evaluate_transfer(
             f"cluster assignments {assignments_csv}: no row for ImageId {missing[0].image_id} "
             f"({missing[0].image_path})"
         )
+    by_domain = [
+        [r for r in records if cluster_of[r.image_id] == d] for d in range(stylizer.n_domains)
+    ]
+    looks = record_looks(records if truth_labels else [], cluster_of, stylizer.n_domains)
     rng = np.random.default_rng(seed)
     rows = []
-    for source in range(stylizer.n_domains):
-        members = [r for r in records if cluster_of[r.image_id] == source]
+    for source, members in enumerate(by_domain):
         if not members:
             continue
         picked = rng.choice(len(members), size=min(per_domain, len(members)), replace=False)
@@ -372,28 +407,30 @@ def evaluate_transfer(
             sample = load_sample(members[index])
             truth = sample.labels if truth_labels else None
             seg_original = segment_image(sample.image)
+            labels = truth if truth is not None else seg_original
             gt_original = image_score(truth, seg_original) if truth is not None else np.nan
-            contrast_original = nucleus_contrast(
-                sample.image, truth if truth is not None else seg_original
-            )
+            own = stylizer.encode_attribute(sample.image, source)
             for target in range(stylizer.n_domains):
                 row = _transfer_row(
-                    stylizer,
-                    clusters,
-                    sample.image,
-                    target,
-                    int(rng.integers(2**31)),
-                    seg_original,
-                    truth if truth is not None else seg_original,
-                )
+                    stylizer, clusters, sample.image, labels, source, target,
+                    int(rng.integers(2**31)), looks, seg_original,
+                    own if target == source else None,
+                )  # fmt: skip
                 seg_styled = row.pop("_styled")
-                row["contrast_original"] = contrast_original
+                others = [r for r in by_domain[target] if r.image_id != sample.image_id]
+                if others:
+                    other = load_sample(others[int(rng.integers(len(others)))]).image
+                    row.update(_unrelated(sample.image, labels, other, looks[target]))
+                look = looks[target]
+                row["phantoms_per_100_real"] = look.phantoms if look is not None else np.nan
                 row["gt_score_original"] = gt_original
                 row["gt_score_stylised"] = (
                     image_score(truth, seg_styled) if truth is not None else np.nan
                 )
                 rows.append({"source_domain": source, "target_domain": target, **row})
-    per_image = pd.DataFrame(rows)
+    per_image = pd.DataFrame(rows).reindex(
+        columns=["source_domain", "target_domain", *EVALUATION_COLUMNS[5:]]
+    )
     metrics = list(EVALUATION_COLUMNS[5:])
     result = (
         per_image.groupby(["source_domain", "target_domain"])[metrics]
@@ -407,13 +444,27 @@ def evaluate_transfer(
     with atomic_path(out_csv) as tmp:
         result.to_csv(tmp, index=False, float_format="%.4f", lineterminator="\n")
     off = result[result.source_domain != result.target_domain]
-    means = per_image[per_image.source_domain != per_image.target_domain].mean()
+    diagonal = result[result.source_domain == result.target_domain]
     log.info(
-        "style transfer on %d images, off-diagonal means over pairs (over transfers): fg_iou %.3f "
-        "(%.3f), contrast %.2f (%.2f), style_hit %.2f (%.2f), chance %.2f",
+        "style transfer on %d images, off-diagonal means over pairs: visibility %.2f of the "
+        "target domain's (unrelated image %.2f), phantoms %.1f per 100 nuclei (unrelated "
+        "image %.1f, real images %.1f), style_hit %.2f (chance %.2f), fg_iou %.3f; "
+        "self-reconstruction keeps %.2f of the visibility",
         len(per_image) // max(1, stylizer.n_domains),
-        *(v for m in ("fg_iou", "contrast", "style_hit") for v in (off[m].mean(), means[m])),
+        *(
+            off[m].mean()
+            for m in (
+                "visibility_ratio",
+                "visibility_ratio_unrelated",
+                "phantoms_per_100",
+                "phantoms_per_100_unrelated",
+                "phantoms_per_100_real",
+                "style_hit",
+            )
+        ),
         1 / stylizer.n_domains,
+        off["fg_iou"].mean(),
+        diagonal["visibility_kept"].mean(),
     )
     return result
 
@@ -432,10 +483,11 @@ def perfect_transfer(
     ideal GAN would make. Both images get the pipeline's CLAHE where it selects them, then the
     measures of :class:`TransferMonitor`. Some modalities draw structures that are not nuclei
     (debris, textured stroma) and the classical segmenter decides foreground differently in
-    each style, so even this transfer scores below 1: the reference the GAN's ``fg_iou``,
-    ``edge_corr`` and ``seg_score`` are read against. ``fg_iou_unrelated`` is the other end:
-    an independent image of the target modality (other nuclei) against the same mask, what a
-    transfer that ignores the content scores.
+    each style, so even this transfer scores below 1: the reference the GAN's measures are read
+    against. The ``*_unrelated`` columns are the other end: an independent image of the
+    target modality (other nuclei) against the same nuclei, what a transfer that ignores the
+    content scores. Each modality's :class:`~nucleistyle.gan.quality.DomainLook` comes from
+    ``per_pair`` further images of it.
 
     Args:
         synthetic: The config section ``data.synthetic`` (size and length scale).
@@ -448,8 +500,8 @@ def perfect_transfer(
     Returns:
         One row per ordered pair of different modalities: ``source_name``, ``target_name``,
         ``n_images`` and the means of ``seg_score``, ``fg_iou``, ``fg_iou_unrelated``,
-        ``edge_corr`` and ``gt_score_stylised`` (the classical segmenter against the true
-        masks).
+        ``edge_corr``, ``gt_score_stylised`` (the classical segmenter against the true masks),
+        ``visibility_ratio``, ``phantoms_per_100`` and their ``*_unrelated`` counterparts.
     """
     cfg = SyntheticConfig.from_config(synthetic)
     names = modalities or tuple(m for m in MODALITIES if cfg.proportions.get(m, 0) > 0)
@@ -465,18 +517,27 @@ def perfect_transfer(
             image = enhance_image(image, enhance)
         return image, labels
 
+    looks = domain_looks(
+        (
+            (*draw(name, name, [seed + 2, i, k]), i)
+            for i, name in enumerate(names)
+            for k in range(per_pair)
+        ),
+        len(names),
+        per_pair,
+    )
     rows = []
     for i, source in enumerate(names):
         for k in range(per_pair):
             original, truth = draw(source, source, [seed, i, k])
             seg_original = segment_image(original)
-            for target in names:
+            for j, target in enumerate(names):
                 if target == source:
                     continue
                 styled, _ = draw(source, target, [seed, i, k])
                 unrelated, _ = draw(target, target, [seed + 1, i, k])
                 seg_styled = segment_image(styled)
-                rows.append({
+                row = {
                     "source_name": source,
                     "target_name": target,
                     "seg_score": image_score(seg_original, seg_styled),
@@ -484,7 +545,14 @@ def perfect_transfer(
                     "fg_iou_unrelated": threshold_iou(unrelated, truth),
                     "edge_corr": edge_similarity(original, styled),
                     "gt_score_stylised": image_score(truth, seg_styled),
-                })  # fmt: skip
+                }
+                look = looks[j]
+                if look is not None:
+                    quality = copy_quality(styled, truth, look)
+                    row["visibility_ratio"] = quality["visibility_ratio"]
+                    row["phantoms_per_100"] = quality["phantoms_per_100"]
+                    row.update(_unrelated(original, truth, unrelated, look))
+                rows.append(row)
     per_image = pd.DataFrame(rows)
     groups = per_image.groupby(["source_name", "target_name"], sort=False)
     return groups.mean().join(groups.size().rename("n_images")).reset_index()

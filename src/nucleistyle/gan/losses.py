@@ -26,6 +26,7 @@ __all__ = [
     "kl_attribute",
     "l1",
     "latent_regression",
+    "nucleus_visibility",
 ]
 
 DIRECTIONS = 2  # upstream sums these terms over its two half-batches (A -> B and B -> A)
@@ -71,3 +72,44 @@ def kl_attribute(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def content_l2(content: torch.Tensor) -> torch.Tensor:
     """mean(z_c²): upstream's "KL" on the content code, an L2 regulariser."""
     return content.float().pow(2).mean()
+
+
+def nucleus_visibility(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    plane: torch.Tensor,
+    polarity: torch.Tensor,
+    target: torch.Tensor,
+    ring: int = 3,
+) -> torch.Tensor:
+    """How far each fake's inherited nuclei fall short of the target domain's visibility.
+
+    The differentiable form of :func:`nucleistyle.gan.quality.visibility`: d' between the pixels
+    of ``masks`` and a ``ring`` px band around them, on a weighted plane of the image (grey or
+    one channel, in grey levels), signed by the target domain's polarity;
+    the loss is ``relu(target - d')``, so it asks for nuclei as visible as in real images of the
+    target domain and no more. Samples whose crop holds fewer than 5 nucleus or band pixels do
+    not count.
+
+    Args:
+        images: (N, 3, H, W) fakes in [-1, 1].
+        masks: (N, 1, H, W) inherited foreground, 0/1.
+        plane: (N, 3) channel weights of the target domain's plane.
+        polarity: (N,) +1 (nuclei brighter) or -1.
+        target: (N,) the target domain's typical d'.
+        ring: Band width (px).
+
+    Returns:
+        Mean over the counted samples (0 when none counts), float32.
+    """
+    values = torch.einsum("nchw,nc->nhw", images.float(), plane.float())[:, None] * 127.5
+    band = F.max_pool2d(masks, 2 * ring + 1, 1, ring) - masks
+    n_in, n_band = masks.sum((1, 2, 3)), band.sum((1, 2, 3))
+    counted = (n_in >= 5) & (n_band >= 5)
+    mean_in = (values * masks).sum((1, 2, 3)) / n_in.clamp(min=1)
+    mean_band = (values * band).sum((1, 2, 3)) / n_band.clamp(min=1)
+    var_in = ((values - mean_in[:, None, None, None]) ** 2 * masks).sum((1, 2, 3))
+    var_band = ((values - mean_band[:, None, None, None]) ** 2 * band).sum((1, 2, 3))
+    spread = torch.sqrt(0.5 * (var_in / n_in.clamp(min=1) + var_band / n_band.clamp(min=1)) + 1.0)
+    shortfall = F.relu(target - polarity * (mean_in - mean_band) / spread) * counted
+    return shortfall.sum() / counted.sum().clamp(min=1)

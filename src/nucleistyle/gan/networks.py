@@ -52,6 +52,7 @@ from torch import nn
 
 __all__ = [
     "CONTENT_D_MIN",
+    "UPSAMPLING",
     "AttributeEncoder",
     "ContentDiscriminator",
     "ContentEncoder",
@@ -188,15 +189,26 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-class _UpLayerNorm(nn.Sequential):
-    """ConvTranspose (k3, s2, p1, output_padding 1: x2) + LayerNorm over (C, H, W) + ReLU."""
+UPSAMPLING = ("transpose", "resize")
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(
-            nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1),
-            nn.GroupNorm(1, cout),
-            nn.ReLU(inplace=True),
-        )
+
+class _UpLayerNorm(nn.Sequential):
+    """x2 upsampling + LayerNorm over (C, H, W) + ReLU.
+
+    ``transpose``: ConvTranspose (k3, s2, p1, output_padding 1), the paper's layer.
+    ``resize``: nearest-neighbour x2, then a reflect-padded 3x3 convolution, the same parameter
+    count without the uneven kernel overlap that paints a checkerboard (Odena et al., Distill
+    2016; DRIT issue #36).
+    """
+
+    def __init__(self, cin: int, cout: int, upsample: str = "transpose") -> None:
+        if upsample == "transpose":
+            layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1)]
+        elif upsample == "resize":
+            layers = [nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout, 3, 1, 1)]
+        else:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        super().__init__(*layers, nn.GroupNorm(1, cout), nn.ReLU(inplace=True))
 
 
 class ContentEncoder(nn.Module):
@@ -300,9 +312,12 @@ class Generator(nn.Module):
         n_domains: C.
         base: Width b (content map has 4b channels).
         attribute_dim: A = size of z_a.
+        upsample: ``transpose`` (the paper's) or ``resize`` (see :class:`_UpLayerNorm`).
     """
 
-    def __init__(self, n_domains: int, base: int = 64, attribute_dim: int = 8) -> None:
+    def __init__(
+        self, n_domains: int, base: int = 64, attribute_dim: int = 8, upsample: str = "transpose"
+    ) -> None:
         super().__init__()
         a = attribute_dim
         c0 = 4 * base + n_domains + a
@@ -311,8 +326,8 @@ class Generator(nn.Module):
         c3 = c2 // 2 + a
         self.share = ResBlock(4 * base)
         self.res = nn.Sequential(*(ResBlock(c0) for _ in range(3)))
-        self.up1 = _UpLayerNorm(c1, c1 // 2)
-        self.up2 = _UpLayerNorm(c2, c2 // 2)
+        self.up1 = _UpLayerNorm(c1, c1 // 2, upsample)
+        self.up2 = _UpLayerNorm(c2, c2 // 2, upsample)
         self.out = nn.ConvTranspose2d(c3, 3, 1)
 
     def decode(

@@ -134,7 +134,11 @@ class PlainGenerator(nn.Module):
     :class:`~.trainer.GanTrainer`'s update runs it once per translation, as upstream does.
     """
 
-    def __init__(self, n_domains: int, base: int = 64, attribute_dim: int = 8) -> None:
+    def __init__(
+        self, n_domains: int, base: int = 64, attribute_dim: int = 8, upsample: str = "transpose"
+    ) -> None:
+        if upsample != "transpose":
+            raise ValueError("the layer-by-layer reference has the paper's transposed convolutions")
         super().__init__()
         a = attribute_dim
         c0 = 4 * base + n_domains + a

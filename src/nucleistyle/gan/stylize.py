@@ -116,7 +116,9 @@ class Stylizer:
         b = int(cfg["base_channels"])
         self.enc_c = ContentEncoder(b)
         self.enc_a = AttributeEncoder(self.n_domains, b, self.attribute_dim, cfg["logvar_clamp"])
-        self.gen = Generator(self.n_domains, b, self.attribute_dim)
+        self.gen = Generator(
+            self.n_domains, b, self.attribute_dim, cfg.get("upsample", "transpose")
+        )
         for name in ("enc_c", "enc_a", "gen"):
             net = getattr(self, name)
             net.load_state_dict(state["nets"][name])

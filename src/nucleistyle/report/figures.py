@@ -24,6 +24,7 @@ from nucleistyle.utils import atomic_path
 
 __all__ = [
     "plot_examples",
+    "plot_paired_by_group",
     "plot_scores_by_group",
     "summarize_dataset",
 ]
@@ -209,4 +210,58 @@ def plot_scores_by_group(table: pd.DataFrame, out_png: PathLike) -> None:
             legend.setdefault(label, handle)
     fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7, frameon=False)
     fig.tight_layout(rect=(0.0, 0.0, 1.0 - legend_width / total, 1.0))
+    save_figure(fig, out_png)
+
+
+def plot_paired_by_group(paired: pd.DataFrame, out_png: PathLike) -> None:
+    """Each comparison's paired difference per group (modality) with its CI and wins/losses:
+    every augmentation arm minus ``none`` and the GAN's ``style`` arm minus the ``jitter``
+    control, single-pass predictions, one panel per test set and baseline.
+
+    Args:
+        paired: :func:`nucleistyle.report.table1.paired_differences`.
+        out_png: destination PNG (written atomically); a note when nothing was compared.
+    """
+    rows = paired[~paired["tta"].astype(bool)] if len(paired) else paired
+    panels = list(dict.fromkeys(zip(rows["testset"], rows["baseline"], strict=True)))
+    fig, axes = plt.subplots(
+        1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.6), squeeze=False
+    )
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no augmentation arm to compare", ha="center", va="center")
+        axes[0, 0].axis("off")
+    palette = plt.get_cmap("tab10")
+    for ax, (testset, baseline) in zip(axes[0], panels, strict=False):
+        part = rows[(rows.testset == testset) & (rows.baseline == baseline)]
+        groups = [ALL, *sorted(g for g in part["group"].unique() if g != ALL)]
+        pairs = list(dict.fromkeys(zip(part["model"], part["reference"], strict=True)))
+        step = 0.8 / max(len(pairs), 1)
+        for i, (model, reference) in enumerate(pairs):
+            sub = part[(part.model == model) & (part.reference == reference)]
+            sub = sub.set_index("group").reindex(groups)
+            x = np.arange(len(groups)) - 0.4 + step * (i + 0.5)
+            diff = sub["mean_diff"].to_numpy(float)
+            ax.errorbar(
+                x, diff,
+                yerr=np.vstack([diff - sub["ci_low"].to_numpy(float),
+                                sub["ci_high"].to_numpy(float) - diff]),
+                fmt="o", ms=4, capsize=2, color=palette(i),
+                label=f"{ModelName.parse(model).arm} − {ModelName.parse(reference).arm}",
+            )  # fmt: skip
+            for xi, row in zip(x, sub.itertuples(), strict=True):
+                if np.isfinite(row.mean_diff):
+                    ax.annotate(f"{row.wins}/{row.losses}", (xi, row.ci_high), fontsize=5,
+                                ha="center", va="bottom", color=palette(i))  # fmt: skip
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels(
+            [f"{g}\n(n={int(part.loc[part.group == g, 'n_images'].max())})" for g in groups],
+            fontsize=7,
+            rotation=30,
+        )
+        ax.set_ylabel("paired difference in DSB score", fontsize=8)
+        ax.set_title(f"{baseline} on {testset} (wins/losses above)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
     save_figure(fig, out_png)

@@ -16,6 +16,7 @@ from skimage.segmentation import find_boundaries
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
 from nucleistyle.gan.augment import MANIFEST_COLUMNS
 from nucleistyle.gan.data import read_assignments
+from nucleistyle.gan.quality import copy_quality, record_looks, visibility
 from nucleistyle.gan.stylize import load_stylizer
 from nucleistyle.report import save_figure
 from nucleistyle.utils import NucleistyleError
@@ -32,14 +33,29 @@ LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def _square(image: np.ndarray, side: int = 0) -> np.ndarray:
-    """Centre square crop, resized to ``side`` x ``side`` (bicubic) unless ``side`` is 0."""
+    """Centre square crop, resized to ``side`` x ``side`` (bicubic; nearest for a label image)
+    unless ``side`` is 0."""
     h, w = image.shape[:2]
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
     crop = image[y : y + s, x : x + s]
     if not side or side == s:
         return crop
+    if crop.ndim == 2:
+        resized = Image.fromarray(crop.astype(np.int32)).resize((side, side), Image.NEAREST)
+        return np.asarray(resized).astype(crop.dtype)
     return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def _quality_label(styled: np.ndarray, labels: np.ndarray | None, look, before: float) -> str:
+    """A panel's annotation: visibility against the target domain and phantoms per 100 nuclei
+    (the diagonal: the share of the original's visibility kept)."""
+    if labels is None or look is None or not labels.any():
+        return ""
+    quality = copy_quality(styled, labels, look)
+    if np.isfinite(before):
+        return f"kept {quality['visibility'] / before:.2f}"
+    return f"vis {quality['visibility_ratio']:.2f} · ph {quality['phantoms_per_100']:.0f}"
 
 
 def _off(ax: plt.Axes) -> None:
@@ -62,7 +78,11 @@ def plot_figure3(
     Each original is a centre square at the scale the GAN was trained on (resized to
     ``gan.resize`` px, or native when that is 0: nuclei as large as in training). Off-diagonal
     panels use a random attribute of the target domain (the model's attribute source); the
-    diagonal (framed in red) is the self-reconstruction G(E_c(x), E_a(x, c), c).
+    diagonal (framed in red) is the self-reconstruction G(E_c(x), E_a(x, c), c). Where the
+    original has masks, each panel is annotated with the copy's quality
+    (:func:`nucleistyle.gan.quality.copy_quality`): ``vis`` the inherited nuclei's visibility
+    as a share of the target domain's, ``ph`` phantoms per 100 nuclei; on the diagonal ``kept``,
+    the share of the original's visibility.
 
     Args:
         images_dir: Training images.
@@ -79,6 +99,10 @@ def plot_figure3(
     table = read_assignments(assignments_csv, stylizer.n_domains)
     by_id = {r.image_id: r for r in list_images(images_dir)}
     table = table[table["ImageId"].isin(list(by_id))]
+    domain_of = dict(zip(table["ImageId"], table["cluster"], strict=True))
+    looks = record_looks(
+        [r for i, r in sorted(by_id.items()) if i in domain_of], domain_of, stylizer.n_domains
+    )
     rng = np.random.default_rng(seed)
     c = stylizer.n_domains
     side = int(stylizer.config.get("resize", 0))  # the training scale: native when 0
@@ -90,13 +114,19 @@ def plot_figure3(
         axes[d, 0].set_ylabel(stylizer.domain_names[d], fontsize=8)
         if not ids:
             continue
-        image = _square(read_image(by_id[ids[int(rng.integers(len(ids)))]].image_path)[0], side)
+        sample = load_sample(by_id[ids[int(rng.integers(len(ids)))]])
+        image = _square(sample.image, side)
+        labels = None if sample.labels is None else _square(sample.labels, side)
         axes[d, 0].imshow(image)
         for t in range(c):
             attribute = stylizer.encode_attribute(image, d) if t == d else None
             styled = stylizer.stylize([image], t, attribute, seed=int(rng.integers(2**31)))[0]
             ax = axes[d, t + 1]
             ax.imshow(styled)
+            before = np.nan
+            if t == d and labels is not None and looks[d] is not None and labels.any():
+                before = visibility(image, labels, looks[d])
+            ax.set_xlabel(_quality_label(styled, labels, looks[t], before), fontsize=6, labelpad=1)
             if t == d:
                 ax.add_patch(
                     Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=3, ec="red")
@@ -105,22 +135,31 @@ def plot_figure3(
     for t in range(c):
         axes[0, t + 1].set_title(f"→ {stylizer.domain_names[t]}", fontsize=8)
     fig.suptitle(
-        "Style transfer: rows = source domain, columns = target (red: self-recon.)", fontsize=9
+        "Style transfer: rows = source domain, columns = target (red: self-reconstruction);\n"
+        "vis = nuclei as visible as in the target domain (1), ph = phantoms per 100 nuclei",
+        fontsize=8,
     )
     fig.tight_layout()
     save_figure(fig, out_png)
 
 
 def _plot_monitor(ax, rows: pd.DataFrame, reference: Mapping[str, float] | None) -> None:
-    """The learning curve: style reached (style_hit against chance) and structure kept, beside
-    what a perfect transfer scores (``reference``, dotted) and, for the foreground IoU, what an
-    unrelated image scores (``fg_iou_unrelated``, dash-dot) and the unstyled originals
+    """The learning curve: style reached (style_hit against chance), the inherited nuclei's
+    visibility against the target domain's and phantoms per nucleus (off-diagonal), the share
+    of visibility the self-reconstruction keeps, and the foreground IoU, beside what a perfect
+    transfer scores (``reference``, dotted) and, for the foreground IoU, what an unrelated image
+    scores (``fg_iou_unrelated``, dash-dot) and the unstyled originals
     (``eval_fg_iou_original``, solid thin)."""
     reference = reference or {}
+    rows = rows.copy()
+    if "eval_phantoms_per_100" in rows:
+        rows["eval_phantoms_per_nucleus"] = rows["eval_phantoms_per_100"] / 100
     for column, label in (
         ("eval_style_hit", "style_hit"),
+        ("eval_visibility_ratio", "visibility vs target domain"),
+        ("eval_phantoms_per_nucleus", "phantoms per nucleus"),
+        ("eval_self_visibility_kept", "self-reconstruction: visibility kept"),
         ("eval_fg_iou", "foreground IoU"),
-        ("eval_edge_corr", "edge correlation"),
     ):
         if column not in rows:
             continue
@@ -144,7 +183,7 @@ def _plot_monitor(ax, rows: pd.DataFrame, reference: Mapping[str, float] | None)
     ax.set_title("transfer to other domains (training images)", fontsize=9)
     ax.set_xlabel("iteration", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=6, frameon=False)
 
 
 def plot_losses(

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from nucleistyle.naming import ModelName
-from nucleistyle.report.figures import ALL, plot_scores_by_group
+from nucleistyle.report.figures import ALL, plot_paired_by_group, plot_scores_by_group
 from nucleistyle.stats import DEFAULT_N_BOOT, bootstrap_ci, group_means, paired_difference
 from nucleistyle.utils import NucleistyleError, atomic_path
 
@@ -44,6 +44,24 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 REFERENCE_ARM = "none"
+STYLE_ARM = "style"
+CONTROL_ARM = "jitter"  # strong colour augmentation without a GAN: what the GAN must beat
+PAIRED_COLUMNS = (
+    "testset",
+    "baseline",
+    "tta",
+    "arm",
+    "model",
+    "reference",
+    "group",
+    "n_images",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "wins",
+    "losses",
+    "ties",
+)
 OURS = "this run"
 PAPER = "paper Table 1"
 _DECIMALS = 4
@@ -358,23 +376,33 @@ def build_table1(
     return table
 
 
+def _references(arm: str, baseline: str, tta: bool) -> list[str]:
+    """The models an arm is compared with: ``none`` always; the ``jitter`` control for the
+    GAN's ``style`` arm (does the GAN beat plain colour augmentation?)."""
+    names = [REFERENCE_ARM] + ([CONTROL_ARM] if arm == STYLE_ARM else [])
+    return [str(ModelName(baseline, name, tta)) for name in names if name != arm]
+
+
 def paired_differences(
     scored: Sequence[ScoredModel], n_boot: int = DEFAULT_N_BOOT, seed: int = 0
 ) -> pd.DataFrame:
-    """Each augmentation arm minus the same baseline without augmentation, image by image.
+    """Each augmentation arm minus the same baseline without augmentation, image by image,
+    over all images and per group (modality); the ``style`` arm also minus ``jitter``.
 
     For every test set, baseline and prediction mode (single pass / TTA) that has the
-    ``none`` arm, every other arm is compared with it on the same images
-    (:func:`nucleistyle.stats.paired_difference`).
+    reference, every other arm is compared with it on the same images
+    (:func:`nucleistyle.stats.paired_difference`), then within each group the scorer
+    recorded.
 
     Args:
         scored: from :func:`load_scores`.
         n_boot, seed: bootstrap settings.
 
     Returns:
-        Columns testset, baseline, tta, arm, model, reference (the ``none`` model), n_images,
-        mean_diff (arm minus reference), ci_low, ci_high, wins (images where the arm scores
-        higher), losses, ties; empty (with these columns) when nothing can be compared.
+        Columns testset, baseline, tta, arm, model, reference, group (``all`` or a modality),
+        n_images, mean_diff (model minus reference), ci_low, ci_high, wins (images where the
+        model scores higher), losses, ties; empty (with these columns) when nothing can be
+        compared.
 
     Raises:
         ValueError: the two models were scored on different images (names both files).
@@ -385,45 +413,43 @@ def paired_differences(
         name = ModelName.parse(item.model)
         if name.baseline is None or name.arm in (None, REFERENCE_ARM):
             continue
-        reference = str(ModelName(name.baseline, REFERENCE_ARM, name.tta))
-        if (reference, item.testset) not in index:
-            log.info("no %s on %s: %s not compared", reference, item.testset, item.model)
-            continue
-        ref = index[(reference, item.testset)]
-        d = paired_difference(item.scores, ref.scores, item.source, ref.source, n_boot, seed)
-        rows.append(
-            {
-                "testset": item.testset,
-                "baseline": name.baseline,
-                "tta": name.tta,
-                "arm": name.arm,
-                "model": item.model,
-                "reference": reference,
-                "n_images": d.n,
-                "mean_diff": d.diff,
-                "ci_low": d.low,
-                "ci_high": d.high,
-                "wins": d.wins,
-                "losses": d.losses,
-                "ties": d.ties,
-            }
-        )
-    columns = [
-        "testset",
-        "baseline",
-        "tta",
-        "arm",
-        "model",
-        "reference",
-        "n_images",
-        "mean_diff",
-        "ci_low",
-        "ci_high",
-        "wins",
-        "losses",
-        "ties",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+        for reference in _references(name.arm, name.baseline, name.tta):
+            if (reference, item.testset) not in index:
+                log.info(
+                    "no %s on %s: %s not compared with it", reference, item.testset, item.model
+                )
+                continue
+            ref = index[(reference, item.testset)]
+            groups = item.per_image.set_index("ImageId")["group"]
+            for group in [ALL, *sorted(set(groups) - {ALL})]:
+                ids = groups.index if group == ALL else groups.index[groups == group]
+                d = paired_difference(
+                    item.scores.loc[ids],
+                    ref.scores.loc[ref.scores.index.intersection(ids)],
+                    item.source,
+                    ref.source,
+                    n_boot,
+                    seed,
+                )
+                rows.append(
+                    {
+                        "testset": item.testset,
+                        "baseline": name.baseline,
+                        "tta": name.tta,
+                        "arm": name.arm,
+                        "model": item.model,
+                        "reference": reference,
+                        "group": group,
+                        "n_images": d.n,
+                        "mean_diff": d.diff,
+                        "ci_low": d.low,
+                        "ci_high": d.high,
+                        "wins": d.wins,
+                        "losses": d.losses,
+                        "ties": d.ties,
+                    }
+                )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def _write_csv(table: pd.DataFrame, path: PathLike) -> None:
@@ -438,6 +464,7 @@ def tabulate_scores(
     table1_csv: PathLike,
     paired_csv: PathLike,
     chart_png: PathLike,
+    paired_png: PathLike | None = None,
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -449,6 +476,7 @@ def tabulate_scores(
         table1_csv: :func:`build_table1`.
         paired_csv: :func:`paired_differences`.
         chart_png: per-group scores with their CIs (:func:`plot_scores_by_group`).
+        paired_png: per-group paired differences (:func:`plot_paired_by_group`), if given.
         n_boot, seed: bootstrap settings shared by every interval.
 
     Returns:
@@ -469,12 +497,15 @@ def tabulate_scores(
     _write_csv(table1, table1_csv)
     _write_csv(paired, paired_csv)
     plot_scores_by_group(long, chart_png)
+    if paired_png is not None:
+        plot_paired_by_group(paired, paired_png)
     for row in paired.itertuples(index=False):
         log.info(
-            "%s %s vs %s: %+.4f [%+.4f, %+.4f], wins %d / losses %d",
+            "%s %s vs %s on %s: %+.4f [%+.4f, %+.4f], wins %d / losses %d",
             row.testset,
             row.model,
             row.reference,
+            row.group,
             row.mean_diff,
             row.ci_low,
             row.ci_high,
