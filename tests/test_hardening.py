@@ -259,14 +259,19 @@ def slow(image, cfg=None):
     time.sleep(0.2)
     return real(image, cfg)
 c.segment_image = slow
+if "--slow-cleanup" in sys.argv:  # the clean-up after a signal takes a minute
+    sys.argv.remove("--slow-cleanup")
+    import nucleistyle.utils as u
+    discard = u.OutputSet.discard
+    u.OutputSet.discard = lambda self: (time.sleep(60), discard(self))[1]
 from nucleistyle.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def _start_slow_classical(root: Path, workers: str) -> subprocess.Popen:
+def _start_slow_classical(root: Path, workers: str, *extra: str) -> subprocess.Popen:
     """A classical run (each image made slow) in its own session, once its staging exists."""
-    argv = ["classical", "flat", "sub.csv", "--labels-dir", "labels", "--workers", workers]
+    argv = ["classical", "flat", "sub.csv", "--labels-dir", "labels", "--workers", workers, *extra]
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_CLASSICAL, *argv], cwd=root, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -318,6 +323,69 @@ def test_a_killed_run_leaves_staging_that_the_next_run_into_the_same_place_remov
         os.close(fd)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [".labels.abcdefgh.tmp", "flat", "labels", "sub.csv"]
+
+
+def _live_processes(group: int) -> list[str]:
+    """The processes of process group ``group`` still running (zombies not counted)."""
+    live = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        state, _, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == group and state != "Z":
+            live.append(text[: text.rindex(")") + 1])
+    return live
+
+
+def _wait_until_none_live(group: int) -> None:
+    deadline = time.monotonic() + 10
+    while (live := _live_processes(group)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not live, f"still running after the command ended: {live}"
+
+
+@pytest.mark.kill
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
+def test_a_signal_to_the_pid_alone_leaves_no_worker_running_and_the_next_run_cleans_up(
+    tmp_path, signum
+):
+    flat_folder(tmp_path / "flat", n=24)
+    before = snapshot(tmp_path)
+    proc = _start_slow_classical(tmp_path, "2")
+    assert len(_live_processes(proc.pid)) == 3  # the command and its two workers
+    os.kill(proc.pid, signum)  # what `kill PID` or a scheduler does: the workers get nothing
+    out, err = proc.communicate(timeout=60)
+    _wait_until_none_live(proc.pid)
+    if signum != signal.SIGKILL:  # stopped cleanly: one line, nothing left
+        name = signal.Signals(signum).name
+        assert proc.returncode == 128 + signum and err == f"error: terminated by {name}\n"
+        assert out == "" and snapshot(tmp_path) == before
+    argv = ["classical", tmp_path / "flat", tmp_path / "sub.csv", "--labels-dir",
+            tmp_path / "labels", "--workers", "2"]  # fmt: skip
+    assert run(argv)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "sub.csv"]
+
+
+@pytest.mark.kill
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_second_ctrl_c_during_the_clean_up_ends_the_command_at_once(tmp_path):
+    flat_folder(tmp_path / "flat", n=24)
+    proc = _start_slow_classical(tmp_path, "2", "--slow-cleanup")
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(1.0)  # the clean-up (made to take a minute) has begun
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and err == "error: interrupted\n" and out == ""
+    _wait_until_none_live(proc.pid)
+    argv = ["classical", tmp_path / "flat", tmp_path / "sub.csv", "--labels-dir",
+            tmp_path / "labels", "--workers", "1"]  # fmt: skip
+    assert run(argv)[0] == 0  # and the next run removes the staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "sub.csv"]
 
 
 # ------------------------------------------------------------------------------------------------

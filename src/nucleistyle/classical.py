@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import sys
@@ -54,8 +53,8 @@ from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
     config_from_mapping,
+    process_pool,
     published_together,
-    quiet_interrupts,
 )
 
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
@@ -314,12 +313,9 @@ def segment_folder(
                 predictions.add_compressed(*_segment_file(*job))
                 progress.update()
         else:
-            pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=quiet_interrupts)
-            try:
+            with process_pool(workers) as pool:
                 for result in pool.map(_segment_file, *zip(*jobs, strict=True), chunksize=4):
                     predictions.add_compressed(*result)
                     progress.update()
-            finally:  # on an error or Ctrl-C, drop the queued images at once
-                pool.shutdown(cancel_futures=True)
         write_submission(submission_csv, predictions, outputs=outputs)
     return len(predictions)

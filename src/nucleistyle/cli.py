@@ -10,13 +10,16 @@ schema, the same bounds the workflow enforces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -701,8 +704,67 @@ class _Warnings(logging.Handler):
         self.lines.append(f"warning: {_one_line(record.getMessage())}")
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP reached the command: it stops as after Ctrl-C (staging removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_message(signum: int) -> str:
+    if signum == signal.SIGINT:
+        return "error: interrupted"
+    return f"error: terminated by {signal.Signals(signum).name}"
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """A second signal while the first one's clean-up runs: end at once. What is left (the
+    staging) is removed by the next run into the same place; workers die with this process."""
+    print(_stop_message(signum), file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def _stop(signum: int, frame: object) -> None:
+    for other in _STOP_SIGNALS:
+        if signal.getsignal(other) not in (signal.SIG_IGN, None):
+            signal.signal(other, _exit_now)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the command cleanly (one line, its staging removed, its
+    workers killed); a second one ends it at once. Signals ignored at start (``nohup``, a
+    background job's SIGINT) stay ignored; handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    for signum, handler in saved.items():
+        if handler not in (signal.SIG_IGN, None):
+            signal.signal(signum, _stop)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted, 128 +
+    the signal number when terminated)."""
+    with _stop_signals():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     warnings = _Warnings()
     root = logging.getLogger()
     try:
@@ -721,8 +783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        print(_stop_message(signal.SIGINT), file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated as exc:
+        print(_stop_message(exc.signum), file=sys.stderr)
+        return 128 + exc.signum
     except _UsageError as exc:
         message = str(exc)
     except Exception as exc:

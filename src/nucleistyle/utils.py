@@ -9,11 +9,14 @@ folder, a FIFO or a device by a file, nor a file by a folder.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
 import logging
+import multiprocessing as mp
 import os
 import re
 import secrets
@@ -22,6 +25,8 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,8 +43,8 @@ __all__ = [
     "config_from_mapping",
     "describe_os_error",
     "link_or_copy",
+    "process_pool",
     "published_together",
-    "quiet_interrupts",
     "setup_logging",
     "staged_files",
     "user_paths",
@@ -570,10 +575,58 @@ def staged_files(out_dir: PathLike) -> Iterator[Path]:
         yield outputs.files_into(out_dir)
 
 
-def quiet_interrupts() -> None:
-    """Initializer of worker processes: Ctrl-C ends a worker at once and without a traceback;
-    the parent, interrupted too, cancels the pool and reports it as one line."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of worker processes: they end with their parent, whatever ends it.
+
+    Ctrl-C, SIGTERM and SIGHUP end a worker at once and without a traceback (the parent reports
+    them as one line). On Linux the kernel sends the worker SIGKILL when the parent dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``); a thread watching the parent's PID does the same
+    elsewhere and covers a parent that died before the worker got here. A worker left behind
+    would hold the lock on its run's staging (so the next run could not remove it) and go on
+    writing into it.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)  # the parent is gone already
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A pool of ``workers`` processes that live no longer than this process or the block.
+
+    The workers are forked on Linux (they start at once and, unlike "spawn", do not re-run the
+    caller's ``__main__``, e.g. a Snakemake script) and die with their parent (see
+    :func:`_die_with_parent`). When the block ends by an exception (a bad input, Ctrl-C, a
+    termination signal) the workers are killed at once rather than left to finish their current
+    images: the staging they write into is about to be removed.
+    """
+    context = mp.get_context("fork") if sys.platform == "linux" else None
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def setup_logging(

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
-import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +37,7 @@ from nucleistyle.utils import (
     atomic_dir,
     atomic_path,
     check_input,
-    quiet_interrupts,
+    process_pool,
 )
 
 __all__ = [
@@ -292,16 +292,15 @@ def _load_in_thread(record: ImageRecord) -> _Job:
 
 def _pool(
     workers: int, masks: bool
-) -> tuple[concurrent.futures.Executor, Callable[[ImageRecord], _Job]]:
+) -> tuple[
+    contextlib.AbstractContextManager[concurrent.futures.Executor], Callable[[ImageRecord], _Job]
+]:
     # Measured on the 531 real images, 2 cores: decoding ~23k small mask PNGs is GIL-bound
     # (Pillow's PNG decoder holds it), so processes beat threads there; images alone spend their
-    # time in GIL-free conversions, and threads avoid pickling them back. "fork" starts at once
-    # and, unlike "spawn", does not re-run the caller's __main__ (a Snakemake script); Linux only.
+    # time in GIL-free conversions, and threads avoid pickling them back. Processes are forked,
+    # so Linux only (see process_pool).
     if masks and sys.platform == "linux":
-        pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp.get_context("fork"), initializer=quiet_interrupts
-        )
-        return pool, _load_in_worker
+        return process_pool(workers), _load_in_worker
     threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bbbc038")
     return threads, _load_in_thread
 
@@ -328,8 +327,8 @@ def iter_samples(records: Sequence[ImageRecord], workers: int = 2) -> Iterator[S
         for record in records:
             yield load_sample(record)
         return
-    pool, work = _pool(workers, any(r.mask_paths for r in records))
-    with pool:
+    pooled, work = _pool(workers, any(r.mask_paths for r in records))
+    with pooled as pool:
         pending: collections.deque[concurrent.futures.Future[_Job]] = collections.deque()
         todo = iter(records)
         try:
