@@ -7,6 +7,8 @@ import contextlib
 import io
 import os
 import stat
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,3 +100,25 @@ def score_files(root: Path) -> tuple[Path, Path]:
     write_solution(root / "solution.csv", {"a": truth, "b": truth})
     write_submission(root / "submission.csv", {"a": truth, "b": np.zeros((8, 8), np.int32)})
     return root / "solution.csv", root / "submission.csv"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: an 8-bit RGB image of ``width`` x ``height``, no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def tiff_header(width: int, height: int) -> bytes:
+    """A TIFF that is only its header: one 8-bit grey page of ``width`` x ``height``, no data."""
+    # (tag, type, count, value): size, 8 bits, no compression, grey, data at 8, one empty strip
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
+            (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height),
+            (279, 4, 1, 0)]  # fmt: skip
+    entries = b"".join(struct.pack("<HHII", *tag) for tag in tags)
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0)

@@ -23,8 +23,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import read_image
+from nucleistyle.data.images import DEFAULT_MAX_PIXELS
 from nucleistyle.utils import NucleistyleError
-from tests.cli_checks import assert_refused, flat_folder, sample_folder, score_files
+from tests.cli_checks import (
+    assert_refused,
+    flat_folder,
+    png_header,
+    sample_folder,
+    score_files,
+    tiff_header,
+)
 
 # A case: files to create in a fresh copy of the template workspace (relative path -> bytes,
 # DIR, FIFO) and the command line ("{ws}" stands for the workspace).
@@ -115,6 +123,21 @@ def bad_png(draw: st.DrawFn) -> bytes:
 
 
 BAD_PNG = bad_png().filter(_undecodable)
+
+
+@st.composite
+def huge_image(draw: st.DrawFn) -> tuple[str, bytes]:
+    """(suffix, bytes) of a PNG or TIFF header declaring more pixels than the limit."""
+    width = draw(st.integers(1, 2**31 - 1))
+    height = draw(st.integers(DEFAULT_MAX_PIXELS // width + 1, 2**31 - 1))
+    suffix = draw(st.sampled_from(["png", "tif", "tiff"]))
+    header = png_header if suffix == "png" else tiff_header
+    return suffix, header(width, height)
+
+
+def _huge(d: st.DrawFn, where: str) -> dict[str, object]:
+    suffix, data = d(huge_image())
+    return {f"{where}.{suffix}": data}
 
 
 @st.composite
@@ -273,6 +296,7 @@ def _classical(d: st.DrawFn, images: str) -> list[str]:
 
 CLASSICAL = cases({
     "flat_image": lambda d: ({"flat/zz.png": d(BAD_PNG)}, _classical(d, FLAT)),
+    "huge_image": lambda d: (_huge(d, "flat/zz"), _classical(d, FLAT)),
     "sample_image": lambda d: ({"train/s9/images/s9.png": d(BAD_PNG)}, _classical(d, TRAIN)),
     "layout": lambda d: d(st.sampled_from([
         ({"train/s9": DIR}, _classical(d, TRAIN)),
@@ -304,6 +328,7 @@ def _cluster(*extra: str) -> list[str]:
 
 CLUSTER = cases({
     "image": lambda d: ({"flat/zz.png": d(BAD_PNG)}, _cluster()),
+    "huge_image": lambda d: (_huge(d, "flat/zz"), _cluster()),
     "too_many_clusters": lambda d: ({}, _cluster("--k", d(st.sampled_from(["4", "9"])))),
     "numbers": lambda d: ({}, _cluster(*option(d, {
         "--k": outside(2, 50), "--n-init": outside(1, None), "--seed": outside(0, None),

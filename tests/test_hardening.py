@@ -29,10 +29,12 @@ from tests.cli_checks import (
     assert_refused,
     flat_folder,
     png,
+    png_header,
     run,
     sample_folder,
     score_files,
     snapshot,
+    tiff_header,
 )
 from tests.conftest import REPO
 
@@ -742,3 +744,69 @@ def test_atomic_path_still_replaces_a_regular_file(tmp_path):
         tmp.write_text("new")
     assert (tmp_path / "a.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. one pixel limit for every image format, read from the header before decoding
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_an_image_declaring_a_huge_size_is_refused_from_its_header(tmp_path, fmt):
+    flat = flat_folder(tmp_path / "flat")
+    header = png_header if fmt == "png" else tiff_header
+    (flat / f"zz.{fmt}").write_bytes(header(100_000, 100_000))  # 10^10 pixels, a few bytes
+    argv = ["classical", flat, tmp_path / "s.csv", "--workers", "1"]
+    message = assert_refused(argv, tmp_path, f"zz.{fmt} has ")
+    assert "10,000,000,000 pixels, more than the limit of 178,956,970" in message
+
+
+def test_a_huge_label_image_or_mask_is_refused_like_an_image(tmp_path):
+    folder = tmp_path / "mine"
+    png(folder / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    (folder / "masks").mkdir()
+    (folder / "masks" / "a.tif").write_bytes(tiff_header(20_000, 20_000))
+    assert_refused(["import-folder", folder, tmp_path / "out"], tmp_path, "more than the limit")
+    train = sample_folder(tmp_path / "train")
+    (train / "s1" / "masks" / "m1.png").write_bytes(png_header(20_000, 20_000))
+    assert_refused(["holdout", train, tmp_path / "held", "--k", "2"], tmp_path, "m1.png has ")
+
+
+def test_the_pixel_limit_is_configurable_and_the_same_for_png_tiff_and_jpeg(tmp_path, monkeypatch):
+    import tifffile
+    from PIL import Image
+
+    from nucleistyle.data.images import DEFAULT_MAX_PIXELS, read_image
+
+    assert DEFAULT_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal of PNGs
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", "1000")
+    for side, allowed in [(30, True), (40, False)]:  # 900 and 1,600 pixels
+        data = np.full((side, side), 7, np.uint8)
+        paths = [png(tmp_path / f"{side}.png", data), tmp_path / f"{side}.tif"]
+        tifffile.imwrite(paths[1], data, compression="zlib")
+        Image.fromarray(data).save(tmp_path / f"{side}.jpg")
+        for path in [*paths, tmp_path / f"{side}.jpg"]:
+            if allowed:
+                assert read_image(path)[0].shape == (side, side, 3)
+            else:
+                with pytest.raises(
+                    NucleistyleError, match="1,600 pixels, more than the limit of 1,000"
+                ):
+                    read_image(path)
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", "lots")
+    with pytest.raises(NucleistyleError, match="environment variable NUCLEISTYLE_MAX_PIXELS"):
+        read_image(tmp_path / "30.png")
+
+
+def test_a_higher_pixel_limit_lifts_pillows_own_refusal_too(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from nucleistyle.data.images import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    (tmp_path / "big.png").write_bytes(png_header(20_000, 20_000))  # 4 x 10^8, header only
+    with pytest.raises(NucleistyleError, match="more than the limit"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", str(500_000_000))
+    with pytest.raises(NucleistyleError) as refused:  # now read, and found to have no pixel data
+        read_image(tmp_path / "big.png")
+    assert "more than the limit" not in str(refused.value)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucleistyle.data.images import DECODE_ERRORS, read_image
+from nucleistyle.data.images import DECODE_ERRORS, open_image, read_image
 from nucleistyle.utils import (
     NucleistyleError,
     atomic_dir,
@@ -160,7 +160,7 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageRecord]:
 def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Foreground (any nonzero pixel) of one mask file as flat indices into ``shape``."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if (im.height, im.width) != shape:
                 raise NucleistyleError(
                     f"mask {path} is {im.height}x{im.width}, its image is {shape[0]}x{shape[1]}"

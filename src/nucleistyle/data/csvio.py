@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleistyle.data.images import max_pixels
 from nucleistyle.data.rle import _parse_runs, rle_decode_labels, rle_encode_labels
 from nucleistyle.utils import NucleistyleError, OutputSet, atomic_path
 
 __all__ = [
-    "MAX_PIXELS",
     "PLACEHOLDER_RLE",
     "SOLUTION_HEADER",
     "SUBMISSION_HEADER",
@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 SOLUTION_HEADER = ("ImageId", "EncodedPixels", "Height", "Width", "Usage")
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 PLACEHOLDER_RLE = "1 1"
-# Largest image a solution may describe (its label image is decoded: 4 bytes per pixel); DSB
-# images are at most a few megapixels.
-MAX_PIXELS = 1 << 26
 
 
 @dataclass
@@ -208,9 +205,10 @@ def read_solution(
 
     Raises:
         NucleistyleError: unreadable file, wrong header, wrong column count, Height/Width not a
-            positive integer, over :data:`MAX_PIXELS` pixels or not constant per ImageId, Usage
-            not constant per ImageId, a malformed RLE row (RLEError), or a ``usage`` filter that
-            keeps no row. Messages name the file, and the line and ImageId where relevant.
+            positive integer, more pixels than images may have (:func:`.images.max_pixels`) or
+            not constant per ImageId, Usage not constant per ImageId, a malformed RLE row
+            (RLEError), or a ``usage`` filter that keeps no row. Messages name the file, and the
+            line and ImageId where relevant.
     """
     path = Path(path)
     images: dict[str, GroundTruth] = {}
@@ -220,9 +218,9 @@ def read_solution(
             raise NucleistyleError(f"{path} line {line}: empty ImageId")
         height = _positive_int(h, "Height", where)
         width = _positive_int(w, "Width", where)
-        if height * width > MAX_PIXELS:
+        if height * width > max_pixels():  # its label image is decoded: the images' limit
             raise NucleistyleError(
-                f"{where}: image size {height}x{width} is over {MAX_PIXELS:,} pixels"
+                f"{where}: image size {height}x{width} is over {max_pixels():,} pixels"
             )
         gt = images.get(image_id)
         if gt is None:

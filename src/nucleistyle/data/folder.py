@@ -35,6 +35,7 @@ from nucleistyle.data.images import (
     DEFAULT_RULE,
     IntensityRule,
     image_files,
+    open_image,
     read_label_image,
 )
 from nucleistyle.data.rle import rle_decode_labels
@@ -263,7 +264,7 @@ def export_labels(
                 image = read_image(record.image_path)[0]
                 shape = image.shape[:2]
             else:
-                with Image.open(record.image_path) as im:
+                with open_image(record.image_path) as im:
                     shape = (im.height, im.width)
             rles = [r for r in submission.get(image_id, []) if r]
             labels, _ = rle_decode_labels(rles, shape, where=str(submission_csv))
