@@ -186,6 +186,7 @@ def _import_folder(args: argparse.Namespace) -> int:
         low=low,
         high=high,
         per_channel=args.per_channel,
+        channel_axis=args.channel_axis,
     )
     n = import_folder(
         args.folder,
@@ -618,6 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and the maximum; StarDist's usual 1 99.8)",
     )
     p.add_argument("--per-channel", action="store_true", help="scale each channel on its own")
+    p.add_argument(
+        "--channel-axis",
+        type=_number(int, minimum=0),
+        metavar="AXIS",
+        help="TIFFs whose metadata do not say which axis holds the channels (e.g. channels saved "
+        "page by page): that axis of the stored array (0 for the pages)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -15,7 +15,9 @@ multi-channel image becomes RGB, in training, stylisation and prediction alike
   one scale (colour is kept) unless ``per_channel`` is set.
 
 TIFFs are read with ``tifffile``: the first series, one plane (a stack of several Z planes or
-time points is refused), with its channel axis (``C`` or ``S``) anywhere.
+time points is refused), with its channel axis (``C`` or ``S``) anywhere. A file whose axes do
+not say which one holds the channels (pages saved one by one, tifffile's shaped ``Q`` axis, or
+channels stored as ImageJ slices) is read with a declared ``channel_axis`` (the rule's).
 
 No image larger than :func:`max_pixels` (Pillow's own refusal, 178,956,970 pixels, unless the
 environment variable ``NUCLEISTYLE_MAX_PIXELS`` says otherwise) is decoded, whatever its format:
@@ -152,18 +154,27 @@ class IntensityRule:
         low: Percentile (0-100) of the values mapped to 0; 0 means zero itself.
         high: Percentile (0-100, above ``low``) mapped to 255; 100 is the maximum.
         per_channel: Scale each chosen channel on its own instead of jointly.
+        channel_axis: TIFFs only: the axis of the stored array (tifffile's first series) that
+            holds the channels, whatever the file calls it (0 for a stack of pages); None: the
+            file's own axes decide.
     """
 
     channels: tuple[int, ...] | None = None
     low: float = 0.0
     high: float = 100.0
     per_channel: bool = False
+    channel_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.channels is not None:
             object.__setattr__(self, "channels", tuple(self.channels))
-        section = {"channels": self.channels, "percentiles": [self.low, self.high]}
-        check({**section, "per_channel": self.per_channel}, _SCHEMA_NODE, "data.folder.intensity")
+        section = {
+            "channels": self.channels,
+            "percentiles": [self.low, self.high],
+            "per_channel": self.per_channel,
+            "channel_axis": self.channel_axis,
+        }
+        check(section, _SCHEMA_NODE, "data.folder.intensity")
         if not self.low < self.high:
             raise NucleistyleError(
                 "config key data.folder.intensity.percentiles: low must be below high, "
@@ -172,7 +183,8 @@ class IntensityRule:
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> IntensityRule:
-        """From the config section ``data.intensity`` (keys channels, percentiles, per_channel)."""
+        """From the config section ``data.folder.intensity`` (keys channels, percentiles,
+        per_channel, channel_axis)."""
         section = section or {}
         low, high = section.get("percentiles", (0.0, 100.0))
         channels = section.get("channels")
@@ -181,6 +193,7 @@ class IntensityRule:
             low=float(low),
             high=float(high),
             per_channel=bool(section.get("per_channel", False)),
+            channel_axis=section.get("channel_axis"),
         )
 
 
@@ -270,14 +283,25 @@ _PILLOW_MODES = {  # single-channel TIFFs report Pillow's mode names, like PNGs 
 }
 
 
-def _read_tiff(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
-    """The first series of a TIFF as (H, W) or (H, W, C), and a mode string."""
+def _read_tiff(
+    path: str | os.PathLike[str], channel_axis: int | None = None
+) -> tuple[np.ndarray, str]:
+    """The first series of a TIFF as (H, W) or (H, W, C), and a mode string; ``channel_axis``
+    (an index into the stored axes) names the channel axis where the file does not."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         _check_pixels(path, series.shape, series.axes)
-        axes, data = series.axes, series.asarray()
+        axes = series.axes
+        if channel_axis is not None:
+            if channel_axis >= len(axes) or axes[channel_axis] in "YX":
+                raise NucleistyleError(
+                    f"cannot read image {path}: channel axis {channel_axis} declared, the image's "
+                    f"axes are {axes} {series.shape} (0..{len(axes) - 1}, not Y or X)"
+                )
+            axes = axes[:channel_axis] + "C" + axes[channel_axis + 1 :]
+        data = series.asarray()
         big_endian = tif.byteorder == ">"
     keep = [i for i, a in enumerate(axes) if a in "YX" or data.shape[i] > 1]
     data = data.reshape([data.shape[i] for i in keep])
@@ -287,8 +311,9 @@ def _read_tiff(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     extra = [a for a in axes if a not in "YX"]
     if len(extra) > 1 or (extra and extra[0] not in "CSI"):
         raise ValueError(
-            f"{data.shape} with axes {axes}: one 2-D plane (with channels) expected, "
-            "not a stack of planes"
+            f"{data.shape} with axes {axes}: one 2-D plane (with channels) expected, not a "
+            "stack of planes (if an axis holds channels, declare it: import-folder "
+            "--channel-axis, config key data.folder.intensity.channel_axis)"
         )
     order = [axes.index("Y"), axes.index("X")] + [axes.index(a) for a in extra]
     data = np.transpose(data, order)
@@ -357,7 +382,7 @@ def read_image(
     """
     try:
         if Path(path).suffix.lower() in TIFF_SUFFIXES:
-            data, mode = _read_tiff(path)
+            data, mode = _read_tiff(path, rule.channel_axis)
         else:
             data, mode = _read_pillow(path, rule)
     except DECODE_ERRORS as exc:
