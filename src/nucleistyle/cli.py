@@ -1,7 +1,7 @@
 """The ``nucleistyle`` command line: the pipeline's library functions for users' own data.
 
 Every subcommand reports bad input as one line (``error: ...``) on stderr and exits with status 2
-(130 when interrupted). Before any work, inputs are checked (they exist, are of the right kind and
+(130 when interrupted). Status lines go to stderr too: stdout carries only the data asked for. Before any work, inputs are checked (they exist, are of the right kind and
 readable), outputs are checked (writable, of the right kind) and kept apart from the inputs: no
 output may be, contain or lie inside an input. Numeric options take their bounds from the config
 schema, the same bounds the workflow enforces.
@@ -55,6 +55,12 @@ def _available_cores() -> int:
 # commands
 
 
+def _status(text: str) -> None:
+    """A status line ("wrote ... -> PATH"): on stderr, so that stdout carries only data the user
+    asked for (a score, or an output sent to /dev/stdout)."""
+    print(text, file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> int:
     from nucleistyle.metrics import read_groups, score_files
     from nucleistyle.utils import atomic_path
@@ -88,7 +94,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         }
     )
     table = generate(cfg, Path(args.out_dir), overwrite=args.overwrite)
-    print(f"wrote {len(table)} images to {args.out_dir}")
+    _status(f"wrote {len(table)} images to {args.out_dir}")
     return 0
 
 
@@ -102,7 +108,7 @@ def _classical(args: argparse.Namespace) -> int:
         workers=args.workers,
         labels_dir=Path(args.labels_dir) if args.labels_dir else None,
     )
-    print(f"segmented {n} images -> {args.submission}")
+    _status(f"segmented {n} images -> {args.submission}")
     return 0
 
 
@@ -114,9 +120,9 @@ def _cluster(args: argparse.Namespace) -> int:
         args.images_dir, args.out, cfg, workers=args.workers, model_json=args.model
     )
     sizes = table.groupby(["cluster", "name"]).size()
-    print(f"{len(table)} images in {cfg.k} clusters -> {args.out}")
+    _status(f"{len(table)} images in {cfg.k} clusters -> {args.out}")
     for (cluster, name), n in sizes.items():
-        print(f"  {cluster} {name:<16} {n:>6}  ({n / len(table):.1%})")
+        _status(f"  {cluster} {name:<16} {n:>6}  ({n / len(table):.1%})")
     return 0
 
 
@@ -136,7 +142,7 @@ def _segment(args: argparse.Namespace) -> int:
         overlays=args.overlays,
     )
     extra = f" and {args.submission}" if args.submission else ""
-    print(f"segmented {n} images -> {args.out_dir}{extra}")
+    _status(f"segmented {n} images -> {args.out_dir}{extra}")
     return 0
 
 
@@ -154,7 +160,7 @@ def _stylize(args: argparse.Namespace) -> int:
         attribute_source=args.attribute,
         device=args.device,
     )
-    print(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
+    _status(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
     return 0
 
 
@@ -171,8 +177,8 @@ def _holdout(args: argparse.Namespace) -> int:
     )
     counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
     n_test = int((table["set"] == "stage1_test").sum())
-    print(f"held out {n_test} of {len(table)} images -> {args.out_dir}")
-    print(counts.to_string())
+    _status(f"held out {n_test} of {len(table)} images -> {args.out_dir}")
+    _status(counts.to_string())
     return 0
 
 
@@ -197,7 +203,7 @@ def _import_folder(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     extra = f" and {args.solution}" if args.solution else ""
-    print(f"imported {n} images -> {args.out_dir}{extra}")
+    _status(f"imported {n} images -> {args.out_dir}{extra}")
     return 0
 
 
@@ -234,7 +240,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         style_dirs=[args.style_dir] if args.style_dir else [],
         style_manifests=[args.style_manifest] if args.style_manifest else [],
     )
-    print(f"trained {args.baseline} -> {out / 'model.pt'} (history: {out / 'history.tsv'})")
+    _status(f"trained {args.baseline} -> {out / 'model.pt'} (history: {out / 'history.tsv'})")
     return 0
 
 
@@ -270,7 +276,7 @@ def _train_gan(args: argparse.Namespace) -> int:
         history_tsv=out / "history.tsv",
         monitor=monitor,
     )
-    print(f"trained the GAN ({n_domains} domains) -> {out / 'model.pt'}")
+    _status(f"trained the GAN ({n_domains} domains) -> {out / 'model.pt'}")
     return 0
 
 
