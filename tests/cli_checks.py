@@ -8,9 +8,12 @@ import io
 import os
 import stat
 import struct
+import sys
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -19,11 +22,31 @@ from nucleistyle.cli import main
 from nucleistyle.data.csvio import write_solution, write_submission
 
 
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run(argv: Sequence[str]) -> tuple[int, str, str]:
-    """``nucleistyle ARGV`` in this process: (exit status, stdout, stderr)."""
+    """``nucleistyle ARGV`` in this process: (exit status, stdout, stderr). Python warnings are
+    printed on that stderr, with Python's default filters, as in a real run (pytest would
+    otherwise collect them, and a warning on top of an error line would go unseen)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+                warnings.simplefilter("ignore", quiet)
+            warnings.simplefilter("ignore", ResourceWarning)
+            warnings.showwarning = _print_warning
+            code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -54,6 +77,7 @@ def assert_refused(argv: Sequence[str], root: Path, match: str | None = None) ->
     assert code == 2, (code, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err and out == ""
+    assert "weights_only" not in err  # never the advice to load a file of unknown origin unsafely
     if match is not None:
         assert match in lines[0], lines[0]
     assert snapshot(root) == before

@@ -200,7 +200,7 @@ def test_segment_with_a_corrupt_image_writes_nothing(tiny_segmenter, tmp_path, c
     ("model", "images", "message"),
     [
         ("missing.pt", "test", r"model file not found: .*missing\.pt"),
-        ("foreign.pt", "test", r"cannot load checkpoint .*foreign\.pt"),
+        ("foreign.pt", "test", r"foreign\.pt is not a nucleistyle model file: not a PyTorch file$"),
         ("checkpoint.pt", "test", r"checkpoint\.pt is not a segmenter model file"),
         ("model", "empty", r"no images found in .*empty"),
     ],
@@ -295,7 +295,7 @@ def test_stylize_is_deterministic_for_a_seed_and_independent_of_the_other_images
         ("model", "flat", "3", r"target domain must be an integer in 0\.\.2 \(.*model\.pt: 0 "),
         ("model", "flat", "-1", r"in 0\.\.2 .*got -1$"),
         ("missing.pt", "flat", "0", r"model file not found: .*missing\.pt$"),
-        ("foreign.pt", "flat", "0", r"cannot load checkpoint .*foreign\.pt"),
+        ("foreign.pt", "flat", "0", r"foreign\.pt is not a nucleistyle model file: not a PyTorch"),
         ("other.pt", "flat", "0", r"other\.pt is not a nucleistyle GAN model"),
         ("model", "empty", "0", r"no images found in .*empty$"),
         ("model", "nowhere", "0", r"image folder not found: .*nowhere$"),

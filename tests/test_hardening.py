@@ -810,3 +810,81 @@ def test_a_higher_pixel_limit_lifts_pillows_own_refusal_too(tmp_path, monkeypatc
     with pytest.raises(NucleistyleError) as refused:  # now read, and found to have no pixel data
         read_image(tmp_path / "big.png")
     assert "more than the limit" not in str(refused.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. the last tracebacks, options that need each other, files that are not what they should be
+
+
+def test_an_rle_start_beyond_int64_is_one_line(tmp_path):
+    solution, _ = score_files(tmp_path)
+    for value in ["99999999999999999999999 5", "9223372036854775807 5", "1 9223372036854775807"]:
+        (tmp_path / "sub.csv").write_text(f"ImageId,EncodedPixels\na,{value}\n")
+        message = assert_refused(["score", solution, tmp_path / "sub.csv"], tmp_path)
+        assert "sub.csv line 2, ImageId a" in message and "the image size 64" in message
+
+
+@pytest.mark.parametrize(
+    ("given", "needed"),
+    [("--style-dir", "--style-manifest"), ("--style-manifest", "--style-dir")],
+)
+def test_train_segmenter_refuses_a_style_option_without_its_partner_before_any_work(
+    tmp_path, given, needed
+):
+    train = sample_folder(tmp_path / "train")
+    (tmp_path / "manifest.csv").write_text("ImageId,source_ImageId\n")
+    value = tmp_path / ("train" if given == "--style-dir" else "manifest.csv")
+    argv = ["train-segmenter", train, tmp_path / "out", "--baseline", "mirzaev", given, value]
+    assert_refused(argv, tmp_path, f"train-segmenter {given} needs {needed}")
+
+
+def test_import_folder_refuses_a_solution_without_test(tmp_path):
+    folder = tmp_path / "mine"
+    png(folder / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    png(folder / "masks" / "a.png", np.zeros((16, 16), np.uint8))
+    argv = ["import-folder", folder, tmp_path / "out", "--solution", tmp_path / "s.csv"]
+    assert_refused(argv, tmp_path, "import-folder --solution needs --test")
+
+
+def test_train_gan_refuses_a_header_only_assignment_table(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    (tmp_path / "a.csv").write_text("ImageId,cluster\n")
+    argv = ["train-gan", flat, tmp_path / "a.csv", tmp_path / "out", "--iterations", "1"]
+    assert_refused(argv, tmp_path, "a.csv: no rows, only the header")
+
+
+def _not_a_model(kind: str) -> bytes:
+    import io
+    import pickle
+
+    import torch
+
+    if kind in ("list", "code"):
+        buffer = io.BytesIO()
+        torch.save([1, 2] if kind == "list" else {"f": print}, buffer)
+        return buffer.getvalue()
+    return {"empty": b"", "text": b"ImageId,EncodedPixels\n", "random": os.urandom(3000),
+            "pickle": pickle.dumps({"model": 1})}[kind]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["segment", "stylize"])
+@pytest.mark.parametrize("kind", ["empty", "text", "random", "pickle", "list", "code"])
+def test_a_file_that_is_no_model_says_so_and_never_suggests_weights_only_false(
+    tmp_path, command, kind
+):
+    model = tmp_path / "model.pt"
+    model.write_bytes(_not_a_model(kind))
+    argv = [command, model, flat_folder(tmp_path / "flat"), tmp_path / "out", "--device", "cpu"]
+    message = assert_refused(argv + (["--domain", "0"] if command == "stylize" else []), tmp_path)
+    assert f"{model} is not a nucleistyle model file: " in message
+    assert "weights_only" not in message and "Weights only" not in message
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b"\xff\xfe"])
+def test_a_file_that_is_no_cluster_model_says_so(tmp_path, content):
+    flat = flat_folder(tmp_path / "flat", n=4)
+    (tmp_path / "a.csv").write_text("ImageId,cluster\nim0,0\nim1,1\nim2,0\nim3,1\n")
+    (tmp_path / "m.json").write_bytes(content)
+    argv = ["train-gan", flat, tmp_path / "a.csv", tmp_path / "out", "--iterations", "1",
+            "--device", "cpu", "--cluster-model", tmp_path / "m.json"]  # fmt: skip
+    assert_refused(argv, tmp_path, "m.json is not a nucleistyle cluster model file")

@@ -1,10 +1,12 @@
 """The ``nucleistyle`` command line: the pipeline's library functions for users' own data.
 
 Every subcommand reports bad input as one line (``error: ...``) on stderr and exits with status 2
-(130 when interrupted). Status lines go to stderr too: stdout carries only the data asked for. Before any work, inputs are checked (they exist, are of the right kind and
-readable), outputs are checked (writable, of the right kind) and kept apart from the inputs: no
-output may be, contain or lie inside an input. Numeric options take their bounds from the config
-schema, the same bounds the workflow enforces.
+(130 when interrupted, 128 + N when terminated by signal N). Status lines go to stderr too:
+stdout carries only the data asked for. Before any work, options that need each other are
+checked together, inputs are checked (they exist, are of the right kind and readable), outputs
+are checked (writable, of the right kind) and kept apart from the inputs: no output may be,
+contain or lie inside an input. Numeric options take their bounds from the config schema, the
+same bounds the workflow enforces.
 """
 
 from __future__ import annotations
@@ -337,6 +339,28 @@ def _train_gan_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     inputs = [("image folder", a.images_dir, True), ("assignment table", a.assignments, False)]
     inputs += [("cluster model", a.cluster_model, False), *_config_paths(a)]
     return inputs, [("output folder", a.out_dir, True)]
+
+
+# options that need another: (command, option, the option it needs, why)
+_NEEDS = [
+    ("train-segmenter", "style_dir", "style_manifest", "which original each copy restyles"),
+    ("train-segmenter", "style_manifest", "style_dir", "the restyled copies it lists"),
+    ("import-folder", "solution", "test", "a training folder's labels become its masks"),
+]
+
+
+def _check_together(args: argparse.Namespace) -> None:
+    """Refuse an option given without the one it needs (before any work, never ignored).
+
+    Raises:
+        _UsageError: naming both options.
+    """
+    for command, option, needed, why in _NEEDS:
+        if args.command == command and getattr(args, option) and not getattr(args, needed):
+            flag, other = (f"--{name.replace('_', '-')}" for name in (option, needed))
+            raise _UsageError(
+                f"{command} {flag} needs {other} ({why}; see nucleistyle {command} --help)"
+            )
 
 
 def check_paths(inputs: _Paths, outputs: _Paths) -> None:
@@ -789,6 +813,7 @@ def _main(argv: Sequence[str] | None) -> int:
             root.addHandler(warnings)
         if getattr(args, "threads", "") is None:
             args.threads = _available_cores()
+        _check_together(args)
         check_paths(*args.paths(args))
         status = args.func(args)
         for line in warnings.lines:

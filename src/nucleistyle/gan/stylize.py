@@ -232,9 +232,12 @@ def load_stylizer(
     Raises:
         NucleistyleError: The file is unreadable or not a GAN model (named).
     """
-    state = load_checkpoint(model_path)
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise NucleistyleError(f"{model_path} is not a nucleistyle GAN model (no {MODEL_FORMAT})")
+    state = load_checkpoint(model_path, what="model")
+    if state.get("format") != MODEL_FORMAT:
+        raise NucleistyleError(
+            f"{model_path} is not a nucleistyle GAN model file (format {state.get('format')!r}, "
+            f"expected {MODEL_FORMAT!r})"
+        )
     dev = select_device(device)
     dtype = resolve_precision(precision or state["config"]["precision"], dev)
     stylizer = Stylizer(state, dev, dtype)
