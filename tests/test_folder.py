@@ -337,13 +337,19 @@ def test_train_gan_trains_on_the_clusters_of_the_assignment_table(tmp_path, real
     assert len(list((tmp_path / "styled").glob("*.png"))) == 6
 
 
-def test_segment_writes_label_tiffs_and_overlays(tiny_segmenter, tmp_path):
-    code, _, err = run(
-        ["segment", tiny_segmenter["model"], tiny_segmenter["test"], tmp_path / "out",
-         "--format", "tif", "--overlays", "--threads", "1"]
-    )  # fmt: skip
+def test_segment_writes_label_tiffs_and_overlays_and_a_second_run_merges_them(
+    tiny_segmenter, tmp_path
+):
+    argv = ["segment", tiny_segmenter["model"], tiny_segmenter["test"], tmp_path / "out",
+            "--format", "tif", "--overlays", "--threads", "1"]  # fmt: skip
+    code, _, err = run(argv)
     assert code == 0, err
     ids = sorted(r.image_id for r in list_images(tiny_segmenter["test"]))
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.tif")) == ids
     assert sorted(p.stem for p in (tmp_path / "out" / "overlays").glob("*.png")) == ids
     assert tifffile.imread(tmp_path / "out" / f"{ids[0]}.tif").shape == (64, 64)
+    (tmp_path / "out" / "overlays" / "notes.txt").write_text("mine")  # the user's, kept
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert run(argv)[0] == 0  # the same names replaced, sub-folder merged, nothing else touched
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+    assert (tmp_path / "out" / "overlays" / "notes.txt").read_text() == "mine"

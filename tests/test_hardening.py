@@ -888,3 +888,64 @@ def test_a_file_that_is_no_cluster_model_says_so(tmp_path, content):
     argv = ["train-gan", flat, tmp_path / "a.csv", tmp_path / "out", "--iterations", "1",
             "--device", "cpu", "--cluster-model", tmp_path / "m.json"]  # fmt: skip
     assert_refused(argv, tmp_path, "m.json is not a nucleistyle cluster model file")
+
+
+# ------------------------------------------------------------------------------------------------
+# 12. what a later stage refuses is refused at once; every output path is checked before the work
+
+
+@pytest.mark.parametrize("name", ["a,b", 'say "hi"', "line\nbreak", "cr\rname"])
+def test_import_folder_refuses_a_file_name_that_cannot_be_an_image_id(tmp_path, name):
+    folder = tmp_path / "mine"
+    for sub, data in [("images", np.zeros((16, 16, 3), np.uint8)), ("masks", None)]:
+        png(folder / sub / f"{name}.png", np.zeros((16, 16), np.uint8) if data is None else data)
+    message = assert_refused(["import-folder", folder, tmp_path / "out"], tmp_path)
+    assert "invalid ImageId" in message and "mine/images/" in message
+
+
+def test_classical_refuses_an_image_id_the_submission_cannot_hold_before_any_work(
+    tmp_path, monkeypatch
+):
+    import nucleistyle.classical
+
+    monkeypatch.setattr(nucleistyle.classical, "segment_image", _never("segmented"))
+    flat = flat_folder(tmp_path / "flat")
+    png(flat / "a,b.png", np.zeros((16, 16, 3), np.uint8))
+    argv = ["classical", flat, tmp_path / "s.csv", "--workers", "1"]
+    assert_refused(argv, tmp_path, "invalid ImageId 'a,b'")
+
+
+def _never(what: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} before the output paths were checked")
+
+    return fail
+
+
+@pytest.mark.parametrize("command", ["train-segmenter", "train-gan"])
+@pytest.mark.parametrize("output", ["model.pt", "checkpoint.pt", "history.tsv"])
+def test_training_refuses_an_output_that_is_a_folder_before_training(
+    tmp_path, monkeypatch, command, output
+):
+    import nucleistyle.gan.engine
+    import nucleistyle.segment.engine
+
+    monkeypatch.setattr(nucleistyle.segment.engine, "train_segmenter", _never("trained"))
+    monkeypatch.setattr(nucleistyle.gan.engine, "train_gan", _never("trained"))
+    train = sample_folder(tmp_path / "train")
+    (tmp_path / "a.csv").write_text("ImageId,cluster\ns0,0\ns1,1\ns2,0\ns3,1\n")
+    (tmp_path / "out" / output).mkdir(parents=True)
+    argv = {
+        "train-segmenter": ["train-segmenter", train, tmp_path / "out", "--baseline", "mirzaev"],
+        "train-gan": ["train-gan", train, tmp_path / "a.csv", tmp_path / "out"],
+    }[command]
+    assert_refused(argv, tmp_path, f"out/{output}: is a folder, expected a file")
+
+
+def test_a_folder_of_yours_named_like_an_output_file_is_refused_before_work_and_kept(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    mine = tmp_path / "labels" / "im1.png"  # where classical would write im1's labels
+    mine.mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    argv = ["classical", flat, tmp_path / "s.csv", "--labels-dir", tmp_path / "labels"]
+    assert_refused(argv, tmp_path, f"output file {mine}: is a folder, expected a file")

@@ -48,7 +48,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
-from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
@@ -300,13 +300,16 @@ def segment_folder(
     if workers < 1:
         raise NucleistyleError(f"workers must be >= 1, got {workers}")
     records = list_images(images_dir)
+    for record in records:  # the submission is written last: refuse its ImageIds first
+        check_image_id(record.image_id, f"image {record.image_path}")
     log.info("classical segmentation of %d images in %s (%s)", len(records), images_dir, cfg)
     predictions = CompressedLabels()
     progress = tqdm(
         total=len(records), desc="classical", unit="image", disable=None, file=sys.stderr
     )
     with published_together() as outputs, progress:
-        staging = None if labels_dir is None else outputs.files_into(labels_dir)
+        names = [f"{r.image_id}.png" for r in records]
+        staging = None if labels_dir is None else outputs.files_into(labels_dir, names)
         jobs = [(r.image_id, r.image_path, cfg, staging) for r in records]
         if workers == 1:
             for job in jobs:

@@ -329,16 +329,26 @@ def _config_paths(a: argparse.Namespace) -> _Paths:
     return [("config file", path, False) for path in a.config or []]
 
 
+def _training_outputs(a: argparse.Namespace) -> _Paths:
+    """The files a training command writes into OUT_DIR (each checked, not just the folder)."""
+    out = Path(a.out_dir)
+    return [
+        ("model file", out / "model.pt", False),
+        ("checkpoint", out / "checkpoint.pt", False),
+        ("history", out / "history.tsv", False),
+    ]
+
+
 def _train_segmenter_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     inputs = [("training folder", a.train_dir, True), *_config_paths(a)]
     inputs += [("style folder", a.style_dir, True), ("style manifest", a.style_manifest, False)]
-    return inputs, [("output folder", a.out_dir, True)]
+    return inputs, _training_outputs(a)
 
 
 def _train_gan_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     inputs = [("image folder", a.images_dir, True), ("assignment table", a.assignments, False)]
     inputs += [("cluster model", a.cluster_model, False), *_config_paths(a)]
-    return inputs, [("output folder", a.out_dir, True)]
+    return inputs, _training_outputs(a)
 
 
 # options that need another: (command, option, the option it needs, why)

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -329,6 +329,12 @@ def _unique_sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
 
 
+def _check_file_target(path: Path) -> None:
+    """Refuse to put a file where a folder is (never moved aside and deleted)."""
+    if path.is_dir() and not path.is_symlink():
+        raise NucleistyleError(f"output file {path}: is a folder, expected a file")
+
+
 def _backup(path: Path) -> Path | None:
     """A second name for an existing file about to be replaced (to restore it on failure)."""
     if not os.path.lexists(path):
@@ -359,6 +365,24 @@ def _same_file(path: Path, fd: int) -> bool:
         return os.path.samestat(os.stat(path), os.fstat(fd))
     except (OSError, ValueError):
         return False
+
+
+def _merge(
+    staging: Path, target: Path, undo: list[tuple[Path, Path | None]], made: list[Path]
+) -> None:
+    """Move the files of ``staging`` into ``target`` (created if missing), sub-folders merged;
+    each replaced file is kept in ``undo`` and each folder made in ``made``, for a roll-back."""
+    if not target.is_dir():
+        target.mkdir()
+        made.append(target)
+    for path in sorted(staging.iterdir()):
+        dest = target / path.name
+        if path.is_dir():
+            _merge(path, dest, undo, made)
+            continue
+        _check_file_target(dest)
+        undo.append((dest, _backup(dest)))
+        os.replace(path, dest)
 
 
 @dataclasses.dataclass
@@ -445,10 +469,16 @@ class OutputSet:
         self._staged.append(_Staged("folder", path, staging, marker, overwrite))
         return staging
 
-    def files_into(self, path: PathLike) -> Path:
+    def files_into(self, path: PathLike, names: Iterable[str] = ()) -> Path:
         """Stage files to be moved into the folder ``path`` (created if missing; its other files
-        stay, same names are replaced); returns the staging folder."""
+        stay, same names are replaced, sub-folders are merged); returns the staging folder.
+
+        ``names``, the files that will be written, are checked now, before the work: a folder
+        of that name is refused (it is never replaced by a file).
+        """
         path = _output_target(Path(path), "output folder", folder=True)[0]
+        for name in names:
+            _check_file_target(path / name)
         staging = self._stage(path, folder=True)
         self._staged.append(_Staged("into", path, staging))
         return staging
@@ -461,6 +491,7 @@ class OutputSet:
             for item in self._staged:
                 if item.how == "file":
                     os.chmod(item.staging, _FILE_MODE)
+                    _check_file_target(item.target)
                     undo.append((item.target, _backup(item.target)))
                     os.replace(item.staging, item.target)
                 elif item.how == "folder":
@@ -475,13 +506,7 @@ class OutputSet:
                     undo.append((item.target, old))
                     os.replace(item.staging, item.target)
                 elif item.how == "into":
-                    if not item.target.is_dir():
-                        item.target.mkdir()
-                        made.append(item.target)
-                    for path in sorted(item.staging.iterdir()):
-                        dest = item.target / path.name
-                        undo.append((dest, _backup(dest)))
-                        os.replace(path, dest)
+                    _merge(item.staging, item.target, undo, made)
             for item in self._staged:
                 if item.how == "in_place":
                     _copy_into(item.staging, item.target)
@@ -566,13 +591,13 @@ def atomic_dir(
 
 
 @contextlib.contextmanager
-def staged_files(out_dir: PathLike) -> Iterator[Path]:
+def staged_files(out_dir: PathLike, names: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out_dir``; on success move its files into
     ``out_dir`` (created if missing; other files of ``out_dir`` stay, same names are replaced).
     On an error remove the staging folder and the parent folders created for it, so a failed run
-    leaves nothing behind."""
+    leaves nothing behind. ``names``: see :meth:`OutputSet.files_into`."""
     with published_together() as outputs:
-        yield outputs.files_into(out_dir)
+        yield outputs.files_into(out_dir, names)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

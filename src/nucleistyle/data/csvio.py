@@ -35,6 +35,7 @@ __all__ = [
     "CompressedLabels",
     "GroundTruth",
     "Submission",
+    "check_image_id",
     "gather_submissions",
     "read_rows",
     "read_solution",
@@ -313,10 +314,18 @@ def read_submission(path: str | os.PathLike[str]) -> Submission:
     return sub
 
 
-def _check_image_id(image_id: str, path: Path) -> None:
+def check_image_id(image_id: str, where: str | os.PathLike[str]) -> None:
+    """Refuse an ImageId that a submission or solution CSV cannot hold: empty, or with a comma,
+    a double quote or a line break. Commands that write one check their ImageIds before any work,
+    and ``import-folder`` refuses such file names at once.
+
+    Raises:
+        NucleistyleError: naming ``where`` (the file or image) and the ImageId.
+    """
     if not image_id or any(c in image_id for c in ',"\r\n'):
         raise NucleistyleError(
-            f'{path}: invalid ImageId {image_id!r} (empty, or has , " or newline)'
+            f'{where}: invalid ImageId {image_id!r} (empty, or has , " or a line break, which '
+            "the submission CSV cannot hold)"
         )
 
 
@@ -366,7 +375,7 @@ def write_submission(
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SUBMISSION_HEADER)
         for image_id, labels in predictions.items():
-            _check_image_id(image_id, path)
+            check_image_id(image_id, path)
             rles = _encode(labels, image_id, path)
             writer.writerows([image_id, rle] for rle in rles or [""])
     log.info("wrote %s (%d images)", path, len(predictions))
@@ -399,7 +408,7 @@ def write_solution(
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SOLUTION_HEADER)
         for image_id, labels in ground_truth.items():
-            _check_image_id(image_id, path)
+            check_image_id(image_id, path)
             rles = _encode(labels, image_id, path)
             if PLACEHOLDER_RLE in rles:
                 log.warning(

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png, write_sample
-from nucleistyle.data.csvio import read_submission, write_solution
+from nucleistyle.data.csvio import check_image_id, read_submission, write_solution
 from nucleistyle.data.images import (
     DEFAULT_RULE,
     IntensityRule,
@@ -80,8 +80,9 @@ def list_pairs(folder: str | os.PathLike[str], *, training: bool) -> list[Pair]:
 
     Raises:
         NucleistyleError: one line naming the file or folder: no ``images/``, no images, two
-            files with the same name, an image without labels where labels are needed, or a
-            label image without its image.
+            files with the same name, a name that cannot be an ImageId (a comma, a double quote
+            or a line break), an image without labels where labels are needed, or a label
+            image without its image.
     """
     root = check_input(folder, "image folder", folder=True)
     images_dir = root / "images"
@@ -90,6 +91,8 @@ def list_pairs(folder: str | os.PathLike[str], *, training: bool) -> list[Pair]:
     images = image_files(images_dir, SUFFIXES)
     if not images:
         raise NucleistyleError(f"no images (*.tif, *.tiff, *.png) in {images_dir}")
+    for name, path in images.items():  # the name becomes an ImageId: refused here, not later
+        check_image_id(name, f"image {path}")
     masks_dir = root / "masks"
     if not masks_dir.is_dir():
         if training:

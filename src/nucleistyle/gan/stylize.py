@@ -343,7 +343,7 @@ def stylize_folder(
         int(seed),
         stylizer.device,
     )
-    with staged_files(out) as staging:
+    with staged_files(out, [f"{r.image_id}.png" for r in records]) as staging:
         for record in tqdm(records, desc="stylize", unit="image", disable=None, file=sys.stderr):
             image = read_image(record.image_path)[0]
             z = stylizer.sample_attributes(
