@@ -65,13 +65,66 @@ def test_synthesize_into_an_empty_folder_then_overwrite_replaces_only_its_own(tm
     out = tmp_path / "data"
     out.mkdir()
     assert run(["synthesize", out, *SYNTH])[0] == 0
-    assert (out / ".nucleistyle").read_text() == "nucleistyle synthesize\n"
+    marker = (out / ".nucleistyle").read_text().splitlines()
+    assert marker[0] == "nucleistyle synthesize" and '"stage1_solution.csv"' in marker
     first = snapshot(out)
     assert_refused(["synthesize", out, *SYNTH], tmp_path, "pass --overwrite")
     assert run(["synthesize", out, *SYNTH, "--overwrite"])[0] == 0
     assert snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     (out / ".nucleistyle").write_text("nucleistyle holdout\n")  # another command's folder
     assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path, "not written by")
+
+
+@pytest.mark.parametrize("where", ["notes.txt", "stage1_train/notes.txt", "stage1_train/mine"])
+def test_overwrite_refuses_a_folder_holding_files_you_added_and_keeps_them(tmp_path, where):
+    out = tmp_path / "data"
+    assert run(["synthesize", out, *SYNTH])[0] == 0
+    added = out / where
+    if where.endswith("mine"):
+        added.mkdir()
+    else:
+        added.write_text("mine")
+    message = assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path)
+    assert f"holds 1 file(s) that nucleistyle synthesize did not write ({where})" in message
+
+
+def test_overwrite_replaces_a_folder_missing_some_of_its_files_and_refuses_an_old_marker(
+    tmp_path,
+):
+    out = tmp_path / "data"
+    assert run(["synthesize", out, *SYNTH])[0] == 0
+    first = snapshot(out)
+    (out / "stage1_solution.csv").unlink()  # less than it wrote: nothing of yours to lose
+    assert run(["synthesize", out, *SYNTH, "--overwrite"])[0] == 0
+    assert snapshot(out) == first
+    (out / ".nucleistyle").write_text("nucleistyle synthesize\n")  # no list of its files
+    assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path, "kept no list")
+
+
+@pytest.mark.parametrize("target", ["file", "nothing"])
+def test_an_output_file_that_is_a_link_is_refused_and_what_it_points_to_is_kept(
+    tmp_path, target
+):
+    solution, submission = score_files(tmp_path)
+    mine = tmp_path / "mine.csv"
+    if target == "file":
+        mine.write_text("my table\n")
+    (tmp_path / "t.csv").symlink_to(mine)
+    argv = ["score", solution, submission, "--per-image", tmp_path / "t.csv"]
+    assert_refused(argv, tmp_path, f"t.csv is a symbolic link to {mine}: refusing to write")
+    argv = ["classical", flat_folder(tmp_path / "flat"), tmp_path / "t.csv"]
+    assert_refused(argv, tmp_path, "refusing to write through it")
+
+
+def test_a_linked_label_file_is_replaced_by_the_output_not_written_through(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    (tmp_path / "mine.png").write_bytes(b"my file")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "im0.png").symlink_to(tmp_path / "mine.png")
+    argv = ["classical", flat, tmp_path / "s.csv", "--labels-dir", tmp_path / "labels"]
+    assert run(argv)[0] == 0
+    assert (tmp_path / "mine.png").read_bytes() == b"my file"
+    assert not (tmp_path / "labels" / "im0.png").is_symlink()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -185,9 +186,17 @@ def _existing_ancestor(path: Path, what: str) -> Path:
 def _output_target(path: Path, what: str, folder: bool) -> tuple[Path, os.stat_result | None]:
     """The path an output really goes to (a symbolic link is followed) and its stat, after
     refusing the wrong kind: a non-folder for a folder; a folder, block device or socket for a
-    file."""
+    file. A file output is never written through a symbolic link to a file (or to nothing): the
+    file it points to is not the command's to replace; a link to a FIFO or a character device
+    (``/dev/null``) is written in place as before."""
     if path.is_symlink() and not str(path.absolute()).startswith(_IN_PLACE_ROOTS):
-        path = _resolved(path)
+        link, path = path, _resolved(path)
+        st = _stat(path, what)
+        if not folder and (st is None or not _writes_in_place(path, st)):
+            raise NucleistyleError(
+                f"{what} {link} is a symbolic link to {path}: refusing to write through it "
+                "(remove the link or choose another path)"
+            )
     st = _stat(path, what)
     mode = 0 if st is None else st.st_mode
     if st is not None and folder and not stat.S_ISDIR(mode):
@@ -251,11 +260,12 @@ def check_separate(
 
 def _check_replaceable(path: Path, marker: str | None, overwrite: bool) -> None:
     """Refuse to replace anything but a missing or empty folder, unless ``overwrite`` (and, with
-    a ``marker``, only a folder that the same command wrote)."""
+    a ``marker``, only a folder that the same command wrote, holding nothing but what it wrote:
+    the list in its marker file)."""
     if _output_target(path, "output folder", folder=True)[1] is None:
         return
     try:
-        entries = [name for name in os.listdir(path) if name != MARKER_NAME]
+        entries = _entries(path)
     except OSError as exc:
         raise NucleistyleError(f"output folder {path}: {_reason(exc)}") from exc
     if not entries:
@@ -265,19 +275,64 @@ def _check_replaceable(path: Path, marker: str | None, overwrite: bool) -> None:
             f"output folder {path} already exists and is not empty (pass --overwrite to replace "
             "a folder that this command wrote)"
         )
-    if marker is not None and _marker_of(path) != marker:
+    if marker is None:
+        return
+    command, written = _read_marker(path)
+    if command != marker:
         raise NucleistyleError(
             f"output folder {path} was not written by nucleistyle {marker} (no {MARKER_NAME} "
             "file naming it): refusing to replace it, even with --overwrite"
         )
+    if not written:
+        raise NucleistyleError(
+            f"output folder {path} was written by an older nucleistyle that kept no list of its "
+            "files: refusing to replace it, even with --overwrite (remove it yourself)"
+        )
+    foreign = sorted(entries - written)
+    if foreign:
+        raise NucleistyleError(
+            f"output folder {path} holds {len(foreign)} file(s) that nucleistyle {marker} did "
+            f"not write ({foreign[0]}): refusing to replace it, even with --overwrite (move "
+            "them away first)"
+        )
 
 
-def _marker_of(folder: Path) -> str | None:
+def _entries(folder: Path) -> set[str]:
+    """Every file, folder and link under ``folder`` (links not followed), as relative POSIX
+    paths, the marker file excepted."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+        base = Path(dirpath).relative_to(folder)
+        found.update((base / name).as_posix() for name in dirnames + filenames)
+    found.discard(MARKER_NAME)
+    return found
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _write_marker(folder: Path, command: str) -> None:
+    """The marker file: the command on its first line, then every entry it wrote (one JSON
+    string a line, so that any file name fits), for ``--overwrite`` to remove only those."""
+    lines = [f"nucleistyle {command}", *map(json.dumps, sorted(_entries(folder)))]
+    (folder / MARKER_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _read_marker(folder: Path) -> tuple[str | None, set[str]]:
+    """The command named by a folder's marker file (None without one) and the entries listed."""
     try:
         text = (folder / MARKER_NAME).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
-    return text.removeprefix("nucleistyle ").strip()
+        return None, set()
+    first, *rest = text.splitlines() or [""]
+    written = set()
+    for line in rest:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, str):
+                written.add(entry)
+    return first.removeprefix("nucleistyle ").strip(), written
 
 
 # ------------------------------------------------------------------------------------------------
@@ -497,7 +552,7 @@ class OutputSet:
                 elif item.how == "folder":
                     _check_replaceable(item.target, item.marker, item.overwrite)
                     if item.marker is not None:
-                        (item.staging / MARKER_NAME).write_text(f"nucleistyle {item.marker}\n")
+                        _write_marker(item.staging, item.marker)
                     os.chmod(item.staging, _DIR_MODE)
                     old = None
                     if os.path.lexists(item.target):
