@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -126,12 +127,16 @@ def test_cluster_with_more_clusters_than_images_fails_with_one_line(tmp_path, ca
     assert not (tmp_path / "a.csv").exists()
 
 
-def test_segment_writes_16bit_label_images_of_each_input_size(tiny_segmenter, tmp_path, capsys):
+def test_segment_writes_16bit_label_images_of_each_input_size(
+    tiny_segmenter, tmp_path, capsys, caplog
+):
     out, submission = tmp_path / "labels", tmp_path / "sub.csv"
     args = ["segment", str(tiny_segmenter["model"]), str(tiny_segmenter["test"]), str(out)]
+    caplog.set_level(logging.INFO, "nucleistyle")
     assert main([*args, "--submission", str(submission), "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert "segmented 5 images" in captured.err and captured.out == ""
+    assert "predict: 1/5 images" in caplog.text and "predict: 5/5 images" in caplog.text
     from PIL import Image
 
     from nucleistyle.data.csvio import read_submission

@@ -102,9 +102,7 @@ def test_overwrite_replaces_a_folder_missing_some_of_its_files_and_refuses_an_ol
 
 
 @pytest.mark.parametrize("target", ["file", "nothing"])
-def test_an_output_file_that_is_a_link_is_refused_and_what_it_points_to_is_kept(
-    tmp_path, target
-):
+def test_an_output_file_that_is_a_link_is_refused_and_what_it_points_to_is_kept(tmp_path, target):
     solution, submission = score_files(tmp_path)
     mine = tmp_path / "mine.csv"
     if target == "file":
@@ -1002,3 +1000,30 @@ def test_a_folder_of_yours_named_like_an_output_file_is_refused_before_work_and_
     (mine / "thesis.txt").write_text("years of work")
     argv = ["classical", flat, tmp_path / "s.csv", "--labels-dir", tmp_path / "labels"]
     assert_refused(argv, tmp_path, f"output file {mine}: is a folder, expected a file")
+
+
+# ------------------------------------------------------------------------------------------------
+# 13. long loops report progress in the log (the pipeline's job logs, -v), not only on a terminal
+
+
+def test_progress_logs_a_line_at_every_tenth_and_at_the_end(caplog):
+    import logging
+
+    from nucleistyle.utils import Progress
+
+    caplog.set_level(logging.INFO, "nucleistyle.test")
+    with Progress(25, "augment", logging.getLogger("nucleistyle.test")) as progress:
+        for _ in range(25):
+            progress.update()
+    done = [int(m.split(": ")[1].split("/")[0]) for m in caplog.messages]
+    assert done == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+    assert caplog.messages[-1].startswith("augment: 25/25 images (")
+    assert "images/s, about 0 s left)" in caplog.messages[-1]
+    caplog.clear()
+    with Progress(7, "predict", logging.getLogger("nucleistyle.test")) as progress:
+        progress.update(4)  # a chunk of images at once
+        progress.update(3)
+    assert [m.split(" (")[0] for m in caplog.messages] == [
+        "predict: 4/7 images",
+        "predict: 7/7 images",
+    ]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +44,13 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_li, threshold_multiotsu, threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
 from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
+    Progress,
     config_from_mapping,
     process_pool,
     published_together,
@@ -304,9 +303,7 @@ def segment_folder(
         check_image_id(record.image_id, f"image {record.image_path}")
     log.info("classical segmentation of %d images in %s (%s)", len(records), images_dir, cfg)
     predictions = CompressedLabels()
-    progress = tqdm(
-        total=len(records), desc="classical", unit="image", disable=None, file=sys.stderr
-    )
+    progress = Progress(len(records), "classical", log)
     with published_together() as outputs, progress:
         names = [f"{r.image_id}.png" for r in records]
         staging = None if labels_dir is None else outputs.files_into(labels_dir, names)

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png, write_sample
 from nucleistyle.data.csvio import check_image_id, read_submission, write_solution
@@ -39,7 +37,13 @@ from nucleistyle.data.images import (
     read_label_image,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import NucleistyleError, atomic_dir, check_input, published_together
+from nucleistyle.utils import (
+    NucleistyleError,
+    Progress,
+    atomic_dir,
+    check_input,
+    published_together,
+)
 
 __all__ = [
     "LABEL_FORMATS",
@@ -168,9 +172,9 @@ def import_folder(
         )
     truth: dict[str, np.ndarray] = {}
     n_objects = 0
-    with published_together() as outputs:
+    with published_together() as outputs, Progress(len(pairs), "import", log) as progress:
         staging = outputs.folder(out_dir, marker="import-folder", overwrite=overwrite)
-        for pair in tqdm(pairs, desc="import", unit="image", disable=None, file=sys.stderr):
+        for pair in pairs:
             image, labels = _load_pair(pair, rule)
             if labels is not None:
                 n_objects += len(np.unique(labels)) - int((labels == 0).any())
@@ -180,6 +184,7 @@ def import_folder(
                 write_sample(staging, pair.name, image, None)
                 if labels is not None:
                     truth[pair.name] = labels
+            progress.update()
         if solution_csv is not None:
             write_solution(solution_csv, truth, usage="Public", outputs=outputs)
     log.info(

@@ -27,16 +27,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.stylize import load_stylizer
-from nucleistyle.utils import NucleistyleError, link_or_copy, published_together
+from nucleistyle.utils import NucleistyleError, Progress, link_or_copy, published_together
 
 __all__ = ["MANIFEST_COLUMNS", "augment_dataset", "augmented_id"]
 
@@ -103,9 +101,10 @@ def augment_dataset(
             )
     rng = np.random.default_rng(seed)
     rows = []
-    with published_together() as outputs:  # the folder and its manifest, or nothing
+    progress = Progress(len(records), "augment", log)
+    with published_together() as outputs, progress:  # the folder and its manifest, or nothing
         tmp = outputs.folder(out_dir)
-        for record in tqdm(records, desc="augment", disable=None, file=sys.stderr):
+        for record in records:
             source = int(cluster_of[record.image_id])
             others = [d for d in range(stylizer.n_domains) if d != source]
             image = read_image(record.image_path)[0]
@@ -131,6 +130,7 @@ def augment_dataset(
                         str(record.image_path),
                     )
                 )
+            progress.update()
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         manifest.to_csv(outputs.file(manifest_csv), index=False, lineterminator="\n")
     log.info(

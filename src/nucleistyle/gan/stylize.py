@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.gan.configs import ATTRIBUTE_SOURCES
@@ -43,7 +41,7 @@ from nucleistyle.gan.data import one_hot
 from nucleistyle.gan.engine import MODEL_FORMAT
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, staged_files
+from nucleistyle.utils import NucleistyleError, Progress, staged_files
 
 __all__ = ["Stylizer", "image_seed", "load_stylizer", "pad_to_multiple", "stylize_folder"]
 
@@ -343,13 +341,15 @@ def stylize_folder(
         int(seed),
         stylizer.device,
     )
-    with staged_files(out, [f"{r.image_id}.png" for r in records]) as staging:
-        for record in tqdm(records, desc="stylize", unit="image", disable=None, file=sys.stderr):
+    outputs = [f"{r.image_id}.png" for r in records]
+    with staged_files(out, outputs) as staging, Progress(len(records), "stylize", log) as progress:
+        for record in records:
             image = read_image(record.image_path)[0]
             z = stylizer.sample_attributes(
                 1, domain, seed=image_seed(int(seed), record.image_id), source=source
             )
             styled = stylizer.stylize([image], domain, attribute=z)[0]
             Image.fromarray(styled, "RGB").save(staging / f"{record.image_id}.png", format="PNG")
+            progress.update()
     log.info("wrote %d stylized images to %s", len(records), out)
     return len(records)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.cluster import v_median
 from nucleistyle.data.bbbc038 import list_images, read_image
@@ -51,7 +49,7 @@ from nucleistyle.segment.transforms import mask_boxes, resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
 from nucleistyle.tta import BASELINE_TTA, PredictFn, TTAConfig, predict_tta
 from nucleistyle.tta import Instances as DenseInstances
-from nucleistyle.utils import NucleistyleError, first_line, published_together
+from nucleistyle.utils import NucleistyleError, Progress, first_line, published_together
 
 __all__ = [
     "CALIBRATION_GRID",
@@ -655,9 +653,7 @@ def predict_folder(
             (staging / "overlays").mkdir()
         predictions = CompressedLabels()
         start = time.perf_counter()
-        with tqdm(
-            total=len(records), desc="predict", unit="image", disable=None, file=sys.stderr
-        ) as bar:
+        with Progress(len(records), "predict", log) as bar:
             for first in range(0, len(records), per_call):
                 chunk = records[first : first + per_call]
                 images = [read_image(record.image_path)[0] for record in chunk]
