@@ -7,8 +7,13 @@ import contextlib
 import io
 import os
 import stat
+import struct
+import sys
+import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -17,11 +22,31 @@ from nucleistyle.cli import main
 from nucleistyle.data.csvio import write_solution, write_submission
 
 
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run(argv: Sequence[str]) -> tuple[int, str, str]:
-    """``nucleistyle ARGV`` in this process: (exit status, stdout, stderr)."""
+    """``nucleistyle ARGV`` in this process: (exit status, stdout, stderr). Python warnings are
+    printed on that stderr, with Python's default filters, as in a real run (pytest would
+    otherwise collect them, and a warning on top of an error line would go unseen)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+                warnings.simplefilter("ignore", quiet)
+            warnings.simplefilter("ignore", ResourceWarning)
+            warnings.showwarning = _print_warning
+            code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -52,6 +77,7 @@ def assert_refused(argv: Sequence[str], root: Path, match: str | None = None) ->
     assert code == 2, (code, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err and out == ""
+    assert "weights_only" not in err  # never the advice to load a file of unknown origin unsafely
     if match is not None:
         assert match in lines[0], lines[0]
     assert snapshot(root) == before
@@ -98,3 +124,25 @@ def score_files(root: Path) -> tuple[Path, Path]:
     write_solution(root / "solution.csv", {"a": truth, "b": truth})
     write_submission(root / "submission.csv", {"a": truth, "b": np.zeros((8, 8), np.int32)})
     return root / "solution.csv", root / "submission.csv"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: an 8-bit RGB image of ``width`` x ``height``, no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def tiff_header(width: int, height: int) -> bytes:
+    """A TIFF that is only its header: one 8-bit grey page of ``width`` x ``height``, no data."""
+    # (tag, type, count, value): size, 8 bits, no compression, grey, data at 8, one empty strip
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
+            (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height),
+            (279, 4, 1, 0)]  # fmt: skip
+    entries = b"".join(struct.pack("<HHII", *tag) for tag in tags)
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0)

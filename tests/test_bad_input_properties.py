@@ -2,9 +2,12 @@
 
 For every case: exit status 2, exactly one ``error:`` line on stderr and no traceback, the inputs
 byte-identical afterwards and nothing new anywhere in the workspace (which holds the inputs and
-the outputs' parents). Cases: truncated, garbage and odd-mode images and masks, malformed CSV and
-RLE files, wrong sizes, bad paths (missing, wrong kind, inside an input, FIFO), out-of-range
-numbers. Examples are bounded (``settings``) so that the module takes about a minute.
+the outputs' parents). Cases: truncated, garbage and odd-mode images and masks, headers declaring
+more pixels than the limit, malformed CSV and RLE files (values beyond int64 too), wrong sizes,
+bad paths (missing, wrong kind, inside an input, FIFO, a training output that is a folder), names
+no ImageId may hold, options missing the option they need, files that are no model or table,
+out-of-range numbers. The training commands' cases are all refused before any training. Examples
+are bounded (``settings``) so that the module takes about a minute (373 cases).
 """
 
 from __future__ import annotations
@@ -23,8 +26,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import read_image
+from nucleistyle.data.images import DEFAULT_MAX_PIXELS
 from nucleistyle.utils import NucleistyleError
-from tests.cli_checks import assert_refused, flat_folder, sample_folder, score_files
+from tests.cli_checks import (
+    assert_refused,
+    flat_folder,
+    png,
+    png_header,
+    sample_folder,
+    score_files,
+    tiff_header,
+)
 
 # A case: files to create in a fresh copy of the template workspace (relative path -> bytes,
 # DIR, FIFO) and the command line ("{ws}" stands for the workspace).
@@ -48,6 +60,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     score_files(root)
     (root / "groups.csv").write_text("ImageId,modality\na,x\nb,y\n")
     (root / "model.pt").write_bytes(b"PK\x03\x04 not a model")
+    png(root / "mine" / "images" / "p0.png", np.zeros((16, 16, 3), np.uint8))  # a paired folder
+    png(root / "mine" / "masks" / "p0.png", np.zeros((16, 16), np.uint8))
+    (root / "assignments.csv").write_text("ImageId,cluster\ns0,0\ns1,1\ns2,0\ns3,1\n")
     return root
 
 
@@ -118,6 +133,21 @@ BAD_PNG = bad_png().filter(_undecodable)
 
 
 @st.composite
+def huge_image(draw: st.DrawFn) -> tuple[str, bytes]:
+    """(suffix, bytes) of a PNG or TIFF header declaring more pixels than the limit."""
+    width = draw(st.integers(1, 2**31 - 1))
+    height = draw(st.integers(DEFAULT_MAX_PIXELS // width + 1, 2**31 - 1))
+    suffix = draw(st.sampled_from(["png", "tif", "tiff"]))
+    header = png_header if suffix == "png" else tiff_header
+    return suffix, header(width, height)
+
+
+def _huge(d: st.DrawFn, where: str) -> dict[str, object]:
+    suffix, data = d(huge_image())
+    return {f"{where}.{suffix}": data}
+
+
+@st.composite
 def wrong_size_mask(draw: st.DrawFn) -> bytes:
     """A decodable mask PNG in an odd mode whose size differs from its 16 x 16 image."""
     height, width = draw(
@@ -127,8 +157,9 @@ def wrong_size_mask(draw: st.DrawFn) -> bytes:
 
 
 BAD_RLE = st.sampled_from(
-    ["1", "1 2 3", "a b", "0 3", "3 0", "60 10", "10 2 3 2", "3 4 5 2", "-1 2", "1.5 2", "1 99999"]
-)
+    ["1", "1 2 3", "a b", "0 3", "3 0", "60 10", "10 2 3 2", "3 4 5 2", "-1 2", "1.5 2", "1 99999",
+     "99999999999999999999999 5", "9223372036854775807 5", "5 9223372036854775807"]
+)  # fmt: skip
 NOT_UTF8 = st.sampled_from([b"\xff", b"\xfe\xfe", b"\xc3\x28", b"\xe2\x82", b"\x80abc"])
 
 
@@ -273,6 +304,7 @@ def _classical(d: st.DrawFn, images: str) -> list[str]:
 
 CLASSICAL = cases({
     "flat_image": lambda d: ({"flat/zz.png": d(BAD_PNG)}, _classical(d, FLAT)),
+    "huge_image": lambda d: (_huge(d, "flat/zz"), _classical(d, FLAT)),
     "sample_image": lambda d: ({"train/s9/images/s9.png": d(BAD_PNG)}, _classical(d, TRAIN)),
     "layout": lambda d: d(st.sampled_from([
         ({"train/s9": DIR}, _classical(d, TRAIN)),
@@ -304,6 +336,7 @@ def _cluster(*extra: str) -> list[str]:
 
 CLUSTER = cases({
     "image": lambda d: ({"flat/zz.png": d(BAD_PNG)}, _cluster()),
+    "huge_image": lambda d: (_huge(d, "flat/zz"), _cluster()),
     "too_many_clusters": lambda d: ({}, _cluster("--k", d(st.sampled_from(["4", "9"])))),
     "numbers": lambda d: ({}, _cluster(*option(d, {
         "--k": outside(2, 50), "--n-init": outside(1, None), "--seed": outside(0, None),
@@ -386,6 +419,81 @@ STYLIZE = st.one_of(
 # the properties
 
 
+@st.composite
+def bad_image_name(draw: st.DrawFn) -> str:
+    """A file stem with a character no ImageId may hold (a comma, a quote or a line break)."""
+    text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="/\0"),
+                   max_size=8)  # fmt: skip
+    name = draw(text) + draw(st.sampled_from([",", '"', "\n", "\r"])) + draw(text)
+    return "x" + name if name.startswith(".") else name  # a hidden file would just be skipped
+
+
+def _import(*extra: str) -> list[str]:
+    return ["import-folder", "{ws}/mine", "{ws}/out", *extra]
+
+
+def _paired(name: str, image: bytes, mask: bytes) -> dict[str, object]:
+    return {f"mine/images/{name}": image, f"mine/masks/{name}": mask}
+
+
+IMPORT_FOLDER = cases({
+    "name": lambda d: (_paired(d(bad_image_name()) + ".png", _png("RGB", (16, 16)),
+                               _png("L", (16, 16))), _import()),
+    "image": lambda d: (_paired("q.png", d(BAD_PNG), _png("L", (16, 16))), _import()),
+    "mask": lambda d: (_paired("q.png", _png("RGB", (16, 16)),
+                               d(st.one_of(BAD_PNG, wrong_size_mask()))), _import()),
+    "huge": lambda d: (_huge(d, f"mine/{d(st.sampled_from(['images', 'masks']))}/p0"),
+                       _import()),
+    "options": lambda d: d(st.sampled_from([
+        ({}, _import("--solution", "{ws}/s.csv")),
+        ({}, _import("--test")),  # labelled test folder without --solution
+        ({}, _import("--channel-axis", "-1")),
+        ({}, _import("--channel-axis", "x")),
+        ({}, _import("--channels", "3")),
+        ({}, _import("--percentiles", "50", "50")),
+        ({}, _import("--percentiles", "1", "101")),
+        ({}, ["import-folder", "{ws}/mine", "{ws}/mine/out"]),
+        ({"out/x": b"x"}, _import()),
+        ({"out/x": b"x", "out/.nucleistyle": b"nucleistyle synthesize\n"},
+         _import("--overwrite")),
+    ])),
+})  # fmt: skip
+
+# training commands: every case is refused before any training starts
+TRAINING_OUTPUTS = st.sampled_from(["model.pt", "checkpoint.pt", "history.tsv"])
+_SEG = ["train-segmenter", TRAIN, "{ws}/out", "--baseline", "mirzaev"]
+_GAN = ["train-gan", TRAIN, "{ws}/assignments.csv", "{ws}/out"]
+TRAIN_SEGMENTER = cases({
+    "options": lambda d: d(st.sampled_from([
+        ({}, [*_SEG, "--style-dir", FLAT]),
+        ({}, [*_SEG, "--style-manifest", SOL]),
+        ({}, [*_SEG, "--iterations", "0"]),
+        ({}, [*_SEG, "--threads", "0"]),
+        ({}, ["train-segmenter", TRAIN, "{ws}/out"]),
+        ({"bad.yaml": b"segment: [unclosed"}, [*_SEG, "--config", "{ws}/bad.yaml"]),
+        ({"bad.yaml": b"segment: {nonsense_key: 1}"}, [*_SEG, "--config", "{ws}/bad.yaml"]),
+    ])),
+    "outputs": lambda d: ({f"out/{d(TRAINING_OUTPUTS)}": DIR}, _SEG),
+    "paths": lambda d: d(st.sampled_from([
+        ({}, ["train-segmenter", "{ws}/nowhere", "{ws}/out", "--baseline", "mirzaev"]),
+        ({}, ["train-segmenter", TRAIN, SOL, "--baseline", "mirzaev"]),
+        ({}, ["train-segmenter", TRAIN, "{ws}/train/out", "--baseline", "mirzaev"]),
+    ])),
+})  # fmt: skip
+TRAIN_GAN = cases({
+    "assignments": lambda d: ({"assignments.csv": d(st.sampled_from([
+        b"ImageId,cluster\n", b"", b"ImageId\ns0\n", b"ImageId,cluster\ns0,-1\ns1,1\n",
+        b"ImageId,cluster\ns0,x\ns1,1\n", b"ImageId,cluster\ns0,0\ns0,1\n",
+        b"\xff\xfe\x00",
+    ]))}, _GAN),
+    "outputs": lambda d: ({f"out/{d(TRAINING_OUTPUTS)}": DIR}, _GAN),
+    "cluster_model": lambda d: ({"m.json": d(st.sampled_from([b"[1]", b"{}", b"x", b"\xff"]))},
+                                [*_GAN, "--cluster-model", "{ws}/m.json"]),
+    "numbers": lambda d: ({}, [*_GAN, *option(d, {
+        "--iterations": outside(1, None), "--threads": outside(1, 1024)})]),
+})  # fmt: skip
+
+
 COMMANDS = {
     "score": SCORE,
     "synthesize": SYNTHESIZE,
@@ -394,6 +502,9 @@ COMMANDS = {
     "holdout": HOLDOUT,
     "segment": SEGMENT,
     "stylize": STYLIZE,
+    "import-folder": IMPORT_FOLDER,
+    "train-segmenter": TRAIN_SEGMENTER,
+    "train-gan": TRAIN_GAN,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 
 from nucleistyle.cli import main
-from nucleistyle.data.csvio import write_solution, write_submission
+from nucleistyle.data.csvio import read_submission, write_solution, write_submission
+from tests.cli_checks import flat_folder
 
 
 def _labels(*boxes: tuple[int, int, int, int], shape=(20, 20)) -> np.ndarray:
@@ -125,11 +127,16 @@ def test_cluster_with_more_clusters_than_images_fails_with_one_line(tmp_path, ca
     assert not (tmp_path / "a.csv").exists()
 
 
-def test_segment_writes_16bit_label_images_of_each_input_size(tiny_segmenter, tmp_path, capsys):
+def test_segment_writes_16bit_label_images_of_each_input_size(
+    tiny_segmenter, tmp_path, capsys, caplog
+):
     out, submission = tmp_path / "labels", tmp_path / "sub.csv"
     args = ["segment", str(tiny_segmenter["model"]), str(tiny_segmenter["test"]), str(out)]
+    caplog.set_level(logging.INFO, "nucleistyle")
     assert main([*args, "--submission", str(submission), "--device", "cpu"]) == 0
-    assert "segmented 5 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "segmented 5 images" in captured.err and captured.out == ""
+    assert "predict: 1/5 images" in caplog.text and "predict: 5/5 images" in caplog.text
     from PIL import Image
 
     from nucleistyle.data.csvio import read_submission
@@ -198,7 +205,7 @@ def test_segment_with_a_corrupt_image_writes_nothing(tiny_segmenter, tmp_path, c
     ("model", "images", "message"),
     [
         ("missing.pt", "test", r"model file not found: .*missing\.pt"),
-        ("foreign.pt", "test", r"cannot load checkpoint .*foreign\.pt"),
+        ("foreign.pt", "test", r"foreign\.pt is not a nucleistyle model file: not a PyTorch file$"),
         ("checkpoint.pt", "test", r"checkpoint\.pt is not a segmenter model file"),
         ("model", "empty", r"no images found in .*empty"),
     ],
@@ -254,8 +261,8 @@ def test_stylize_writes_rgb_images_of_each_input_size(tiny_gan, tmp_path, capsys
     args = ["stylize", str(tiny_gan["model"]), str(flat), str(out), "--domain", "2"]
     assert main([*args, "--seed", "5", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == f"stylized 3 images into domain 2 -> {out}\n"
-    assert captured.err == ""  # no progress bar when stderr is not a terminal
+    assert captured.out == ""  # the status line is on stderr, with no progress bar (no terminal)
+    assert captured.err == f"stylized 3 images into domain 2 -> {out}\n"
     assert sorted(p.name for p in out.iterdir()) == ["one.png", "tall.png", "wide.png"]
     for name, (h, w) in shapes.items():
         with Image.open(out / f"{name}.png") as im:
@@ -293,7 +300,7 @@ def test_stylize_is_deterministic_for_a_seed_and_independent_of_the_other_images
         ("model", "flat", "3", r"target domain must be an integer in 0\.\.2 \(.*model\.pt: 0 "),
         ("model", "flat", "-1", r"in 0\.\.2 .*got -1$"),
         ("missing.pt", "flat", "0", r"model file not found: .*missing\.pt$"),
-        ("foreign.pt", "flat", "0", r"cannot load checkpoint .*foreign\.pt"),
+        ("foreign.pt", "flat", "0", r"foreign\.pt is not a nucleistyle model file: not a PyTorch"),
         ("other.pt", "flat", "0", r"other\.pt is not a nucleistyle GAN model"),
         ("model", "empty", "0", r"no images found in .*empty$"),
         ("model", "nowhere", "0", r"image folder not found: .*nowhere$"),
@@ -349,3 +356,19 @@ def test_stylize_requires_a_domain_and_a_known_attribute_source(tiny_gan, tmp_pa
     assert main([*args, "--domain", "0", "--attribute", "uniform"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "invalid choice: 'uniform'" in err
+
+
+def test_an_output_sent_to_dev_stdout_is_the_only_thing_on_stdout(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    # nucleistyle classical DIR /dev/stdout > sub.csv
+    with (tmp_path / "sub.csv").open("wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "nucleistyle.cli", "classical", str(flat), "/dev/stdout"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "segmented 3 images -> /dev/stdout\n"
+    submission = read_submission(tmp_path / "sub.csv")
+    assert sorted(submission) == ["im0", "im1", "im2"]
+    solution = tmp_path / "solution.csv"
+    write_solution(solution, {f"im{k}": np.zeros((16, 16), np.int32) for k in range(3)})
+    assert main(["score", str(solution), str(tmp_path / "sub.csv")]) == 0  # a valid submission

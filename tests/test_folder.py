@@ -90,6 +90,56 @@ def test_a_stack_of_planes_and_a_missing_channel_are_refused_naming_the_file(tmp
         read_image(one, IntensityRule(channels=(1,)))
 
 
+# the two channels at 8 x 12 (a last axis of 3 would be taken for RGB samples)
+PAGES = [np.tile(CH0, (4, 4)), np.tile(CH1, (4, 4))]
+
+
+def _two_channels_without_saying_so(path: Path, how: str) -> None:
+    if how == "pages":  # page by page, no metadata: tifffile's generic I axis
+        tifffile.imwrite(path, PAGES[0], metadata=None)
+        tifffile.imwrite(path, PAGES[1], metadata=None, append=True)
+    elif how == "shaped":  # tifffile's own metadata: an unnamed Q axis
+        tifffile.imwrite(path, np.stack(PAGES))
+    else:  # ImageJ, the channels saved as Z slices
+        tifffile.imwrite(path, np.stack(PAGES), imagej=True, metadata={"axes": "ZYX"})
+
+
+@pytest.mark.parametrize("how", ["pages", "shaped", "imagej_slices"])
+def test_a_declared_channel_axis_reads_a_stack_without_channel_metadata_as_channels(
+    tmp_path, how
+):
+    reference = tmp_path / "cyx.tif"
+    tifffile.imwrite(reference, np.stack(PAGES), imagej=True, metadata={"axes": "CYX"})
+    path = tmp_path / "stack.tif"
+    _two_channels_without_saying_so(path, how)
+    if how != "pages":
+        with pytest.raises(NucleistyleError, match=r"stack of planes .*--channel-axis"):
+            read_image(path)
+    image, mode = read_image(path, IntensityRule(channel_axis=0))
+    assert mode == "2xuint16"
+    np.testing.assert_array_equal(image, read_image(reference)[0])
+    with pytest.raises(NucleistyleError, match=r"stack\.tif: channel axis 1 declared"):
+        read_image(path, IntensityRule(channel_axis=1))  # Y
+    rule = IntensityRule.from_config({"channel_axis": 0, "channels": [1]})
+    assert rule == IntensityRule(channels=(1,), channel_axis=0)
+    with pytest.raises(NucleistyleError, match=r"config key data\.folder\.intensity\.channel_axis"):
+        IntensityRule(channel_axis=-1)
+
+
+def test_import_folder_takes_the_channel_axis_from_the_command_line(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "images").mkdir(parents=True)
+    _two_channels_without_saying_so(folder / "images" / "a.tif", "shaped")
+    tifffile.imwrite(tmp_path / "cyx.tif", np.stack(PAGES), imagej=True,
+                     metadata={"axes": "CYX"})  # fmt: skip
+    argv = ["import-folder", folder, tmp_path / "out", "--test", "--channel-axis"]
+    assert run([*argv, "0"])[0] == 0
+    imported = read_image(tmp_path / "out" / "a" / "images" / "a.png")[0]
+    np.testing.assert_array_equal(imported, read_image(tmp_path / "cyx.tif")[0])
+    code, _, err = run(["import-folder", folder, tmp_path / "out2", "--test"])
+    assert code == 2 and "--channel-axis" in err
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"channels": ()}, {"channels": (0, 0)}, {"channels": (0, 1, 2, 3)}, {"low": 50, "high": 50}],
@@ -275,7 +325,7 @@ def test_train_gan_trains_on_the_clusters_of_the_assignment_table(tmp_path, real
          "--config", _tiny_config(tmp_path), "--threads", "1"]
     )  # fmt: skip
     assert code == 0, err
-    assert "2 domains" in out
+    assert "2 domains" in err and out == ""  # a status line, on stderr
     model = torch.load(tmp_path / "gan" / "model.pt", weights_only=True)
     assert model["config"]["n_domains"] == 2 and model["config"]["iterations"] == 3
     # the trained model stylises the user's images
@@ -287,13 +337,19 @@ def test_train_gan_trains_on_the_clusters_of_the_assignment_table(tmp_path, real
     assert len(list((tmp_path / "styled").glob("*.png"))) == 6
 
 
-def test_segment_writes_label_tiffs_and_overlays(tiny_segmenter, tmp_path):
-    code, _, err = run(
-        ["segment", tiny_segmenter["model"], tiny_segmenter["test"], tmp_path / "out",
-         "--format", "tif", "--overlays", "--threads", "1"]
-    )  # fmt: skip
+def test_segment_writes_label_tiffs_and_overlays_and_a_second_run_merges_them(
+    tiny_segmenter, tmp_path
+):
+    argv = ["segment", tiny_segmenter["model"], tiny_segmenter["test"], tmp_path / "out",
+            "--format", "tif", "--overlays", "--threads", "1"]  # fmt: skip
+    code, _, err = run(argv)
     assert code == 0, err
     ids = sorted(r.image_id for r in list_images(tiny_segmenter["test"]))
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.tif")) == ids
     assert sorted(p.stem for p in (tmp_path / "out" / "overlays").glob("*.png")) == ids
     assert tifffile.imread(tmp_path / "out" / f"{ids[0]}.tif").shape == (64, 64)
+    (tmp_path / "out" / "overlays" / "notes.txt").write_text("mine")  # the user's, kept
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert run(argv)[0] == 0  # the same names replaced, sub-folder merged, nothing else touched
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+    assert (tmp_path / "out" / "overlays" / "notes.txt").read_text() == "mine"

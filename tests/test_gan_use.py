@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -123,12 +124,14 @@ def test_image_seed_is_sha256_of_seed_and_image_id() -> None:
 
 
 def test_stylize_folder_writes_each_image_as_the_stylizer_renders_it(
-    trained: dict, tmp_path: Path
+    trained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     shapes = {"odd": (37, 53, 3), "grey": (21, 9), "tiny": (1, 3, 3), "square": (48, 48, 3)}
     flat = _flat_folder(tmp_path / "flat", shapes)
     out = tmp_path / "deep" / "out"
+    caplog.set_level(logging.INFO, "nucleistyle")
     assert stylize_folder(trained["model"], flat, out, domain=2, seed=4, device="cpu") == 4
+    assert "stylize: 2/4 images" in caplog.text and "stylize: 4/4 images" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in shapes)
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]  # no staging left
     stylizer = load_stylizer(trained["model"], "cpu")
@@ -242,13 +245,18 @@ def test_stylize_folder_refuses_to_write_into_the_image_folder(
         stylize_folder(trained["model"], flat, tmp_path / "file", 0, device="cpu")
 
 
-def test_augment_writes_stylised_copies_with_identical_masks(trained: dict, tmp_path: Path) -> None:
+def test_augment_writes_stylised_copies_with_identical_masks(
+    trained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out, manifest_csv = tmp_path / "aug", tmp_path / "manifest.csv"
+    caplog.set_level(logging.INFO, "nucleistyle")
     manifest = augment_dataset(
         trained["images"], trained["assignments"], trained["model"], out, manifest_csv,
         AugmentConfig(copies=2), seed=3, device="cpu",
     )  # fmt: skip
     originals = {r.image_id: r for r in list_images(trained["images"])}
+    n = len(originals)  # progress in the log, where no terminal shows a bar
+    assert f"augment: {n}/{n} images" in caplog.text and caplog.text.count("augment: ") >= 2
     assert len(manifest) == 2 * len(originals)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert (manifest["source_ImageId"].value_counts() == 2).all()

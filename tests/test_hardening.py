@@ -29,10 +29,12 @@ from tests.cli_checks import (
     assert_refused,
     flat_folder,
     png,
+    png_header,
     run,
     sample_folder,
     score_files,
     snapshot,
+    tiff_header,
 )
 from tests.conftest import REPO
 
@@ -63,13 +65,64 @@ def test_synthesize_into_an_empty_folder_then_overwrite_replaces_only_its_own(tm
     out = tmp_path / "data"
     out.mkdir()
     assert run(["synthesize", out, *SYNTH])[0] == 0
-    assert (out / ".nucleistyle").read_text() == "nucleistyle synthesize\n"
+    marker = (out / ".nucleistyle").read_text().splitlines()
+    assert marker[0] == "nucleistyle synthesize" and '"stage1_solution.csv"' in marker
     first = snapshot(out)
     assert_refused(["synthesize", out, *SYNTH], tmp_path, "pass --overwrite")
     assert run(["synthesize", out, *SYNTH, "--overwrite"])[0] == 0
     assert snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     (out / ".nucleistyle").write_text("nucleistyle holdout\n")  # another command's folder
     assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path, "not written by")
+
+
+@pytest.mark.parametrize("where", ["notes.txt", "stage1_train/notes.txt", "stage1_train/mine"])
+def test_overwrite_refuses_a_folder_holding_files_you_added_and_keeps_them(tmp_path, where):
+    out = tmp_path / "data"
+    assert run(["synthesize", out, *SYNTH])[0] == 0
+    added = out / where
+    if where.endswith("mine"):
+        added.mkdir()
+    else:
+        added.write_text("mine")
+    message = assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path)
+    assert f"holds 1 file(s) that nucleistyle synthesize did not write ({where})" in message
+
+
+def test_overwrite_replaces_a_folder_missing_some_of_its_files_and_refuses_an_old_marker(
+    tmp_path,
+):
+    out = tmp_path / "data"
+    assert run(["synthesize", out, *SYNTH])[0] == 0
+    first = snapshot(out)
+    (out / "stage1_solution.csv").unlink()  # less than it wrote: nothing of yours to lose
+    assert run(["synthesize", out, *SYNTH, "--overwrite"])[0] == 0
+    assert snapshot(out) == first
+    (out / ".nucleistyle").write_text("nucleistyle synthesize\n")  # no list of its files
+    assert_refused(["synthesize", out, *SYNTH, "--overwrite"], tmp_path, "kept no list")
+
+
+@pytest.mark.parametrize("target", ["file", "nothing"])
+def test_an_output_file_that_is_a_link_is_refused_and_what_it_points_to_is_kept(tmp_path, target):
+    solution, submission = score_files(tmp_path)
+    mine = tmp_path / "mine.csv"
+    if target == "file":
+        mine.write_text("my table\n")
+    (tmp_path / "t.csv").symlink_to(mine)
+    argv = ["score", solution, submission, "--per-image", tmp_path / "t.csv"]
+    assert_refused(argv, tmp_path, f"t.csv is a symbolic link to {mine}: refusing to write")
+    argv = ["classical", flat_folder(tmp_path / "flat"), tmp_path / "t.csv"]
+    assert_refused(argv, tmp_path, "refusing to write through it")
+
+
+def test_a_linked_label_file_is_replaced_by_the_output_not_written_through(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    (tmp_path / "mine.png").write_bytes(b"my file")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "im0.png").symlink_to(tmp_path / "mine.png")
+    argv = ["classical", flat, tmp_path / "s.csv", "--labels-dir", tmp_path / "labels"]
+    assert run(argv)[0] == 0
+    assert (tmp_path / "mine.png").read_bytes() == b"my file"
+    assert not (tmp_path / "labels" / "im0.png").is_symlink()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,14 +312,19 @@ def slow(image, cfg=None):
     time.sleep(0.2)
     return real(image, cfg)
 c.segment_image = slow
+if "--slow-cleanup" in sys.argv:  # the clean-up after a signal takes a minute
+    sys.argv.remove("--slow-cleanup")
+    import nucleistyle.utils as u
+    discard = u.OutputSet.discard
+    u.OutputSet.discard = lambda self: (time.sleep(60), discard(self))[1]
 from nucleistyle.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def _start_slow_classical(root: Path, workers: str) -> subprocess.Popen:
+def _start_slow_classical(root: Path, workers: str, *extra: str) -> subprocess.Popen:
     """A classical run (each image made slow) in its own session, once its staging exists."""
-    argv = ["classical", "flat", "sub.csv", "--labels-dir", "labels", "--workers", workers]
+    argv = ["classical", "flat", "sub.csv", "--labels-dir", "labels", "--workers", workers, *extra]
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_CLASSICAL, *argv], cwd=root, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -318,6 +376,69 @@ def test_a_killed_run_leaves_staging_that_the_next_run_into_the_same_place_remov
         os.close(fd)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [".labels.abcdefgh.tmp", "flat", "labels", "sub.csv"]
+
+
+def _live_processes(group: int) -> list[str]:
+    """The processes of process group ``group`` still running (zombies not counted)."""
+    live = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        state, _, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == group and state != "Z":
+            live.append(text[: text.rindex(")") + 1])
+    return live
+
+
+def _wait_until_none_live(group: int) -> None:
+    deadline = time.monotonic() + 10
+    while (live := _live_processes(group)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not live, f"still running after the command ended: {live}"
+
+
+@pytest.mark.kill
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
+def test_a_signal_to_the_pid_alone_leaves_no_worker_running_and_the_next_run_cleans_up(
+    tmp_path, signum
+):
+    flat_folder(tmp_path / "flat", n=24)
+    before = snapshot(tmp_path)
+    proc = _start_slow_classical(tmp_path, "2")
+    assert len(_live_processes(proc.pid)) == 3  # the command and its two workers
+    os.kill(proc.pid, signum)  # what `kill PID` or a scheduler does: the workers get nothing
+    out, err = proc.communicate(timeout=60)
+    _wait_until_none_live(proc.pid)
+    if signum != signal.SIGKILL:  # stopped cleanly: one line, nothing left
+        name = signal.Signals(signum).name
+        assert proc.returncode == 128 + signum and err == f"error: terminated by {name}\n"
+        assert out == "" and snapshot(tmp_path) == before
+    argv = ["classical", tmp_path / "flat", tmp_path / "sub.csv", "--labels-dir",
+            tmp_path / "labels", "--workers", "2"]  # fmt: skip
+    assert run(argv)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "sub.csv"]
+
+
+@pytest.mark.kill
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_second_ctrl_c_during_the_clean_up_ends_the_command_at_once(tmp_path):
+    flat_folder(tmp_path / "flat", n=24)
+    proc = _start_slow_classical(tmp_path, "2", "--slow-cleanup")
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(1.0)  # the clean-up (made to take a minute) has begun
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and err == "error: interrupted\n" and out == ""
+    _wait_until_none_live(proc.pid)
+    argv = ["classical", tmp_path / "flat", tmp_path / "sub.csv", "--labels-dir",
+            tmp_path / "labels", "--workers", "1"]  # fmt: skip
+    assert run(argv)[0] == 0  # and the next run removes the staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "sub.csv"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -674,3 +795,235 @@ def test_atomic_path_still_replaces_a_regular_file(tmp_path):
         tmp.write_text("new")
     assert (tmp_path / "a.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. one pixel limit for every image format, read from the header before decoding
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_an_image_declaring_a_huge_size_is_refused_from_its_header(tmp_path, fmt):
+    flat = flat_folder(tmp_path / "flat")
+    header = png_header if fmt == "png" else tiff_header
+    (flat / f"zz.{fmt}").write_bytes(header(100_000, 100_000))  # 10^10 pixels, a few bytes
+    argv = ["classical", flat, tmp_path / "s.csv", "--workers", "1"]
+    message = assert_refused(argv, tmp_path, f"zz.{fmt} has ")
+    assert "10,000,000,000 pixels, more than the limit of 178,956,970" in message
+
+
+def test_a_huge_label_image_or_mask_is_refused_like_an_image(tmp_path):
+    folder = tmp_path / "mine"
+    png(folder / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    (folder / "masks").mkdir()
+    (folder / "masks" / "a.tif").write_bytes(tiff_header(20_000, 20_000))
+    assert_refused(["import-folder", folder, tmp_path / "out"], tmp_path, "more than the limit")
+    train = sample_folder(tmp_path / "train")
+    (train / "s1" / "masks" / "m1.png").write_bytes(png_header(20_000, 20_000))
+    assert_refused(["holdout", train, tmp_path / "held", "--k", "2"], tmp_path, "m1.png has ")
+
+
+def test_the_pixel_limit_is_configurable_and_the_same_for_png_tiff_and_jpeg(tmp_path, monkeypatch):
+    import tifffile
+    from PIL import Image
+
+    from nucleistyle.data.images import DEFAULT_MAX_PIXELS, read_image
+
+    assert DEFAULT_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal of PNGs
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", "1000")
+    for side, allowed in [(30, True), (40, False)]:  # 900 and 1,600 pixels
+        data = np.full((side, side), 7, np.uint8)
+        paths = [png(tmp_path / f"{side}.png", data), tmp_path / f"{side}.tif"]
+        tifffile.imwrite(paths[1], data, compression="zlib")
+        Image.fromarray(data).save(tmp_path / f"{side}.jpg")
+        for path in [*paths, tmp_path / f"{side}.jpg"]:
+            if allowed:
+                assert read_image(path)[0].shape == (side, side, 3)
+            else:
+                with pytest.raises(
+                    NucleistyleError, match="1,600 pixels, more than the limit of 1,000"
+                ):
+                    read_image(path)
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", "lots")
+    with pytest.raises(NucleistyleError, match="environment variable NUCLEISTYLE_MAX_PIXELS"):
+        read_image(tmp_path / "30.png")
+
+
+def test_a_higher_pixel_limit_lifts_pillows_own_refusal_too(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from nucleistyle.data.images import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    (tmp_path / "big.png").write_bytes(png_header(20_000, 20_000))  # 4 x 10^8, header only
+    with pytest.raises(NucleistyleError, match="more than the limit"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.setenv("NUCLEISTYLE_MAX_PIXELS", str(500_000_000))
+    with pytest.raises(NucleistyleError) as refused:  # now read, and found to have no pixel data
+        read_image(tmp_path / "big.png")
+    assert "more than the limit" not in str(refused.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. the last tracebacks, options that need each other, files that are not what they should be
+
+
+def test_an_rle_start_beyond_int64_is_one_line(tmp_path):
+    solution, _ = score_files(tmp_path)
+    for value in ["99999999999999999999999 5", "9223372036854775807 5", "1 9223372036854775807"]:
+        (tmp_path / "sub.csv").write_text(f"ImageId,EncodedPixels\na,{value}\n")
+        message = assert_refused(["score", solution, tmp_path / "sub.csv"], tmp_path)
+        assert "sub.csv line 2, ImageId a" in message and "the image size 64" in message
+
+
+@pytest.mark.parametrize(
+    ("given", "needed"),
+    [("--style-dir", "--style-manifest"), ("--style-manifest", "--style-dir")],
+)
+def test_train_segmenter_refuses_a_style_option_without_its_partner_before_any_work(
+    tmp_path, given, needed
+):
+    train = sample_folder(tmp_path / "train")
+    (tmp_path / "manifest.csv").write_text("ImageId,source_ImageId\n")
+    value = tmp_path / ("train" if given == "--style-dir" else "manifest.csv")
+    argv = ["train-segmenter", train, tmp_path / "out", "--baseline", "mirzaev", given, value]
+    assert_refused(argv, tmp_path, f"train-segmenter {given} needs {needed}")
+
+
+def test_import_folder_refuses_a_solution_without_test(tmp_path):
+    folder = tmp_path / "mine"
+    png(folder / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    png(folder / "masks" / "a.png", np.zeros((16, 16), np.uint8))
+    argv = ["import-folder", folder, tmp_path / "out", "--solution", tmp_path / "s.csv"]
+    assert_refused(argv, tmp_path, "import-folder --solution needs --test")
+
+
+def test_train_gan_refuses_a_header_only_assignment_table(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    (tmp_path / "a.csv").write_text("ImageId,cluster\n")
+    argv = ["train-gan", flat, tmp_path / "a.csv", tmp_path / "out", "--iterations", "1"]
+    assert_refused(argv, tmp_path, "a.csv: no rows, only the header")
+
+
+def _not_a_model(kind: str) -> bytes:
+    import io
+    import pickle
+
+    import torch
+
+    if kind in ("list", "code"):
+        buffer = io.BytesIO()
+        torch.save([1, 2] if kind == "list" else {"f": print}, buffer)
+        return buffer.getvalue()
+    return {"empty": b"", "text": b"ImageId,EncodedPixels\n", "random": os.urandom(3000),
+            "pickle": pickle.dumps({"model": 1})}[kind]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["segment", "stylize"])
+@pytest.mark.parametrize("kind", ["empty", "text", "random", "pickle", "list", "code"])
+def test_a_file_that_is_no_model_says_so_and_never_suggests_weights_only_false(
+    tmp_path, command, kind
+):
+    model = tmp_path / "model.pt"
+    model.write_bytes(_not_a_model(kind))
+    argv = [command, model, flat_folder(tmp_path / "flat"), tmp_path / "out", "--device", "cpu"]
+    message = assert_refused(argv + (["--domain", "0"] if command == "stylize" else []), tmp_path)
+    assert f"{model} is not a nucleistyle model file: " in message
+    assert "weights_only" not in message and "Weights only" not in message
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b"\xff\xfe"])
+def test_a_file_that_is_no_cluster_model_says_so(tmp_path, content):
+    flat = flat_folder(tmp_path / "flat", n=4)
+    (tmp_path / "a.csv").write_text("ImageId,cluster\nim0,0\nim1,1\nim2,0\nim3,1\n")
+    (tmp_path / "m.json").write_bytes(content)
+    argv = ["train-gan", flat, tmp_path / "a.csv", tmp_path / "out", "--iterations", "1",
+            "--device", "cpu", "--cluster-model", tmp_path / "m.json"]  # fmt: skip
+    assert_refused(argv, tmp_path, "m.json is not a nucleistyle cluster model file")
+
+
+# ------------------------------------------------------------------------------------------------
+# 12. what a later stage refuses is refused at once; every output path is checked before the work
+
+
+@pytest.mark.parametrize("name", ["a,b", 'say "hi"', "line\nbreak", "cr\rname"])
+def test_import_folder_refuses_a_file_name_that_cannot_be_an_image_id(tmp_path, name):
+    folder = tmp_path / "mine"
+    for sub, data in [("images", np.zeros((16, 16, 3), np.uint8)), ("masks", None)]:
+        png(folder / sub / f"{name}.png", np.zeros((16, 16), np.uint8) if data is None else data)
+    message = assert_refused(["import-folder", folder, tmp_path / "out"], tmp_path)
+    assert "invalid ImageId" in message and "mine/images/" in message
+
+
+def test_classical_refuses_an_image_id_the_submission_cannot_hold_before_any_work(
+    tmp_path, monkeypatch
+):
+    import nucleistyle.classical
+
+    monkeypatch.setattr(nucleistyle.classical, "segment_image", _never("segmented"))
+    flat = flat_folder(tmp_path / "flat")
+    png(flat / "a,b.png", np.zeros((16, 16, 3), np.uint8))
+    argv = ["classical", flat, tmp_path / "s.csv", "--workers", "1"]
+    assert_refused(argv, tmp_path, "invalid ImageId 'a,b'")
+
+
+def _never(what: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} before the output paths were checked")
+
+    return fail
+
+
+@pytest.mark.parametrize("command", ["train-segmenter", "train-gan"])
+@pytest.mark.parametrize("output", ["model.pt", "checkpoint.pt", "history.tsv"])
+def test_training_refuses_an_output_that_is_a_folder_before_training(
+    tmp_path, monkeypatch, command, output
+):
+    import nucleistyle.gan.engine
+    import nucleistyle.segment.engine
+
+    monkeypatch.setattr(nucleistyle.segment.engine, "train_segmenter", _never("trained"))
+    monkeypatch.setattr(nucleistyle.gan.engine, "train_gan", _never("trained"))
+    train = sample_folder(tmp_path / "train")
+    (tmp_path / "a.csv").write_text("ImageId,cluster\ns0,0\ns1,1\ns2,0\ns3,1\n")
+    (tmp_path / "out" / output).mkdir(parents=True)
+    argv = {
+        "train-segmenter": ["train-segmenter", train, tmp_path / "out", "--baseline", "mirzaev"],
+        "train-gan": ["train-gan", train, tmp_path / "a.csv", tmp_path / "out"],
+    }[command]
+    assert_refused(argv, tmp_path, f"out/{output}: is a folder, expected a file")
+
+
+def test_a_folder_of_yours_named_like_an_output_file_is_refused_before_work_and_kept(tmp_path):
+    flat = flat_folder(tmp_path / "flat")
+    mine = tmp_path / "labels" / "im1.png"  # where classical would write im1's labels
+    mine.mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    argv = ["classical", flat, tmp_path / "s.csv", "--labels-dir", tmp_path / "labels"]
+    assert_refused(argv, tmp_path, f"output file {mine}: is a folder, expected a file")
+
+
+# ------------------------------------------------------------------------------------------------
+# 13. long loops report progress in the log (the pipeline's job logs, -v), not only on a terminal
+
+
+def test_progress_logs_a_line_at_every_tenth_and_at_the_end(caplog):
+    import logging
+
+    from nucleistyle.utils import Progress
+
+    caplog.set_level(logging.INFO, "nucleistyle.test")
+    with Progress(25, "augment", logging.getLogger("nucleistyle.test")) as progress:
+        for _ in range(25):
+            progress.update()
+    done = [int(m.split(": ")[1].split("/")[0]) for m in caplog.messages]
+    assert done == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+    assert caplog.messages[-1].startswith("augment: 25/25 images (")
+    assert "images/s, about 0 s left)" in caplog.messages[-1]
+    caplog.clear()
+    with Progress(7, "predict", logging.getLogger("nucleistyle.test")) as progress:
+        progress.update(4)  # a chunk of images at once
+        progress.update(3)
+    assert [m.split(" (")[0] for m in caplog.messages] == [
+        "predict: 4/7 images",
+        "predict: 7/7 images",
+    ]

@@ -137,12 +137,13 @@ def test_holdout_refuses_an_existing_folder_and_a_set_without_masks(synthetic_tr
     assert not (tmp_path / "new").exists()
 
 
-def test_holdout_command_prints_the_split_per_cluster(synthetic_train, tmp_path, capsys):
+def test_holdout_command_prints_the_split_per_cluster_on_stderr(synthetic_train, tmp_path, capsys):
     from nucleistyle.cli import main
 
     assert main(["holdout", str(synthetic_train), str(tmp_path / "h"), "--k", "3"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("held out ") and "stage1_test" in out
+    captured = capsys.readouterr()
+    assert captured.err.startswith("held out ") and "stage1_test" in captured.err
+    assert captured.out == ""  # a status, not data: stdout stays free
     assert main(["holdout", str(synthetic_train), str(tmp_path / "h")]) == 2
     assert "already exists" in capsys.readouterr().err
 

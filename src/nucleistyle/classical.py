@@ -30,10 +30,8 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +44,16 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_li, threshold_multiotsu, threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
-from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
+    Progress,
     config_from_mapping,
+    process_pool,
     published_together,
-    quiet_interrupts,
 )
 
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
@@ -301,25 +299,23 @@ def segment_folder(
     if workers < 1:
         raise NucleistyleError(f"workers must be >= 1, got {workers}")
     records = list_images(images_dir)
+    for record in records:  # the submission is written last: refuse its ImageIds first
+        check_image_id(record.image_id, f"image {record.image_path}")
     log.info("classical segmentation of %d images in %s (%s)", len(records), images_dir, cfg)
     predictions = CompressedLabels()
-    progress = tqdm(
-        total=len(records), desc="classical", unit="image", disable=None, file=sys.stderr
-    )
+    progress = Progress(len(records), "classical", log)
     with published_together() as outputs, progress:
-        staging = None if labels_dir is None else outputs.files_into(labels_dir)
+        names = [f"{r.image_id}.png" for r in records]
+        staging = None if labels_dir is None else outputs.files_into(labels_dir, names)
         jobs = [(r.image_id, r.image_path, cfg, staging) for r in records]
         if workers == 1:
             for job in jobs:
                 predictions.add_compressed(*_segment_file(*job))
                 progress.update()
         else:
-            pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=quiet_interrupts)
-            try:
+            with process_pool(workers) as pool:
                 for result in pool.map(_segment_file, *zip(*jobs, strict=True), chunksize=4):
                     predictions.add_compressed(*result)
                     progress.update()
-            finally:  # on an error or Ctrl-C, drop the queued images at once
-                pool.shutdown(cancel_futures=True)
         write_submission(submission_csv, predictions, outputs=outputs)
     return len(predictions)

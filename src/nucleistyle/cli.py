@@ -1,22 +1,27 @@
 """The ``nucleistyle`` command line: the pipeline's library functions for users' own data.
 
 Every subcommand reports bad input as one line (``error: ...``) on stderr and exits with status 2
-(130 when interrupted). Before any work, inputs are checked (they exist, are of the right kind and
-readable), outputs are checked (writable, of the right kind) and kept apart from the inputs: no
-output may be, contain or lie inside an input. Numeric options take their bounds from the config
-schema, the same bounds the workflow enforces.
+(130 when interrupted, 128 + N when terminated by signal N). Status lines go to stderr too:
+stdout carries only the data asked for. Before any work, options that need each other are
+checked together, inputs are checked (they exist, are of the right kind and readable), outputs
+are checked (writable, of the right kind) and kept apart from the inputs: no output may be,
+contain or lie inside an input. Numeric options take their bounds from the config schema, the
+same bounds the workflow enforces.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,12 @@ def _available_cores() -> int:
 # commands
 
 
+def _status(text: str) -> None:
+    """A status line ("wrote ... -> PATH"): on stderr, so that stdout carries only data the user
+    asked for (a score, or an output sent to /dev/stdout)."""
+    print(text, file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> int:
     from nucleistyle.metrics import read_groups, score_files
     from nucleistyle.utils import atomic_path
@@ -86,7 +97,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         }
     )
     table = generate(cfg, Path(args.out_dir), overwrite=args.overwrite)
-    print(f"wrote {len(table)} images to {args.out_dir}")
+    _status(f"wrote {len(table)} images to {args.out_dir}")
     return 0
 
 
@@ -100,7 +111,7 @@ def _classical(args: argparse.Namespace) -> int:
         workers=args.workers,
         labels_dir=Path(args.labels_dir) if args.labels_dir else None,
     )
-    print(f"segmented {n} images -> {args.submission}")
+    _status(f"segmented {n} images -> {args.submission}")
     return 0
 
 
@@ -112,9 +123,9 @@ def _cluster(args: argparse.Namespace) -> int:
         args.images_dir, args.out, cfg, workers=args.workers, model_json=args.model
     )
     sizes = table.groupby(["cluster", "name"]).size()
-    print(f"{len(table)} images in {cfg.k} clusters -> {args.out}")
+    _status(f"{len(table)} images in {cfg.k} clusters -> {args.out}")
     for (cluster, name), n in sizes.items():
-        print(f"  {cluster} {name:<16} {n:>6}  ({n / len(table):.1%})")
+        _status(f"  {cluster} {name:<16} {n:>6}  ({n / len(table):.1%})")
     return 0
 
 
@@ -134,7 +145,7 @@ def _segment(args: argparse.Namespace) -> int:
         overlays=args.overlays,
     )
     extra = f" and {args.submission}" if args.submission else ""
-    print(f"segmented {n} images -> {args.out_dir}{extra}")
+    _status(f"segmented {n} images -> {args.out_dir}{extra}")
     return 0
 
 
@@ -152,7 +163,7 @@ def _stylize(args: argparse.Namespace) -> int:
         attribute_source=args.attribute,
         device=args.device,
     )
-    print(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
+    _status(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
     return 0
 
 
@@ -171,8 +182,8 @@ def _holdout(args: argparse.Namespace) -> int:
     )
     counts = table.groupby(["name", "set"]).size().unstack(fill_value=0)
     n_test = int((table["set"] == "stage1_test").sum())
-    print(f"held out {n_test} of {len(table)} images -> {args.out_dir}")
-    print(counts.to_string())
+    _status(f"held out {n_test} of {len(table)} images -> {args.out_dir}")
+    _status(counts.to_string())
     return 0
 
 
@@ -186,6 +197,7 @@ def _import_folder(args: argparse.Namespace) -> int:
         low=low,
         high=high,
         per_channel=args.per_channel,
+        channel_axis=args.channel_axis,
     )
     n = import_folder(
         args.folder,
@@ -196,7 +208,7 @@ def _import_folder(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     extra = f" and {args.solution}" if args.solution else ""
-    print(f"imported {n} images -> {args.out_dir}{extra}")
+    _status(f"imported {n} images -> {args.out_dir}{extra}")
     return 0
 
 
@@ -233,7 +245,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         style_dirs=[args.style_dir] if args.style_dir else [],
         style_manifests=[args.style_manifest] if args.style_manifest else [],
     )
-    print(f"trained {args.baseline} -> {out / 'model.pt'} (history: {out / 'history.tsv'})")
+    _status(f"trained {args.baseline} -> {out / 'model.pt'} (history: {out / 'history.tsv'})")
     return 0
 
 
@@ -269,7 +281,7 @@ def _train_gan(args: argparse.Namespace) -> int:
         history_tsv=out / "history.tsv",
         monitor=monitor,
     )
-    print(f"trained the GAN ({n_domains} domains) -> {out / 'model.pt'}")
+    _status(f"trained the GAN ({n_domains} domains) -> {out / 'model.pt'}")
     return 0
 
 
@@ -320,16 +332,48 @@ def _config_paths(a: argparse.Namespace) -> _Paths:
     return [("config file", path, False) for path in a.config or []]
 
 
+def _training_outputs(a: argparse.Namespace) -> _Paths:
+    """The files a training command writes into OUT_DIR (each checked, not just the folder)."""
+    out = Path(a.out_dir)
+    return [
+        ("model file", out / "model.pt", False),
+        ("checkpoint", out / "checkpoint.pt", False),
+        ("history", out / "history.tsv", False),
+    ]
+
+
 def _train_segmenter_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     inputs = [("training folder", a.train_dir, True), *_config_paths(a)]
     inputs += [("style folder", a.style_dir, True), ("style manifest", a.style_manifest, False)]
-    return inputs, [("output folder", a.out_dir, True)]
+    return inputs, _training_outputs(a)
 
 
 def _train_gan_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
     inputs = [("image folder", a.images_dir, True), ("assignment table", a.assignments, False)]
     inputs += [("cluster model", a.cluster_model, False), *_config_paths(a)]
-    return inputs, [("output folder", a.out_dir, True)]
+    return inputs, _training_outputs(a)
+
+
+# options that need another: (command, option, the option it needs, why)
+_NEEDS = [
+    ("train-segmenter", "style_dir", "style_manifest", "which original each copy restyles"),
+    ("train-segmenter", "style_manifest", "style_dir", "the restyled copies it lists"),
+    ("import-folder", "solution", "test", "a training folder's labels become its masks"),
+]
+
+
+def _check_together(args: argparse.Namespace) -> None:
+    """Refuse an option given without the one it needs (before any work, never ignored).
+
+    Raises:
+        _UsageError: naming both options.
+    """
+    for command, option, needed, why in _NEEDS:
+        if args.command == command and getattr(args, option) and not getattr(args, needed):
+            flag, other = (f"--{name.replace('_', '-')}" for name in (option, needed))
+            raise _UsageError(
+                f"{command} {flag} needs {other} ({why}; see nucleistyle {command} --help)"
+            )
 
 
 def check_paths(inputs: _Paths, outputs: _Paths) -> None:
@@ -627,6 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-channel", action="store_true", help="scale each channel on its own")
     p.add_argument(
+        "--channel-axis",
+        type=_number(int, minimum=0),
+        metavar="AXIS",
+        help="TIFFs whose metadata do not say which axis holds the channels (e.g. channels saved "
+        "page by page): that axis of the stored array (0 for the pages)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace OUT_DIR if it is a non-empty folder written by this command before",
@@ -712,8 +763,67 @@ class _Warnings(logging.Handler):
         self.lines.append(f"warning: {_one_line(record.getMessage())}")
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP reached the command: it stops as after Ctrl-C (staging removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_message(signum: int) -> str:
+    if signum == signal.SIGINT:
+        return "error: interrupted"
+    return f"error: terminated by {signal.Signals(signum).name}"
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """A second signal while the first one's clean-up runs: end at once. What is left (the
+    staging) is removed by the next run into the same place; workers die with this process."""
+    print(_stop_message(signum), file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def _stop(signum: int, frame: object) -> None:
+    for other in _STOP_SIGNALS:
+        if signal.getsignal(other) not in (signal.SIG_IGN, None):
+            signal.signal(other, _exit_now)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the command cleanly (one line, its staging removed, its
+    workers killed); a second one ends it at once. Signals ignored at start (``nohup``, a
+    background job's SIGINT) stay ignored; handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    for signum, handler in saved.items():
+        if handler not in (signal.SIG_IGN, None):
+            signal.signal(signum, _stop)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    """Run one command; returns the exit status (0, 2 for bad input, 130 when interrupted, 128 +
+    the signal number when terminated)."""
+    with _stop_signals():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     warnings = _Warnings()
     root = logging.getLogger()
     try:
@@ -724,6 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root.addHandler(warnings)
         if getattr(args, "threads", "") is None:
             args.threads = _available_cores()
+        _check_together(args)
         check_paths(*args.paths(args))
         status = args.func(args)
         for line in warnings.lines:
@@ -732,8 +843,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        print(_stop_message(signal.SIGINT), file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated as exc:
+        print(_stop_message(exc.signum), file=sys.stderr)
+        return 128 + exc.signum
     except _UsageError as exc:
         message = str(exc)
     except Exception as exc:

@@ -369,9 +369,16 @@ class ClusterModel:
                 with other feature columns).
         """
         try:
-            data = json.loads(Path(path).read_text())
-            if data.get("format") != "nucleistyle.cluster/1":
-                raise ValueError("not a nucleistyle cluster model")
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeError, json.JSONDecodeError) as exc:
+            raise NucleistyleError(
+                f"{path} is not a nucleistyle cluster model file: not JSON text"
+            ) from exc
+        except OSError as exc:
+            raise NucleistyleError(f"cannot read cluster model {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != "nucleistyle.cluster/1":
+            raise NucleistyleError(f"{path} is not a nucleistyle cluster model file")
+        try:
             if tuple(data["feature_names"]) != FEATURE_NAMES:
                 raise ValueError(f"feature columns {data['feature_names']} != {FEATURE_NAMES}")
             table = pd.DataFrame(data["table"])

@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import random
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -186,8 +188,41 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
         torch.save(dict(state), tmp)
 
 
+def why_not_loaded(path: PathLike, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, for a one-line message.
+
+    Never passes on torch's advice to retry with ``weights_only=False``: for a file of unknown
+    origin that would run whatever code it holds.
+    """
+    if isinstance(exc, OSError):
+        return exc.strerror or first_line(exc)
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return "the file is empty"
+        if not zipfile.is_zipfile(path):
+            return "not a PyTorch file"
+    if "weights only load failed" in str(exc).lower():
+        return (
+            "it holds Python objects besides tensors and plain data, which are not loaded "
+            "(loading them could run code)"
+        )
+    reason = first_line(exc)
+    return "a damaged PyTorch file" + ("" if "weights_only" in reason else f" ({reason})")
+
+
+def torch_load(path: PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` onto the CPU, without torch's warnings (about
+    pickle protocols of foreign files): the caller's one-line message says what went wrong."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(
-    path: PathLike, expected_config: Mapping[str, Any] | None = None, ignore: tuple[str, ...] = ()
+    path: PathLike,
+    expected_config: Mapping[str, Any] | None = None,
+    ignore: tuple[str, ...] = (),
+    what: str = "checkpoint",
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs) onto the CPU.
 
@@ -195,15 +230,22 @@ def load_checkpoint(
         path: the checkpoint file.
         expected_config: the :func:`config_fingerprint` the checkpoint must have been written with
             (keys in ``ignore``, e.g. the iteration budget, may differ).
+        what: what the file should be ("checkpoint", "model"), for messages.
 
     Raises:
-        NucleistyleError: unreadable file, or a checkpoint from a different configuration
+        NucleistyleError: unreadable file or not a nucleistyle checkpoint or model file (saying
+            why, e.g. "not a PyTorch file"), or a checkpoint from a different configuration
             (naming the file and the first differing key).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise NucleistyleError(f"cannot load checkpoint {path}: {first_line(exc)}") from exc
+        reason = why_not_loaded(path, exc)
+        raise NucleistyleError(f"{path} is not a nucleistyle {what} file: {reason}") from exc
+    if not isinstance(state, dict):
+        raise NucleistyleError(
+            f"{path} is not a nucleistyle {what} file: it holds a {type(state).__name__}"
+        )
     if expected_config is not None:
         found = state.get("config")
         if not isinstance(found, Mapping):

@@ -9,11 +9,15 @@ folder, a FIFO or a device by a file, nor a file by a folder.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
+import multiprocessing as mp
 import os
 import re
 import secrets
@@ -22,14 +26,19 @@ import signal
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tqdm import tqdm
 
 __all__ = [
     "MARKER_NAME",
     "NucleistyleError",
     "OutputSet",
+    "Progress",
     "atomic_dir",
     "atomic_path",
     "check_input",
@@ -38,8 +47,8 @@ __all__ = [
     "config_from_mapping",
     "describe_os_error",
     "link_or_copy",
+    "process_pool",
     "published_together",
-    "quiet_interrupts",
     "setup_logging",
     "staged_files",
     "user_paths",
@@ -180,9 +189,17 @@ def _existing_ancestor(path: Path, what: str) -> Path:
 def _output_target(path: Path, what: str, folder: bool) -> tuple[Path, os.stat_result | None]:
     """The path an output really goes to (a symbolic link is followed) and its stat, after
     refusing the wrong kind: a non-folder for a folder; a folder, block device or socket for a
-    file."""
+    file. A file output is never written through a symbolic link to a file (or to nothing): the
+    file it points to is not the command's to replace; a link to a FIFO or a character device
+    (``/dev/null``) is written in place as before."""
     if path.is_symlink() and not str(path.absolute()).startswith(_IN_PLACE_ROOTS):
-        path = _resolved(path)
+        link, path = path, _resolved(path)
+        st = _stat(path, what)
+        if not folder and (st is None or not _writes_in_place(path, st)):
+            raise NucleistyleError(
+                f"{what} {link} is a symbolic link to {path}: refusing to write through it "
+                "(remove the link or choose another path)"
+            )
     st = _stat(path, what)
     mode = 0 if st is None else st.st_mode
     if st is not None and folder and not stat.S_ISDIR(mode):
@@ -246,11 +263,12 @@ def check_separate(
 
 def _check_replaceable(path: Path, marker: str | None, overwrite: bool) -> None:
     """Refuse to replace anything but a missing or empty folder, unless ``overwrite`` (and, with
-    a ``marker``, only a folder that the same command wrote)."""
+    a ``marker``, only a folder that the same command wrote, holding nothing but what it wrote:
+    the list in its marker file)."""
     if _output_target(path, "output folder", folder=True)[1] is None:
         return
     try:
-        entries = [name for name in os.listdir(path) if name != MARKER_NAME]
+        entries = _entries(path)
     except OSError as exc:
         raise NucleistyleError(f"output folder {path}: {_reason(exc)}") from exc
     if not entries:
@@ -260,19 +278,64 @@ def _check_replaceable(path: Path, marker: str | None, overwrite: bool) -> None:
             f"output folder {path} already exists and is not empty (pass --overwrite to replace "
             "a folder that this command wrote)"
         )
-    if marker is not None and _marker_of(path) != marker:
+    if marker is None:
+        return
+    command, written = _read_marker(path)
+    if command != marker:
         raise NucleistyleError(
             f"output folder {path} was not written by nucleistyle {marker} (no {MARKER_NAME} "
             "file naming it): refusing to replace it, even with --overwrite"
         )
+    if not written:
+        raise NucleistyleError(
+            f"output folder {path} was written by an older nucleistyle that kept no list of its "
+            "files: refusing to replace it, even with --overwrite (remove it yourself)"
+        )
+    foreign = sorted(entries - written)
+    if foreign:
+        raise NucleistyleError(
+            f"output folder {path} holds {len(foreign)} file(s) that nucleistyle {marker} did "
+            f"not write ({foreign[0]}): refusing to replace it, even with --overwrite (move "
+            "them away first)"
+        )
 
 
-def _marker_of(folder: Path) -> str | None:
+def _entries(folder: Path) -> set[str]:
+    """Every file, folder and link under ``folder`` (links not followed), as relative POSIX
+    paths, the marker file excepted."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+        base = Path(dirpath).relative_to(folder)
+        found.update((base / name).as_posix() for name in dirnames + filenames)
+    found.discard(MARKER_NAME)
+    return found
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _write_marker(folder: Path, command: str) -> None:
+    """The marker file: the command on its first line, then every entry it wrote (one JSON
+    string a line, so that any file name fits), for ``--overwrite`` to remove only those."""
+    lines = [f"nucleistyle {command}", *map(json.dumps, sorted(_entries(folder)))]
+    (folder / MARKER_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _read_marker(folder: Path) -> tuple[str | None, set[str]]:
+    """The command named by a folder's marker file (None without one) and the entries listed."""
     try:
         text = (folder / MARKER_NAME).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
-    return text.removeprefix("nucleistyle ").strip()
+        return None, set()
+    first, *rest = text.splitlines() or [""]
+    written = set()
+    for line in rest:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, str):
+                written.add(entry)
+    return first.removeprefix("nucleistyle ").strip(), written
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,6 +387,12 @@ def _unique_sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
 
 
+def _check_file_target(path: Path) -> None:
+    """Refuse to put a file where a folder is (never moved aside and deleted)."""
+    if path.is_dir() and not path.is_symlink():
+        raise NucleistyleError(f"output file {path}: is a folder, expected a file")
+
+
 def _backup(path: Path) -> Path | None:
     """A second name for an existing file about to be replaced (to restore it on failure)."""
     if not os.path.lexists(path):
@@ -354,6 +423,24 @@ def _same_file(path: Path, fd: int) -> bool:
         return os.path.samestat(os.stat(path), os.fstat(fd))
     except (OSError, ValueError):
         return False
+
+
+def _merge(
+    staging: Path, target: Path, undo: list[tuple[Path, Path | None]], made: list[Path]
+) -> None:
+    """Move the files of ``staging`` into ``target`` (created if missing), sub-folders merged;
+    each replaced file is kept in ``undo`` and each folder made in ``made``, for a roll-back."""
+    if not target.is_dir():
+        target.mkdir()
+        made.append(target)
+    for path in sorted(staging.iterdir()):
+        dest = target / path.name
+        if path.is_dir():
+            _merge(path, dest, undo, made)
+            continue
+        _check_file_target(dest)
+        undo.append((dest, _backup(dest)))
+        os.replace(path, dest)
 
 
 @dataclasses.dataclass
@@ -440,10 +527,16 @@ class OutputSet:
         self._staged.append(_Staged("folder", path, staging, marker, overwrite))
         return staging
 
-    def files_into(self, path: PathLike) -> Path:
+    def files_into(self, path: PathLike, names: Iterable[str] = ()) -> Path:
         """Stage files to be moved into the folder ``path`` (created if missing; its other files
-        stay, same names are replaced); returns the staging folder."""
+        stay, same names are replaced, sub-folders are merged); returns the staging folder.
+
+        ``names``, the files that will be written, are checked now, before the work: a folder
+        of that name is refused (it is never replaced by a file).
+        """
         path = _output_target(Path(path), "output folder", folder=True)[0]
+        for name in names:
+            _check_file_target(path / name)
         staging = self._stage(path, folder=True)
         self._staged.append(_Staged("into", path, staging))
         return staging
@@ -456,12 +549,13 @@ class OutputSet:
             for item in self._staged:
                 if item.how == "file":
                     os.chmod(item.staging, _FILE_MODE)
+                    _check_file_target(item.target)
                     undo.append((item.target, _backup(item.target)))
                     os.replace(item.staging, item.target)
                 elif item.how == "folder":
                     _check_replaceable(item.target, item.marker, item.overwrite)
                     if item.marker is not None:
-                        (item.staging / MARKER_NAME).write_text(f"nucleistyle {item.marker}\n")
+                        _write_marker(item.staging, item.marker)
                     os.chmod(item.staging, _DIR_MODE)
                     old = None
                     if os.path.lexists(item.target):
@@ -470,13 +564,7 @@ class OutputSet:
                     undo.append((item.target, old))
                     os.replace(item.staging, item.target)
                 elif item.how == "into":
-                    if not item.target.is_dir():
-                        item.target.mkdir()
-                        made.append(item.target)
-                    for path in sorted(item.staging.iterdir()):
-                        dest = item.target / path.name
-                        undo.append((dest, _backup(dest)))
-                        os.replace(path, dest)
+                    _merge(item.staging, item.target, undo, made)
             for item in self._staged:
                 if item.how == "in_place":
                     _copy_into(item.staging, item.target)
@@ -561,19 +649,104 @@ def atomic_dir(
 
 
 @contextlib.contextmanager
-def staged_files(out_dir: PathLike) -> Iterator[Path]:
+def staged_files(out_dir: PathLike, names: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out_dir``; on success move its files into
     ``out_dir`` (created if missing; other files of ``out_dir`` stay, same names are replaced).
     On an error remove the staging folder and the parent folders created for it, so a failed run
-    leaves nothing behind."""
+    leaves nothing behind. ``names``: see :meth:`OutputSet.files_into`."""
     with published_together() as outputs:
-        yield outputs.files_into(out_dir)
+        yield outputs.files_into(out_dir, names)
 
 
-def quiet_interrupts() -> None:
-    """Initializer of worker processes: Ctrl-C ends a worker at once and without a traceback;
-    the parent, interrupted too, cancels the pool and reports it as one line."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of worker processes: they end with their parent, whatever ends it.
+
+    Ctrl-C, SIGTERM and SIGHUP end a worker at once and without a traceback (the parent reports
+    them as one line). On Linux the kernel sends the worker SIGKILL when the parent dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``); a thread watching the parent's PID does the same
+    elsewhere and covers a parent that died before the worker got here. A worker left behind
+    would hold the lock on its run's staging (so the next run could not remove it) and go on
+    writing into it.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)  # the parent is gone already
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A pool of ``workers`` processes that live no longer than this process or the block.
+
+    The workers are forked on Linux (they start at once and, unlike "spawn", do not re-run the
+    caller's ``__main__``, e.g. a Snakemake script) and die with their parent (see
+    :func:`_die_with_parent`). When the block ends by an exception (a bad input, Ctrl-C, a
+    termination signal) the workers are killed at once rather than left to finish their current
+    images: the staging they write into is about to be removed.
+    """
+    context = mp.get_context("fork") if sys.platform == "linux" else None
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Progress:
+    """Progress of a long loop: a tqdm bar on stderr when it is a terminal, and a log line at
+    every tenth of the way, as training logs its iterations: the pipeline's job logs and ``-v``
+    show it where no terminal is (an 18-minute augmentation was silent before).
+
+    Example:
+        >>> with Progress(len(records), "stylize", log) as progress:  # doctest: +SKIP
+        ...     for record in records:
+        ...         progress.update()
+    """
+
+    def __init__(self, total: int, desc: str, logger: logging.Logger, unit: str = "image") -> None:
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=None, file=sys.stderr)
+        self.total, self.desc, self.logger, self.unit = total, desc, logger, unit
+        self.step = max(1, -(-total // 10))
+        self.done, self.start = 0, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done."""
+        self.bar.update(n)
+        before, self.done = self.done, self.done + n
+        if self.done // self.step > before // self.step or self.done == self.total:
+            elapsed = time.perf_counter() - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            left = (self.total - self.done) / rate if rate > 0 else 0.0
+            self.logger.info(
+                "%s: %d/%d %ss (%.2f %ss/s, about %.0f s left)",
+                self.desc, self.done, self.total, self.unit, rate, self.unit, left,
+            )  # fmt: skip
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def setup_logging(

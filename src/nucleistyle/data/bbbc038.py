@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
-import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucleistyle.data.images import DECODE_ERRORS, read_image
+from nucleistyle.data.images import DECODE_ERRORS, open_image, read_image
 from nucleistyle.utils import (
     NucleistyleError,
     atomic_dir,
     atomic_path,
     check_input,
-    quiet_interrupts,
+    process_pool,
 )
 
 __all__ = [
@@ -160,7 +160,7 @@ def list_images(root: str | os.PathLike[str]) -> list[ImageRecord]:
 def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Foreground (any nonzero pixel) of one mask file as flat indices into ``shape``."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if (im.height, im.width) != shape:
                 raise NucleistyleError(
                     f"mask {path} is {im.height}x{im.width}, its image is {shape[0]}x{shape[1]}"
@@ -292,16 +292,15 @@ def _load_in_thread(record: ImageRecord) -> _Job:
 
 def _pool(
     workers: int, masks: bool
-) -> tuple[concurrent.futures.Executor, Callable[[ImageRecord], _Job]]:
+) -> tuple[
+    contextlib.AbstractContextManager[concurrent.futures.Executor], Callable[[ImageRecord], _Job]
+]:
     # Measured on the 531 real images, 2 cores: decoding ~23k small mask PNGs is GIL-bound
     # (Pillow's PNG decoder holds it), so processes beat threads there; images alone spend their
-    # time in GIL-free conversions, and threads avoid pickling them back. "fork" starts at once
-    # and, unlike "spawn", does not re-run the caller's __main__ (a Snakemake script); Linux only.
+    # time in GIL-free conversions, and threads avoid pickling them back. Processes are forked,
+    # so Linux only (see process_pool).
     if masks and sys.platform == "linux":
-        pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp.get_context("fork"), initializer=quiet_interrupts
-        )
-        return pool, _load_in_worker
+        return process_pool(workers), _load_in_worker
     threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bbbc038")
     return threads, _load_in_thread
 
@@ -328,8 +327,8 @@ def iter_samples(records: Sequence[ImageRecord], workers: int = 2) -> Iterator[S
         for record in records:
             yield load_sample(record)
         return
-    pool, work = _pool(workers, any(r.mask_paths for r in records))
-    with pool:
+    pooled, work = _pool(workers, any(r.mask_paths for r in records))
+    with pooled as pool:
         pending: collections.deque[concurrent.futures.Future[_Job]] = collections.deque()
         todo = iter(records)
         try:

@@ -24,17 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleistyle.data.images import max_pixels
 from nucleistyle.data.rle import _parse_runs, rle_decode_labels, rle_encode_labels
 from nucleistyle.utils import NucleistyleError, OutputSet, atomic_path
 
 __all__ = [
-    "MAX_PIXELS",
     "PLACEHOLDER_RLE",
     "SOLUTION_HEADER",
     "SUBMISSION_HEADER",
     "CompressedLabels",
     "GroundTruth",
     "Submission",
+    "check_image_id",
     "gather_submissions",
     "read_rows",
     "read_solution",
@@ -49,9 +50,6 @@ log = logging.getLogger(__name__)
 SOLUTION_HEADER = ("ImageId", "EncodedPixels", "Height", "Width", "Usage")
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 PLACEHOLDER_RLE = "1 1"
-# Largest image a solution may describe (its label image is decoded: 4 bytes per pixel); DSB
-# images are at most a few megapixels.
-MAX_PIXELS = 1 << 26
 
 
 @dataclass
@@ -208,9 +206,10 @@ def read_solution(
 
     Raises:
         NucleistyleError: unreadable file, wrong header, wrong column count, Height/Width not a
-            positive integer, over :data:`MAX_PIXELS` pixels or not constant per ImageId, Usage
-            not constant per ImageId, a malformed RLE row (RLEError), or a ``usage`` filter that
-            keeps no row. Messages name the file, and the line and ImageId where relevant.
+            positive integer, more pixels than images may have (:func:`.images.max_pixels`) or
+            not constant per ImageId, Usage not constant per ImageId, a malformed RLE row
+            (RLEError), or a ``usage`` filter that keeps no row. Messages name the file, and the
+            line and ImageId where relevant.
     """
     path = Path(path)
     images: dict[str, GroundTruth] = {}
@@ -220,9 +219,9 @@ def read_solution(
             raise NucleistyleError(f"{path} line {line}: empty ImageId")
         height = _positive_int(h, "Height", where)
         width = _positive_int(w, "Width", where)
-        if height * width > MAX_PIXELS:
+        if height * width > max_pixels():  # its label image is decoded: the images' limit
             raise NucleistyleError(
-                f"{where}: image size {height}x{width} is over {MAX_PIXELS:,} pixels"
+                f"{where}: image size {height}x{width} is over {max_pixels():,} pixels"
             )
         gt = images.get(image_id)
         if gt is None:
@@ -315,10 +314,18 @@ def read_submission(path: str | os.PathLike[str]) -> Submission:
     return sub
 
 
-def _check_image_id(image_id: str, path: Path) -> None:
+def check_image_id(image_id: str, where: str | os.PathLike[str]) -> None:
+    """Refuse an ImageId that a submission or solution CSV cannot hold: empty, or with a comma,
+    a double quote or a line break. Commands that write one check their ImageIds before any work,
+    and ``import-folder`` refuses such file names at once.
+
+    Raises:
+        NucleistyleError: naming ``where`` (the file or image) and the ImageId.
+    """
     if not image_id or any(c in image_id for c in ',"\r\n'):
         raise NucleistyleError(
-            f'{path}: invalid ImageId {image_id!r} (empty, or has , " or newline)'
+            f'{where}: invalid ImageId {image_id!r} (empty, or has , " or a line break, which '
+            "the submission CSV cannot hold)"
         )
 
 
@@ -368,7 +375,7 @@ def write_submission(
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SUBMISSION_HEADER)
         for image_id, labels in predictions.items():
-            _check_image_id(image_id, path)
+            check_image_id(image_id, path)
             rles = _encode(labels, image_id, path)
             writer.writerows([image_id, rle] for rle in rles or [""])
     log.info("wrote %s (%d images)", path, len(predictions))
@@ -401,7 +408,7 @@ def write_solution(
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SOLUTION_HEADER)
         for image_id, labels in ground_truth.items():
-            _check_image_id(image_id, path)
+            check_image_id(image_id, path)
             rles = _encode(labels, image_id, path)
             if PLACEHOLDER_RLE in rles:
                 log.warning(

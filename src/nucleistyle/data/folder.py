@@ -21,24 +21,29 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png, write_sample
-from nucleistyle.data.csvio import read_submission, write_solution
+from nucleistyle.data.csvio import check_image_id, read_submission, write_solution
 from nucleistyle.data.images import (
     DEFAULT_RULE,
     IntensityRule,
     image_files,
+    open_image,
     read_label_image,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import NucleistyleError, atomic_dir, check_input, published_together
+from nucleistyle.utils import (
+    NucleistyleError,
+    Progress,
+    atomic_dir,
+    check_input,
+    published_together,
+)
 
 __all__ = [
     "LABEL_FORMATS",
@@ -79,8 +84,9 @@ def list_pairs(folder: str | os.PathLike[str], *, training: bool) -> list[Pair]:
 
     Raises:
         NucleistyleError: one line naming the file or folder: no ``images/``, no images, two
-            files with the same name, an image without labels where labels are needed, or a
-            label image without its image.
+            files with the same name, a name that cannot be an ImageId (a comma, a double quote
+            or a line break), an image without labels where labels are needed, or a label
+            image without its image.
     """
     root = check_input(folder, "image folder", folder=True)
     images_dir = root / "images"
@@ -89,6 +95,8 @@ def list_pairs(folder: str | os.PathLike[str], *, training: bool) -> list[Pair]:
     images = image_files(images_dir, SUFFIXES)
     if not images:
         raise NucleistyleError(f"no images (*.tif, *.tiff, *.png) in {images_dir}")
+    for name, path in images.items():  # the name becomes an ImageId: refused here, not later
+        check_image_id(name, f"image {path}")
     masks_dir = root / "masks"
     if not masks_dir.is_dir():
         if training:
@@ -164,9 +172,9 @@ def import_folder(
         )
     truth: dict[str, np.ndarray] = {}
     n_objects = 0
-    with published_together() as outputs:
+    with published_together() as outputs, Progress(len(pairs), "import", log) as progress:
         staging = outputs.folder(out_dir, marker="import-folder", overwrite=overwrite)
-        for pair in tqdm(pairs, desc="import", unit="image", disable=None, file=sys.stderr):
+        for pair in pairs:
             image, labels = _load_pair(pair, rule)
             if labels is not None:
                 n_objects += len(np.unique(labels)) - int((labels == 0).any())
@@ -176,6 +184,7 @@ def import_folder(
                 write_sample(staging, pair.name, image, None)
                 if labels is not None:
                     truth[pair.name] = labels
+            progress.update()
         if solution_csv is not None:
             write_solution(solution_csv, truth, usage="Public", outputs=outputs)
     log.info(
@@ -263,7 +272,7 @@ def export_labels(
                 image = read_image(record.image_path)[0]
                 shape = image.shape[:2]
             else:
-                with Image.open(record.image_path) as im:
+                with open_image(record.image_path) as im:
                     shape = (im.height, im.width)
             rles = [r for r in submission.get(image_id, []) if r]
             labels, _ = rle_decode_labels(rles, shape, where=str(submission_csv))

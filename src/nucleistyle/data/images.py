@@ -15,7 +15,14 @@ multi-channel image becomes RGB, in training, stylisation and prediction alike
   one scale (colour is kept) unless ``per_channel`` is set.
 
 TIFFs are read with ``tifffile``: the first series, one plane (a stack of several Z planes or
-time points is refused), with its channel axis (``C`` or ``S``) anywhere.
+time points is refused), with its channel axis (``C`` or ``S``) anywhere. A file whose axes do
+not say which one holds the channels (pages saved one by one, tifffile's shaped ``Q`` axis, or
+channels stored as ImageJ slices) is read with a declared ``channel_axis`` (the rule's).
+
+No image larger than :func:`max_pixels` (Pillow's own refusal, 178,956,970 pixels, unless the
+environment variable ``NUCLEISTYLE_MAX_PIXELS`` says otherwise) is decoded, whatever its format:
+the size is read from the header first, so a small compressed file declaring a huge image is
+refused before any memory is taken. A TIFF counts every plane (page or channel).
 
 Label images (:func:`read_label_image`) hold one integer per nucleus (0 = background), 8, 16 or
 32 bits, PNG or TIFF, the convention of StarDist, Cellpose and BBBC039.
@@ -23,20 +30,32 @@ Label images (:func:`read_label_image`) hold one integer per nucleus (0 = backgr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from nucleistyle.schema import check
 from nucleistyle.utils import NucleistyleError
 
-__all__ = ["DEFAULT_RULE", "IntensityRule", "read_image", "read_label_image", "to_rgb"]
+__all__ = [
+    "DEFAULT_RULE",
+    "MAX_PIXELS_VARIABLE",
+    "IntensityRule",
+    "max_pixels",
+    "open_image",
+    "read_image",
+    "read_label_image",
+    "to_rgb",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # What a broken or foreign file raises inside Pillow or tifffile: UnidentifiedImageError and
@@ -55,6 +74,75 @@ DECODE_ERRORS = (
 
 _SCHEMA_NODE = "#/properties/data/properties/folder/properties/intensity"
 
+MAX_PIXELS_VARIABLE = "NUCLEISTYLE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's refusal: 2 * Image.MAX_IMAGE_PIXELS, about 13,377^2
+
+
+def max_pixels() -> int:
+    """The most pixels an image may have to be read: ``$NUCLEISTYLE_MAX_PIXELS`` or the default.
+
+    Raises:
+        NucleistyleError: the variable is set but not a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise NucleistyleError(
+            f"environment variable {MAX_PIXELS_VARIABLE}: a positive number of pixels expected, "
+            f"got {text!r}"
+        )
+    return int(text)
+
+
+def _too_large(path: str | os.PathLike[str], pixels: int, limit: int, size: str = "") -> str:
+    return (
+        f"image {path} has {size}{pixels:,} pixels, more than the limit of {limit:,} (set "
+        f"{MAX_PIXELS_VARIABLE} to read larger images)"
+    )
+
+
+def _check_pixels(path: str | os.PathLike[str], shape: Sequence[int], axes: str) -> None:
+    """Refuse, before decoding, an image whose header declares more than :func:`max_pixels`.
+
+    ``shape`` and ``axes`` are the stored array's; every plane counts (pages, channels, Z), the
+    colour samples of a pixel (an ``S`` axis of up to 4) do not, as for a PNG.
+    """
+    limit = max_pixels()
+    pixels = 1
+    for length, axis in zip(shape, axes, strict=True):
+        if axis != "S" or length > 4:
+            pixels *= int(length)
+    if pixels > limit:
+        size = " x ".join(str(n) for n in shape)
+        raise NucleistyleError(_too_large(path, pixels, limit, f"{size} ({axes}) = "))
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike[str]) -> Iterator[ImageFile.ImageFile]:
+    """``PIL.Image.open`` (header read, nothing decoded yet) with the :func:`max_pixels` limit.
+
+    Raises:
+        NucleistyleError: the image is larger than the limit (naming the file); Pillow's own
+            errors (:data:`DECODE_ERRORS`) otherwise.
+    """
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = -(-limit // 2)  # Pillow refuses beyond twice this
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found[1]) if found else limit + 1
+            raise NucleistyleError(_too_large(path, pixels, limit)) from exc
+    with im:
+        if im.width * im.height > limit:
+            size = f"{im.width} x {im.height} = "
+            raise NucleistyleError(_too_large(path, im.width * im.height, limit, size))
+        yield im
+
 
 @dataclass(frozen=True)
 class IntensityRule:
@@ -66,18 +154,27 @@ class IntensityRule:
         low: Percentile (0-100) of the values mapped to 0; 0 means zero itself.
         high: Percentile (0-100, above ``low``) mapped to 255; 100 is the maximum.
         per_channel: Scale each chosen channel on its own instead of jointly.
+        channel_axis: TIFFs only: the axis of the stored array (tifffile's first series) that
+            holds the channels, whatever the file calls it (0 for a stack of pages); None: the
+            file's own axes decide.
     """
 
     channels: tuple[int, ...] | None = None
     low: float = 0.0
     high: float = 100.0
     per_channel: bool = False
+    channel_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.channels is not None:
             object.__setattr__(self, "channels", tuple(self.channels))
-        section = {"channels": self.channels, "percentiles": [self.low, self.high]}
-        check({**section, "per_channel": self.per_channel}, _SCHEMA_NODE, "data.folder.intensity")
+        section = {
+            "channels": self.channels,
+            "percentiles": [self.low, self.high],
+            "per_channel": self.per_channel,
+            "channel_axis": self.channel_axis,
+        }
+        check(section, _SCHEMA_NODE, "data.folder.intensity")
         if not self.low < self.high:
             raise NucleistyleError(
                 "config key data.folder.intensity.percentiles: low must be below high, "
@@ -86,7 +183,8 @@ class IntensityRule:
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> IntensityRule:
-        """From the config section ``data.intensity`` (keys channels, percentiles, per_channel)."""
+        """From the config section ``data.folder.intensity`` (keys channels, percentiles,
+        per_channel, channel_axis)."""
         section = section or {}
         low, high = section.get("percentiles", (0.0, 100.0))
         channels = section.get("channels")
@@ -95,6 +193,7 @@ class IntensityRule:
             low=float(low),
             high=float(high),
             per_channel=bool(section.get("per_channel", False)),
+            channel_axis=section.get("channel_axis"),
         )
 
 
@@ -184,13 +283,25 @@ _PILLOW_MODES = {  # single-channel TIFFs report Pillow's mode names, like PNGs 
 }
 
 
-def _read_tiff(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
-    """The first series of a TIFF as (H, W) or (H, W, C), and a mode string."""
+def _read_tiff(
+    path: str | os.PathLike[str], channel_axis: int | None = None
+) -> tuple[np.ndarray, str]:
+    """The first series of a TIFF as (H, W) or (H, W, C), and a mode string; ``channel_axis``
+    (an index into the stored axes) names the channel axis where the file does not."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes, data = series.axes, series.asarray()
+        _check_pixels(path, series.shape, series.axes)
+        axes = series.axes
+        if channel_axis is not None:
+            if channel_axis >= len(axes) or axes[channel_axis] in "YX":
+                raise NucleistyleError(
+                    f"cannot read image {path}: channel axis {channel_axis} declared, the image's "
+                    f"axes are {axes} {series.shape} (0..{len(axes) - 1}, not Y or X)"
+                )
+            axes = axes[:channel_axis] + "C" + axes[channel_axis + 1 :]
+        data = series.asarray()
         big_endian = tif.byteorder == ">"
     keep = [i for i, a in enumerate(axes) if a in "YX" or data.shape[i] > 1]
     data = data.reshape([data.shape[i] for i in keep])
@@ -200,8 +311,9 @@ def _read_tiff(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     extra = [a for a in axes if a not in "YX"]
     if len(extra) > 1 or (extra and extra[0] not in "CSI"):
         raise ValueError(
-            f"{data.shape} with axes {axes}: one 2-D plane (with channels) expected, "
-            "not a stack of planes"
+            f"{data.shape} with axes {axes}: one 2-D plane (with channels) expected, not a "
+            "stack of planes (if an axis holds channels, declare it: import-folder "
+            "--channel-axis, config key data.folder.intensity.channel_axis)"
         )
     order = [axes.index("Y"), axes.index("X")] + [axes.index(a) for a in extra]
     data = np.transpose(data, order)
@@ -215,7 +327,7 @@ def _read_tiff(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
 
 
 def _read_pillow(path: str | os.PathLike[str], rule: IntensityRule) -> tuple[np.ndarray, str]:
-    with Image.open(path) as im:
+    with open_image(path) as im:
         rawmode = im.tile[0][3] if im.tile else None
         im.load()
         mode = im.mode
@@ -270,7 +382,7 @@ def read_image(
     """
     try:
         if Path(path).suffix.lower() in TIFF_SUFFIXES:
-            data, mode = _read_tiff(path)
+            data, mode = _read_tiff(path, rule.channel_axis)
         else:
             data, mode = _read_pillow(path, rule)
     except DECODE_ERRORS as exc:
@@ -298,7 +410,7 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
         if Path(path).suffix.lower() in TIFF_SUFFIXES:
             data, _ = _read_tiff(path)
         else:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 im.load()
                 if im.mode not in ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
                     raise ValueError(f"{im.mode} image; a label image has one integer channel")

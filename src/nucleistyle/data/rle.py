@@ -288,6 +288,8 @@ def _parse_rows(
         bad = (
             (starts <= 0).any()
             or (lengths <= 0).any()
+            or (starts > n_pixels).any()  # also values saturated at int64's maximum, whose
+            or (lengths > n_pixels).any()  # sum wraps around below: the row-wise parse names them
             or (ends > n_pixels).any()
             or ((rows[1:] == rows[:-1]) & (starts[1:] <= ends[:-1])).any()
         )

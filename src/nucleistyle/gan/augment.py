@@ -35,14 +35,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import Sample, list_images, load_sample, write_sample
 from nucleistyle.gan.data import read_assignments
@@ -51,6 +49,7 @@ from nucleistyle.gan.stylize import Stylizer, load_stylizer
 from nucleistyle.schema import check
 from nucleistyle.utils import (
     NucleistyleError,
+    Progress,
     config_from_mapping,
     link_or_copy,
     published_together,
@@ -163,9 +162,10 @@ def augment_dataset(
     looks = record_looks(records, cluster_of, stylizer.n_domains)
     rng = np.random.default_rng(seed)
     rows = []
-    with published_together() as outputs:  # the folder and its manifest, or nothing
+    progress = Progress(len(records), "augment", log)
+    with published_together() as outputs, progress:  # the folder and its manifest, or nothing
         tmp = outputs.folder(out_dir)
-        for record in tqdm(records, desc="augment", disable=None, file=sys.stderr):
+        for record in records:
             source = int(cluster_of[record.image_id])
             others = [d for d in range(stylizer.n_domains) if d != source]
             sample = load_sample(record)
@@ -195,6 +195,7 @@ def augment_dataset(
                         draws,
                     )
                 )
+            progress.update()
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         manifest.to_csv(
             outputs.file(manifest_csv), index=False, lineterminator="\n", float_format="%.4f"

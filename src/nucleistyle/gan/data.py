@@ -56,8 +56,8 @@ def read_assignments(path: PathLike, n_domains: int | None = None) -> pd.DataFra
         The table with ImageId as str and cluster as int64.
 
     Raises:
-        NucleistyleError: Missing or unreadable file, missing column, non-integer, negative or
-            out-of-range cluster id, duplicated ImageId (each naming the file).
+        NucleistyleError: Missing or unreadable file, missing column, no rows, non-integer,
+            negative or out-of-range cluster id, duplicated ImageId (each naming the file).
     """
     try:
         table = pd.read_csv(path, dtype={"ImageId": str})
@@ -66,6 +66,8 @@ def read_assignments(path: PathLike, n_domains: int | None = None) -> pd.DataFra
     for column in ("ImageId", "cluster"):
         if column not in table.columns:
             raise NucleistyleError(f"cluster assignments {path}: no column {column!r}")
+    if table.empty:
+        raise NucleistyleError(f"cluster assignments {path}: no rows, only the header")
     clusters = pd.to_numeric(table["cluster"], errors="coerce")
     bad = clusters.isna() | (clusters != clusters.round()) | (clusters < 0)
     if n_domains is not None:

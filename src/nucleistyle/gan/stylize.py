@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.gan.configs import ATTRIBUTE_SOURCES
@@ -43,7 +41,7 @@ from nucleistyle.gan.data import one_hot
 from nucleistyle.gan.engine import MODEL_FORMAT
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, staged_files
+from nucleistyle.utils import NucleistyleError, Progress, staged_files
 
 __all__ = ["Stylizer", "image_seed", "load_stylizer", "pad_to_multiple", "stylize_folder"]
 
@@ -234,9 +232,12 @@ def load_stylizer(
     Raises:
         NucleistyleError: The file is unreadable or not a GAN model (named).
     """
-    state = load_checkpoint(model_path)
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise NucleistyleError(f"{model_path} is not a nucleistyle GAN model (no {MODEL_FORMAT})")
+    state = load_checkpoint(model_path, what="model")
+    if state.get("format") != MODEL_FORMAT:
+        raise NucleistyleError(
+            f"{model_path} is not a nucleistyle GAN model file (format {state.get('format')!r}, "
+            f"expected {MODEL_FORMAT!r})"
+        )
     dev = select_device(device)
     dtype = resolve_precision(precision or state["config"]["precision"], dev)
     stylizer = Stylizer(state, dev, dtype)
@@ -342,13 +343,15 @@ def stylize_folder(
         int(seed),
         stylizer.device,
     )
-    with staged_files(out) as staging:
-        for record in tqdm(records, desc="stylize", unit="image", disable=None, file=sys.stderr):
+    outputs = [f"{r.image_id}.png" for r in records]
+    with staged_files(out, outputs) as staging, Progress(len(records), "stylize", log) as progress:
+        for record in records:
             image = read_image(record.image_path)[0]
             z = stylizer.sample_attributes(
                 1, domain, seed=image_seed(int(seed), record.image_id), source=source
             )
             styled = stylizer.stylize([image], domain, attribute=z)[0]
             Image.fromarray(styled, "RGB").save(staging / f"{record.image_id}.png", format="PNG")
+            progress.update()
     log.info("wrote %d stylized images to %s", len(records), out)
     return len(records)

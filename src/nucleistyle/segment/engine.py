@@ -429,6 +429,11 @@ def train_segmenter(
         )
     if arm != "style" and style_dirs:
         raise NucleistyleError(f"restyled folders given for arm {arm}: only arm style uses them")
+    if len(style_manifests) != len(style_dirs):
+        raise NucleistyleError(
+            f"{len(style_dirs)} restyled folders and {len(style_manifests)} manifests given: "
+            "each folder needs its manifest"
+        )
     device = select_device(cfg.device, "segment.device")
     keep_freed_memory()  # no page faults for the same activations every step
     dtype = resolve_precision(cfg.precision, device, "segment.precision")
@@ -609,7 +614,7 @@ def read_model_file(path: PathLike) -> Mapping[str, Any]:
     Raises:
         NucleistyleError: unreadable, or not a segmenter model file.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, what="model")
     if state.get("format") != MODEL_FORMAT:
         raise NucleistyleError(
             f"{path} is not a segmenter model file (format {state.get('format')!r}, "

@@ -41,6 +41,7 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.poolers import _setup_scales  # the level mapping MultiScaleRoIAlign uses
 
 from nucleistyle.segment.configs import SegmenterConfig
+from nucleistyle.torchutils import torch_load, why_not_loaded
 from nucleistyle.utils import NucleistyleError, first_line
 
 __all__ = [
@@ -146,9 +147,10 @@ def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise NucleistyleError(f"weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except Exception as exc:  # corrupt or foreign files raise several types
-        raise NucleistyleError(f"cannot load weights file {path}: {first_line(exc)}") from exc
+        reason = why_not_loaded(path, exc)
+        raise NucleistyleError(f"cannot load weights file {path}: {reason}") from exc
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not any(

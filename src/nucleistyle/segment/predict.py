@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,11 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from nucleistyle.cluster import v_median
 from nucleistyle.data.bbbc038 import list_images, read_image
-from nucleistyle.data.csvio import CompressedLabels, write_submission
+from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.data.folder import outline, write_label_image
 from nucleistyle.enhance import ClaheConfig, enhance_image
 from nucleistyle.segment.configs import SegmenterConfig, config_from_fingerprint
@@ -51,7 +49,7 @@ from nucleistyle.segment.transforms import mask_boxes, resize_image
 from nucleistyle.torchutils import autocast, resolve_precision, select_device
 from nucleistyle.tta import BASELINE_TTA, PredictFn, TTAConfig, predict_tta
 from nucleistyle.tta import Instances as DenseInstances
-from nucleistyle.utils import NucleistyleError, first_line, published_together
+from nucleistyle.utils import NucleistyleError, Progress, first_line, published_together
 
 __all__ = [
     "CALIBRATION_GRID",
@@ -625,6 +623,9 @@ def predict_folder(
     if not Path(model_path).is_file():
         raise NucleistyleError(f"model file not found: {model_path}")
     records = list_images(images_dir)[index::n_shards]
+    if submission_csv is not None:  # written last: refuse its ImageIds first
+        for record in records:
+            check_image_id(record.image_id, f"image {record.image_path}")
     segmenter = load_segmenter(model_path, device)
     cfg = _tta_config(tta, segmenter.cfg.baseline)
     if cfg is None:
@@ -645,14 +646,14 @@ def predict_folder(
     if n_shards > 1:
         log.info("shard %d of %d: %d images", index, n_shards, len(records))
     with published_together() as outputs:  # the submission and the labels, or nothing
-        staging = outputs.files_into(out_dir) if out_dir is not None else None
+        names = [f"{r.image_id}.{label_format}" for r in records]
+        names += [f"overlays/{r.image_id}.png" for r in records] if overlays else []
+        staging = outputs.files_into(out_dir, names) if out_dir is not None else None
         if staging is not None and overlays:
             (staging / "overlays").mkdir()
         predictions = CompressedLabels()
         start = time.perf_counter()
-        with tqdm(
-            total=len(records), desc="predict", unit="image", disable=None, file=sys.stderr
-        ) as bar:
+        with Progress(len(records), "predict", log) as bar:
             for first in range(0, len(records), per_call):
                 chunk = records[first : first + per_call]
                 images = [read_image(record.image_path)[0] for record in chunk]
