@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: run test check bench gpu-smoke lint report clean
+.PHONY: run test check bench gpu-smoke lint report results-page clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: $(STAMP)
 ## one line and exit 0 without CUDA)
 gpu-smoke: $(STAMP)
 	$(BIN)/python bench/gpu_smoke.py
+
+## results-page: docs/results.md's section NAME (demo, cpu, paper, ...) from this checkout's
+## finished run in results/ (date, commit, machine, Table 1, paired comparisons, copy quality)
+NAME ?= demo
+results-page: $(STAMP)
+	$(BIN)/python -m nucleistyle.report.results results --name $(NAME)
 
 ## lint: ruff, mypy, snakefmt and snakemake --lint
 lint: $(STAMP)

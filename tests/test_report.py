@@ -305,3 +305,17 @@ def test_provenance_render_marks_a_dirty_checkout(tmp_path) -> None:
 def test_provenance_rejects_a_config_that_is_not_a_mapping(tmp_path) -> None:
     with pytest.raises(TypeError, match="mapping"):
         collect_provenance(["seed"], tmp_path)  # type: ignore[arg-type]
+
+
+def test_the_results_page_replaces_one_configuration_and_keeps_the_others(tmp_path):
+    from nucleistyle.report.results import PAGE_HEADER, update_page
+
+    page = tmp_path / "results.md"
+    update_page(page, "demo", "## demo\n\nfirst\n")
+    update_page(page, "cpu", "## cpu\n\nreal images\n\n### Table 1\n\nrows\n")
+    update_page(page, "demo", "## demo\n\nsecond\n")
+    text = page.read_text()
+    assert text.startswith(PAGE_HEADER.splitlines()[0])
+    assert "second" in text and "first" not in text
+    assert text.index("## cpu") < text.index("## demo")  # sections sorted by name
+    assert "### Table 1\n\nrows" in text and text.count("## demo") == 1

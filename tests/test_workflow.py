@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from nucleistyle.report.results import results_section
 from nucleistyle.workflow import overlay_config, segmenter_priority, validate_config
 from tests.conftest import (
     DEMO_CONFIG,
@@ -231,6 +232,11 @@ def test_tiny_demo_trains_every_model_and_scores_it_in_table1(tiny_demo):
     for model in expected - {"classical"}:
         submission = copy / f"results/predict/{model}/stage1_test/submission.csv"
         assert submission.read_text().startswith("ImageId,EncodedPixels")
+
+    # the results page's section of this run, from its outputs alone
+    section = results_section(copy / "results", "tiny")
+    assert section.startswith("## tiny\n") and "commit `" in section
+    assert "deep_retina-style − deep_retina-none" in section and "Wall time" in section
 
     # nothing to do on a second run: outputs are complete and up to date
     again = snakemake("-n", "--profile", "profiles/demo", "--config", *TINY, cwd=copy)

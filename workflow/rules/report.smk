@@ -60,6 +60,7 @@ rule record_provenance:
             caption="../report/provenance.rst",
             category="8. Provenance",
         ),
+        record="results/report/provenance.json",
     log:
         "logs/record_provenance.log",
     conda:

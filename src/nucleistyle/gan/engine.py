@@ -337,18 +337,19 @@ class GanTrainer:
                 "kl_content": L.content_l2(content),
             }
             if self.structure is not None and masks is not None:
-                # the cross and random fakes show the other half's content in this domain
-                inherited = _swap(torch.from_numpy(masks).to(self.device)[:, None].float())
+                # the cross and random fakes show the other half's content in this domain, the
+                # self-reconstruction its own
+                own = torch.from_numpy(masks).to(self.device)[:, None].float()
+                index = torch.as_tensor(domains, device=self.device)
                 t = {
-                    k: v[torch.as_tensor(domains, device=self.device)]
-                    for k, v in self.structure.items()
+                    k: v[index].repeat(3, *([1] * (v.dim() - 1))) for k, v in self.structure.items()
                 }
                 g_values["structure"] = L.nucleus_visibility(
-                    torch.cat([fake_cross, fake_random]),
-                    inherited.repeat(2, 1, 1, 1),
-                    t["plane"].repeat(2, 1),
-                    t["polarity"].repeat(2),
-                    t["target"].repeat(2),
+                    torch.cat([fake_cross, fake_self, fake_random]),
+                    torch.cat([_swap(own), own, _swap(own)]),
+                    t["plane"],
+                    t["polarity"],
+                    t["target"],
                 )
             weights = {
                 "g_adv1": cfg.w_domain,

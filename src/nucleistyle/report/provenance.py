@@ -14,6 +14,7 @@ is recorded as ``unknown`` (git), ``not installed`` (a package) or ``none detect
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
 import importlib
@@ -367,6 +368,7 @@ def write_provenance(
     basedir: PathLike,
     out_html: PathLike,
     now: dt.datetime | None = None,
+    out_json: PathLike | None = None,
 ) -> Provenance:
     """Collect the provenance (:func:`collect_provenance`) and write it as HTML, atomically.
 
@@ -375,6 +377,7 @@ def write_provenance(
         basedir: The workflow's base directory.
         out_html: Output file.
         now: Recording time (default: now).
+        out_json: Also write it as JSON here (read by :mod:`nucleistyle.report.results`).
 
     Returns:
         What was written.
@@ -382,6 +385,9 @@ def write_provenance(
     prov = collect_provenance(config, basedir, now)
     with atomic_path(out_html) as tmp:
         tmp.write_text(render_provenance(prov), encoding="utf-8")
+    if out_json is not None:
+        with atomic_path(out_json) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(prov), indent=1), encoding="utf-8")
     log.info(
         "provenance: commit %s (dirty: %s), seeds %s, GPUs: %s",
         prov.git["commit"],
