@@ -317,21 +317,25 @@ def test_nucleus_visibility_loss_asks_for_the_target_domains_polarity_and_contra
     grey = torch.full((1, 3), 1 / 3)
     bright = (mask * 1.6 - 0.8).repeat(1, 3, 1, 1)  # nuclei at 229, ground at 25 grey levels
 
-    def loss(image: torch.Tensor, polarity: float, target: float = 3.0) -> torch.Tensor:
-        return L.nucleus_visibility(
-            image, mask, grey, torch.tensor([polarity]), torch.tensor([target])
-        )
+    def loss(image: torch.Tensor, polarity: float, gap: float = 100.0) -> torch.Tensor:
+        one = torch.tensor([1.0])
+        return L.nucleus_visibility(image, mask, grey, polarity * one, 3 * one, gap * one)
 
-    assert loss(bright, +1.0).item() == 0.0  # clearer than asked: no loss
-    assert loss(bright, -1.0).item() > 100  # the wrong polarity for this domain
+    assert loss(bright, +1.0).item() == 0.0  # clearer and stronger than asked: no loss
+    assert loss(bright, -1.0).item() > 2  # the wrong polarity for this domain
+    assert loss(bright, +1.0, gap=408.0).item() == pytest.approx(0.5)  # half the gap asked for
+    faint = (mask * 0.1 - 0.8).repeat(1, 3, 1, 1)  # separable, but 13 grey levels: near blank
+    assert loss(faint, +1.0).item() == pytest.approx(1 - 12.75 / 100, abs=0.01)
     flat = torch.zeros(1, 3, 24, 24, requires_grad=True)
     value = loss(flat, +1.0)
-    assert value.item() == pytest.approx(3.0)  # invisible nuclei fall short by the whole target
+    assert value.item() == pytest.approx(2.0)  # invisible nuclei fall short on both counts
     value.backward()
     assert flat.grad is not None and (flat.grad[0, :, 8:16, 8:16] < 0).all()  # brighten them
-    empty = torch.zeros_like(mask)
-    none = L.nucleus_visibility(flat, empty, grey, torch.tensor([1.0]), torch.tensor([3.0]))
-    assert none.item() == 0.0  # a crop without nuclei does not count
+    one = torch.tensor([1.0])
+    empty = L.nucleus_visibility(flat, torch.zeros_like(mask), grey, one, 3 * one, 50 * one)
+    assert empty.item() == 0.0  # a crop without nuclei does not count
+    no_target = L.nucleus_visibility(flat, mask, grey, 0 * one, 0 * one, 0 * one)
+    assert no_target.item() == 0.0  # nor a domain without a look
 
 
 def test_the_structure_term_joins_the_generator_loss_with_masks() -> None:

@@ -69,6 +69,9 @@ def test_nuclei_in_the_wrong_polarity_or_washed_out_are_not_visible(fluorescence
     faded = ndi.gaussian_filter(image.astype(float), (4, 4, 0)) + rng.normal(0, 12, image.shape)
     faded = np.clip(faded, 0, 255).astype(np.uint8)
     assert copy_quality(faded, labels, fluorescence)["visibility_ratio"] < 0.5
+    dim = (30 + (image.astype(float) - 30) * 0.1).astype(np.uint8)  # a trace in a blank image
+    assert visibility(dim, labels, fluorescence) > 5  # still separable ...
+    assert copy_quality(dim, labels, fluorescence)["visibility_ratio"] < 0.15  # ... not clear
 
 
 def test_nucleus_like_objects_outside_the_masks_are_counted_in_nucleus_units(fluorescence):

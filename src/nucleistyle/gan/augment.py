@@ -12,9 +12,10 @@ HistAuGAN's on-line augmentation also allows) adds little beyond colour jitter.
 Every copy is measured against the inherited masks (:mod:`nucleistyle.gan.quality`): how clearly its
 nuclei show compared with real images of the target domain, and how many nucleus-like objects it
 shows where the masks say there is background. With the quality gate (``gate``, an extension
-beyond the paper) a copy that fails either is drawn again with another target domain and
-attribute, up to ``tries`` draws, and is left out when none passes; the manifest says how many
-draws each copy took.
+beyond the paper) a copy that fails either is drawn again with another attribute of the same
+target domain, up to ``tries`` draws, and is left out when none passes (so a transfer the GAN
+cannot make, such as the paper's nuclei-only to nuclei-with-cytoplasm case, is skipped rather
+than learned from); the manifest says how many draws each copy took.
 
 The content code is kept, so nuclei stay where they were and the mask PNGs are hard-linked
 (byte-identical, no extra space; copied where links are impossible). A new ImageId is the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,10 +109,15 @@ class AugmentConfig:
         return config_from_mapping(cls, mapping, "augment")
 
     def passes(self, quality: Mapping[str, float]) -> bool:
-        """Whether a copy with these measures is kept (always without the gate)."""
-        return not self.gate or (
+        """Whether a copy with these measures is kept (always without the gate). A phantom
+        count the target domain cannot support (NaN: its nuclei are too faint for a detector)
+        does not refuse a copy; a visibility that cannot be measured does."""
+        if not self.gate:
+            return True
+        phantoms = quality["phantoms_per_100"]
+        return bool(
             quality["visibility_ratio"] >= self.min_visibility
-            and quality["phantoms_per_100"] < self.max_phantoms
+            and (math.isnan(phantoms) or phantoms < self.max_phantoms)
         )
 
 
@@ -224,9 +231,10 @@ def _draw_copy(
     rng: np.random.Generator,
 ) -> tuple[int, int, np.ndarray, dict[str, float], int] | None:
     """One copy: (target domain, attribute seed, image, its measures, draws taken), or None
-    when the gate refused every draw."""
+    when the gate refused every draw. The target domain is drawn once, so the gate does not
+    shift the mix of target styles towards the easy ones; only the attribute is redrawn."""
+    target = int(rng.choice(others))
     for draws in range(1, (config.tries if config.gate else 1) + 1):
-        target = int(rng.choice(others))
         image_seed = int(rng.integers(2**31))
         styled = stylizer.stylize([sample.image], target, seed=image_seed)[0]
         quality = _quality(styled, sample.labels, looks[target])

@@ -157,10 +157,10 @@ def _reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def _structure_targets(
     looks: Sequence[DomainLook | None], n_domains: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Per-domain plane weights (C, 3), polarity (C,) and target d' (C,) of the structure
-    term; a domain without a look gets polarity and target 0 (no loss)."""
+    """Per-domain plane weights (C, 3), polarity, target d' and gap (C,) of the structure
+    term; a domain without a look gets zeros (no loss)."""
     plane = torch.zeros(n_domains, 3)
-    polarity, target = torch.zeros(n_domains), torch.zeros(n_domains)
+    polarity, target, gap = (torch.zeros(n_domains) for _ in range(3))
     for d, look in enumerate(looks):
         if look is None:
             continue
@@ -168,10 +168,9 @@ def _structure_targets(
             plane[d] = 1.0 / 3.0
         else:
             plane[d, look.plane - 1] = 1.0
-        polarity[d], target[d] = look.polarity, look.visibility
-    return {
-        k: v.to(device) for k, v in (("plane", plane), ("polarity", polarity), ("target", target))
-    }
+        polarity[d], target[d], gap[d] = look.polarity, look.visibility, look.gap
+    targets = {"plane": plane, "polarity": polarity, "target": target, "gap": gap}
+    return {k: v.to(device) for k, v in targets.items()}
 
 
 class GanTrainer:
@@ -350,6 +349,7 @@ class GanTrainer:
                     t["plane"],
                     t["polarity"],
                     t["target"],
+                    t["gap"],
                 )
             weights = {
                 "g_adv1": cfg.w_domain,

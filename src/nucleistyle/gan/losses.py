@@ -80,16 +80,18 @@ def nucleus_visibility(
     plane: torch.Tensor,
     polarity: torch.Tensor,
     target: torch.Tensor,
+    gap: torch.Tensor,
     ring: int = 3,
 ) -> torch.Tensor:
     """How far each fake's inherited nuclei fall short of the target domain's visibility.
 
-    The differentiable form of :func:`nucleistyle.gan.quality.visibility`: d' between the pixels
-    of ``masks`` and a ``ring`` px band around them, on a weighted plane of the image (grey or
-    one channel, in grey levels), signed by the target domain's polarity;
-    the loss is ``relu(target - d')``, so it asks for nuclei as visible as in real images of the
-    target domain and no more. Samples whose crop holds fewer than 5 nucleus or band pixels do
-    not count.
+    The differentiable form of :func:`nucleistyle.gan.quality.copy_quality`'s visibility: on a
+    weighted plane of the image (grey or one channel, in grey levels), the d' between the pixels
+    of ``masks`` and a ``ring`` px band around them and the gap between their means, both signed
+    by the target domain's polarity. The loss is ``relu(1 - d' / target) + relu(1 - gap /
+    gap_target)``: nuclei as separable and as strong as in real images of the target domain,
+    and no more. Samples whose crop holds fewer than 5 nucleus or band pixels, or whose domain
+    has no target (0), do not count.
 
     Args:
         images: (N, 3, H, W) fakes in [-1, 1].
@@ -97,6 +99,7 @@ def nucleus_visibility(
         plane: (N, 3) channel weights of the target domain's plane.
         polarity: (N,) +1 (nuclei brighter) or -1.
         target: (N,) the target domain's typical d'.
+        gap: (N,) the target domain's typical gap, grey levels.
         ring: Band width (px).
 
     Returns:
@@ -105,11 +108,14 @@ def nucleus_visibility(
     values = torch.einsum("nchw,nc->nhw", images.float(), plane.float())[:, None] * 127.5
     band = F.max_pool2d(masks, 2 * ring + 1, 1, ring) - masks
     n_in, n_band = masks.sum((1, 2, 3)), band.sum((1, 2, 3))
-    counted = (n_in >= 5) & (n_band >= 5)
+    counted = (n_in >= 5) & (n_band >= 5) & (target > 0) & (gap > 0)
     mean_in = (values * masks).sum((1, 2, 3)) / n_in.clamp(min=1)
     mean_band = (values * band).sum((1, 2, 3)) / n_band.clamp(min=1)
     var_in = ((values - mean_in[:, None, None, None]) ** 2 * masks).sum((1, 2, 3))
     var_band = ((values - mean_band[:, None, None, None]) ** 2 * band).sum((1, 2, 3))
     spread = torch.sqrt(0.5 * (var_in / n_in.clamp(min=1) + var_band / n_band.clamp(min=1)) + 1.0)
-    shortfall = F.relu(target - polarity * (mean_in - mean_band) / spread) * counted
-    return shortfall.sum() / counted.sum().clamp(min=1)
+    difference = polarity * (mean_in - mean_band)
+    shortfall = F.relu(1 - difference / spread / target.clamp(min=1e-6)) + F.relu(
+        1 - difference / gap.clamp(min=1e-6)
+    )
+    return (shortfall * counted).sum() / counted.sum().clamp(min=1)

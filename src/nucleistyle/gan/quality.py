@@ -58,6 +58,7 @@ NEAR = 2  # px: an object this close to an inherited nucleus is that nucleus
 MIN_AREA = 0.25  # of the median inherited nucleus area: smaller objects are noise
 SIGMA = 1.0  # px of smoothing before thresholding
 LOOK_IMAGES = 32  # labelled images per domain that define how its nuclei look
+MIN_LOOK_VISIBILITY = 1.0  # d' below which a domain's nuclei are too faint to detect phantoms
 VARIANCE_FLOOR = 1.0  # grey levels²: keeps d' finite on flat (drawn) images
 
 
@@ -217,19 +218,30 @@ def _per_100(phantoms: int, nuclei: int) -> float:
 def copy_quality(image: np.ndarray, labels: np.ndarray, look: DomainLook) -> dict[str, float]:
     """The copy's visibility relative to its target domain, and its phantoms per 100 nuclei.
 
+    Visibility asks for both what makes nuclei clear in a real image of the domain: their d'
+    (separable from what surrounds them) and their grey-level gap to the background (as strong
+    as the domain's nuclei, not a faint trace in a near-blank image). The ratio is the smaller
+    of the two shares, clipped to [0, 1].
+
     Returns:
-        ``visibility`` (d', signed), ``visibility_ratio`` (over ``look.visibility``, clipped to
-        [0, 1]: 1 for nuclei at least as clear as in real images of the domain, 0 for none
-        or in the wrong polarity; a clear copy does not make up for a faded one in a mean),
-        ``phantoms_per_100`` and ``nuclei``.
+        ``visibility`` (d', signed), ``gap`` (grey levels, signed), ``visibility_ratio`` (1 for
+        nuclei at least as clear as in real images of the domain, 0 for none or in the wrong
+        polarity; clipped so that a clear copy does not make up for a faded one in a mean),
+        ``phantoms_per_100`` (NaN where the domain's own nuclei stand out too little, d' below
+        :data:`MIN_LOOK_VISIBILITY`, for a detector to tell them from texture) and ``nuclei``.
     """
     value = visibility(image, labels, look)
+    gap = _levels(image, labels, look.plane, look.polarity)[1:] if np.any(labels) else (0, 0)
+    gap_value = float(gap[0] - gap[1])
     phantoms, nuclei = phantom_objects(image, labels, look)
-    ratio = min(1.0, max(0.0, value / look.visibility)) if look.visibility > 0 else float("nan")
+    shares = [value / look.visibility, gap_value / look.gap] if look.gap > 0 else [np.nan]
+    ratio = float("nan") if math.isnan(value) else min(1.0, max(0.0, min(shares)))
+    reliable = look.visibility >= MIN_LOOK_VISIBILITY
     return {
         "visibility": value,
-        "visibility_ratio": float("nan") if math.isnan(value) else ratio,
-        "phantoms_per_100": _per_100(phantoms, nuclei),
+        "gap": gap_value,
+        "visibility_ratio": ratio,
+        "phantoms_per_100": _per_100(phantoms, nuclei) if reliable else float("nan"),
         "nuclei": float(nuclei),
     }
 
