@@ -4,6 +4,8 @@ and tiny end-to-end runs (synthetic data; BBBC038 through a file:// mirror of th
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 import zipfile
@@ -62,6 +64,97 @@ def test_dry_run_of_the_real_experiment_downloads_fixes_and_scores_both_stages(t
         assert rule in result.stdout, rule
     assert "stage2_test_final" in result.stdout
     assert "synthesize_dataset" not in result.stdout
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+COCO_FILE = "resources/weights/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+IMAGENET_FILE = "resources/weights/resnet50-0676ba61.pth"
+
+
+def test_dry_run_of_the_real_experiment_plans_the_pretrained_starts_without_network(
+    tmp_path, monkeypatch
+):
+    """config.yaml: Deep Retina from torchvision's COCO Mask R-CNN, Mirzaev from its ImageNet
+    ResNet-50, each fetched once by the local rule; planning needs no network (the download
+    URL here is a closed port)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    copy = workflow_copy(tmp_path)
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake("-n", "--config", offline, cwd=copy)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_job_texts(result.stdout)
+    fetches = {job.split("output: ")[1].split()[0] for job in jobs["fetch_pretrained"]}
+    assert fetches == {COCO_FILE, IMAGENET_FILE}
+    for baseline, weights in (("deep_retina", COCO_FILE), ("mirzaev", IMAGENET_FILE)):
+        train = [job for job in jobs["train_segmenter"] if f"baseline={baseline}," in job]
+        assert len(train) == 4 and all(f"input: {weights}," in job for job in train), baseline
+    # a file already in place (or in a torch hub cache) is not fetched again
+    (copy / "resources" / "weights").mkdir(parents=True)
+    (copy / COCO_FILE).write_bytes(b"a local copy")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / Path(IMAGENET_FILE).name).write_bytes(b"a cached copy")
+    again = snakemake("-n", "--config", offline, cwd=copy)
+    assert again.returncode == 0, again.stderr
+    assert planned_jobs(again.stdout)["fetch_pretrained"] == 1
+    assert f"output: {IMAGENET_FILE}" in again.stdout and f"output: {COCO_FILE}" not in again.stdout
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_a_pretrained_start_that_cannot_be_had_stops_the_run_before_any_job(
+    tmp_path, monkeypatch, dry_run
+):
+    """No file, no torch hub copy, no network: a real run stops before its first job with one
+    line saying what to download and where; a dry run plans the download. A file:// mirror
+    without the file stops both, without any network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    copy = workflow_copy(tmp_path)
+    coco = "segment={deep_retina: {weights: coco, backbone: resnet50}}"
+    flags = ("-n",) if dry_run else ()
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake(*flags, "--profile", "profiles/demo", "--config", coco, offline, cwd=copy)
+    hint = (
+        "Download https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth "
+        "on a machine with internet and put it into resources/weights/"
+    )
+    if dry_run:
+        assert result.returncode == 0, result.stderr
+        assert planned_jobs(result.stdout)["fetch_pretrained"] == 1
+    else:
+        assert result.returncode != 0
+        assert "Connection refused" in result.stderr and hint in result.stderr
+        assert "Connection refused" not in result.stdout
+    mirror = f"pretrained={{base_url: '{(tmp_path / 'mirror').as_uri()}/'}}"
+    missing = snakemake(*flags, "--profile", "profiles/demo", "--config", coco, mirror, cwd=copy)
+    said = missing.stdout + missing.stderr
+    assert missing.returncode != 0 and hint in said and "no such file" in said
+    assert not (copy / "results").exists() and not (copy / "resources").exists()
+    assert not (copy / "logs").exists()
+
+
+def test_the_fetch_rule_verifies_a_torch_hub_copy_against_the_hash_in_its_name(
+    tmp_path, monkeypatch
+):
+    """The rule runs (a copy in the torch hub cache, so no network); a copy whose bytes do
+    not match the SHA-256 prefix in its name fails the job and leaves no file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / Path(COCO_FILE).name).write_bytes(b"not the released file")
+    copy = workflow_copy(tmp_path)
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake(COCO_FILE, "--cores", "1", "--config", offline, cwd=copy)
+    assert result.returncode != 0
+    log = (copy / "logs/fetch_pretrained/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth.log").read_text()
+    assert "checksum mismatch" in log and "expected sha256 bf2d0c1e" in log
+    assert not (copy / "resources" / "weights").exists() or not any(
+        (copy / "resources" / "weights").iterdir()
+    )
 
 
 def test_dry_run_of_the_demo_profile_synthesizes_instead_of_downloading(tmp_path):
@@ -135,6 +228,8 @@ def test_two_cores_train_the_arms_without_a_gan_first_then_the_costlier_baseline
         ("data={sorce: synthetic}", "data"),
         ("data={source: local}", "data.local.path"),
         ("seed=-4", "seed"),
+        ("segment={mirzaev: {weights: /nonexistent/r50.pth}}", "segment.mirzaev.weights"),
+        ("segment={deep_retina: {weights: coco}}", "segment.weights"),  # ResNet-18: no COCO
     ],
 )
 def test_an_invalid_config_value_stops_before_any_job_naming_the_key(tmp_path, override, key):
@@ -153,6 +248,15 @@ def tiny_demo(tmp_path_factory) -> Path:
     run = snakemake("--profile", "profiles/demo", "--config", *TINY, cwd=copy)
     assert run.returncode == 0, run.stderr[-3000:]
     return copy
+
+
+def planned_job_texts(output: str) -> dict[str, list[str]]:
+    """Rule -> the text of each job a dry run prints (from its "rule <name>:" line on)."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.split(r"^(?=rule \w+:$)", output, flags=re.MULTILINE)[1:]:
+        name = block.split(":", 1)[0].removeprefix("rule ")
+        jobs.setdefault(name, []).append(block.split("\n[", 1)[0])
+    return jobs
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -480,3 +584,4 @@ def test_a_bad_folder_source_stops_before_any_job_naming_the_key(tmp_path, overr
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"config key {key}" in output and "Traceback" not in output, output[-2000:]
+

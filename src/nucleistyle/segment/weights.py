@@ -105,7 +105,8 @@ def hub_checkpoint_dirs() -> list[Path]:
 
 
 def find_cached(name: str, folders: Iterable[Path] | None = None) -> Path | None:
-    """The first copy of ``name`` in ``folders`` (default: :func:`hub_checkpoint_dirs`), unverified."""
+    """The first copy of ``name`` in ``folders`` (default: :func:`hub_checkpoint_dirs`);
+    not verified here (:func:`fetch_weights` verifies what it copies)."""
     for folder in hub_checkpoint_dirs() if folders is None else folders:
         if Path(folder, name).is_file():
             return Path(folder, name)
@@ -115,10 +116,10 @@ def find_cached(name: str, folders: Iterable[Path] | None = None) -> Path | None
 def missing_hint(name: str, dest: Path) -> str:
     """What to do when a released file can be neither found nor downloaded (one sentence)."""
     hub = hub_checkpoint_dirs()[0]
+    also = f" (or into the torch hub cache {hub}/)" if dest.parent != hub else ""
     return (
         f"Download {TORCHVISION_MODELS}{name} on a machine with internet and put it into "
-        f"{dest.parent}/ (or into the torch hub cache {hub}/), or set the baseline's segment "
-        "weights to a local file"
+        f"{dest.parent}/{also}, or set the baseline's segment weights to a local file"
     )
 
 
