@@ -612,7 +612,7 @@ def test_offline_pretrained_weights_fail_in_one_line(
         get_config("deep_retina", {"weights": "coco", "backbone": "resnet18"})
 
 
-def test_a_start_in_the_torch_hub_cache_is_used_without_network(
+def test_a_start_in_resources_or_the_torch_hub_cache_is_used_without_network(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from nucleistyle.segment import weights as weights_module
@@ -623,8 +623,15 @@ def test_a_start_in_the_torch_hub_cache_is_used_without_network(
     cache.mkdir(parents=True)
     state = _distinct(model_module.released_standin("imagenet", "resnet18"))
     torch.save(state, cache / "resnet18-f37072fd.pth")
-    model = build_model(get_config("mirzaev", {"backbone": "resnet18", "weights": "imagenet"}))
+    cfg = get_config("mirzaev", {"backbone": "resnet18", "weights": "imagenet"})
+    model = build_model(cfg)
     torch.testing.assert_close(model.backbone.body.conv1.weight, state["conv1.weight"])
+    # the workflow's copy in resources/weights/ comes first
+    ours = model_module.released_standin("imagenet", "resnet18", seed=5)
+    (tmp_path / "resources" / "weights").mkdir(parents=True)
+    torch.save(ours, tmp_path / "resources" / "weights" / "resnet18-f37072fd.pth")
+    monkeypatch.chdir(tmp_path)
+    torch.testing.assert_close(build_model(cfg).backbone.body.conv1.weight, ours["conv1.weight"])
 
 
 def test_the_released_file_names_are_torchvisions() -> None:

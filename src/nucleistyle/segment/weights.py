@@ -159,8 +159,10 @@ def fetch_weights(
 
 
 def released_weights(weights: str, backbone: str, base_url: str | None = None) -> Path:
-    """The released file of a start outside the workflow: from a torch hub cache, or
-    downloaded into torch's (``torch.hub.get_dir()/checkpoints``, where torch would put it).
+    """The released file of a start outside the workflow (the command line, the Python API):
+    the workflow's copy in :data:`WEIGHTS_DIR` under the working directory or a torch hub
+    cache's, else downloaded into torch's (``torch.hub.get_dir()/checkpoints``, where torch
+    would put it).
 
     Raises:
         NucleistyleError: see :func:`released_file` and :func:`fetch_weights`.
@@ -168,7 +170,7 @@ def released_weights(weights: str, backbone: str, base_url: str | None = None) -
     name = released_file(weights, backbone)
     if name is None:
         raise NucleistyleError(f"segment weights {weights!r} name no released file")
-    cached = find_cached(name)
+    cached = find_cached(name, [Path(WEIGHTS_DIR), *hub_checkpoint_dirs()])
     if cached is not None:
         return cached
     return fetch_weights(name, hub_checkpoint_dirs()[0] / name, base_url, caches=())
