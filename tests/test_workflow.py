@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import shutil
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -585,3 +588,88 @@ def test_a_bad_folder_source_stops_before_any_job_naming_the_key(tmp_path, overr
     assert result.returncode != 0
     assert f"config key {key}" in output and "Traceback" not in output, output[-2000:]
 
+
+@pytest.mark.slow
+def test_the_paper_configuration_runs_end_to_end_on_a_few_real_images(tmp_path, shared_bbbc038):
+    """config.yaml as it stands, before anyone spends GPU hours on it: both baselines at
+    ResNet-50 FPN and 512 px from their pretrained starts (files in the released key layouts,
+    random values: torchvision's cannot be downloaded here), the GAN at crop 216 with 6 domains
+    and its full width, Deep Retina's 15-variant TTA, every arm. Changed: the data (9 real
+    training images and 1 test image as a local copy), the budgets (2 GAN updates, 1 iteration
+    of each segmenter) and the machine (the CPU, one thread per job). 17 CPU minutes, fp32 (32.5
+    min on 2 cores that other work kept at a load of about 10)."""
+    import torch
+
+    from nucleistyle.data.bbbc038 import list_images, load_sample
+    from nucleistyle.data.csvio import write_solution
+    from nucleistyle.segment.model import released_standin
+
+    manifest = pd.read_csv(shared_bbbc038 / "manifest.csv")
+    small = manifest[manifest.height == 256]
+    picks = {"Default": 4, "Purple": 3, "PinkAndPurple": 3}  # colours for 6 domains
+    chosen = [i for group, n in picks.items() for i in small[small.group == group].ImageId[:n]]
+    test_id, train_ids = chosen[0], chosen[1:]
+    data = tmp_path / "data"
+    for image_id in train_ids:
+        shutil.copytree(
+            shared_bbbc038 / "stage1_train" / image_id, data / "stage1_train" / image_id
+        )
+    source = shared_bbbc038 / "stage1_train" / test_id
+    shutil.copytree(source / "images", data / "stage1_test" / test_id / "images")
+    (sample,) = [load_sample(r) for r in list_images(shared_bbbc038 / "stage1_train")
+                 if r.image_id == test_id]  # fmt: skip
+    write_solution(data / "stage1_solution.csv", {test_id: sample.labels})
+
+    copy = workflow_copy(tmp_path)
+    weights = copy / "resources" / "weights"
+    weights.mkdir(parents=True)
+    for start, name in (("coco", COCO_FILE), ("imagenet", IMAGENET_FILE)):
+        torch.save(released_standin(start, "resnet50"), copy / name)
+    overlay = {
+        "data": {"source": "local", "local": {"path": str(data)}, "test_sets": ["stage1_test"]},
+        "gan": {"iterations": 2, "checkpoint_every": 2},
+        "segment": {"common": {"iterations": 1, "epochs": None, "checkpoint_every": 1}},
+        "resources": {"threads": 1, "gpu": 0},
+    }
+    (copy / "budget.yaml").write_text(yaml.safe_dump(overlay))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    plan = snakemake("-n", "--configfile", "budget.yaml", cwd=copy)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "fetch_pretrained" not in planned_jobs(plan.stdout)  # the files are in place
+
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # one thread per job: clustering and CLAHE ask for 2, and on 2 cores they would wait behind
+    # the 1-thread segmenters, and with them the GAN, the augmentation and both style arms
+    threads = ("--cores", "2", "--max-threads", "1")
+    run = snakemake(*threads, "--configfile", "budget.yaml", cwd=copy, timeout=5400)
+    minutes = (time.perf_counter() - start) / 60
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_minutes = (after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / 60
+    assert run.returncode == 0, run.stderr[-5000:]
+    print(f"the paper configuration, {len(train_ids)} + 1 images: {minutes:.1f} min, "
+          f"{cpu_minutes:.1f} CPU min")  # fmt: skip
+
+    arms, baselines = config["segment"]["arms"], config["segment"]["baselines"]
+    assert len(arms) == 4 and len(baselines) == 2  # every arm of config.yaml
+    scores = pd.read_csv(copy / "results/score/table1.csv")
+    ours = set(scores.loc[scores["source"] == "this run", "model"])
+    trained = {f"{b}-{a}" for b in baselines for a in arms}
+    assert ours == {"classical"} | trained | {f"{m}-tta" for m in trained}
+    for model in trained:
+        state = torch.load(copy / f"results/segment/{model}/model.pt", weights_only=True)
+        stored = state["config"]
+        assert (stored["backbone"], stored["prep.size"], stored["model.fpn_channels"]) == (
+            "resnet50",
+            512,
+            256,
+        )
+        assert stored["weights"] == ("coco" if model.startswith("deep_retina") else "imagenet")
+        log = (copy / f"logs/train_segmenter/{model}.log").read_text()
+        start_file = COCO_FILE if model.startswith("deep_retina") else IMAGENET_FILE
+        kind = "whole-model" if model.startswith("deep_retina") else "backbone"
+        assert f"from {start_file} ({kind} start" in log, model
+    gan = torch.load(copy / "results/gan/model.pt", weights_only=True)
+    assert (gan["config"]["crop"], gan["config"]["n_domains"]) == (216, 6)
+    assert gan["config"]["base_channels"] == 64
+    tta_log = (copy / "logs/predict/deep_retina-none-tta/stage1_test/0.log").read_text()
+    assert "1 images of" in tta_log and "15 variants each" in tta_log
