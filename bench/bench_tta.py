@@ -71,6 +71,7 @@ def build_segmenter(size: int) -> Segmenter:
     torch.manual_seed(0)
     overrides = {
         "backbone": "resnet18",
+        "weights": "none",
         "prep": {"size": size},
         "model": {
             "box_score_thresh": 0.0,

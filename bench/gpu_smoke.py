@@ -8,9 +8,16 @@ On a CUDA machine, in a few minutes (well inside 5), on a small synthetic data s
 
 1. the GAN at the paper's size (``config.yaml``: 6 domains, crop 216, batch 2, width 64) for
    ``--gan-iterations`` training iterations (2 content-D updates and a full update each);
-2. each baseline at the paper's size (``config.yaml``: ResNet-50, 512 px) with
+2. each baseline at the paper's size (``config.yaml``: ResNet-50, 512 px) from its pretrained
+   start (Deep Retina: torchvision's COCO Mask R-CNN, Mirzaev: its ImageNet ResNet-50) with
    ``train_segmenter`` for ``--segment-iterations`` iterations;
 3. each trained baseline predicting ``--images`` test images with its test-time augmentation.
+
+The start's released file is taken from ``resources/weights/`` when it is there (no download),
+else fetched as the workflow's rule ``fetch_pretrained`` does (a torch hub cache, then
+torchvision's server); where that fails (a GPU node without network) a stand-in with the
+released file's keys and shapes and random values is used, and the line says so: the loader's
+renames and checks and the timings are the same.
 
 All in bf16. Printed per stage: iterations/s or images/s (after a warm-up), the peak GPU memory
 (``torch.cuda.max_memory_allocated``), and the projected wall time of the paper's schedule:
@@ -19,9 +26,9 @@ left after its validation split, at batch 2 (``SegmenterConfig.total_iterations`
 the validation passes.
 
 Without CUDA it prints one line and exits 0. ``--device cpu --tiny`` runs the same code at tiny
-sizes in seconds (a 4-wide GAN at crop 36, the demo's segmenters at 64 px, 2 iterations each; in
-fp32 where the CPU has no bf16 units, ``--precision bf16`` forces the bf16 autocast path): the
-tests do.
+sizes in seconds (a 4-wide GAN at crop 36, the demo's segmenters at 64 px from a stand-in
+ImageNet ResNet-18 start, 2 iterations each; in fp32 where the CPU has no bf16 units,
+``--precision bf16`` forces the bf16 autocast path): the tests do.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pathlib import Path
 import torch
 from bench_segment import load_config, make_data, segment_overrides
 
+REPO = Path(__file__).resolve().parents[1]
 STAGE1_TRAIN = 670  # images in BBBC038 stage1_train: the paper's training set
 BASELINES = ("deep_retina", "mirzaev")
 WARMUP = 3  # untimed iterations (cuDNN autotuning, allocator growth); 1 with --tiny
@@ -105,11 +113,37 @@ def smoke_gan(config: dict, data: Path, device: torch.device, args: argparse.Nam
 
 
 def _overrides(baseline: str, tiny: bool) -> dict:
-    """The paper's segmenter settings, or with ``tiny`` the demo's at 64 px."""
+    """The paper's segmenter settings, or with ``tiny`` the demo's at 64 px from an ImageNet
+    start (the demo trains from scratch; torchvision has no COCO Mask R-CNN for ResNet-18)."""
     if not tiny:
         return segment_overrides("paper", baseline)
     overrides = segment_overrides("demo", baseline)
-    return overrides | {"prep": {**overrides.get("prep", {}), **TINY_PREP}}
+    return overrides | {"prep": {**overrides.get("prep", {}), **TINY_PREP}, "weights": "imagenet"}
+
+
+def pretrained_start(cfg, tmp: Path, tiny: bool) -> tuple[Path | None, str]:
+    """The weights file of ``cfg``'s start and how it was had (see the module's docstring):
+    ``resources/weights/<released name>`` (present: used as it is, after its hash check;
+    otherwise fetched), or with ``tiny`` or where it cannot be had a stand-in in ``tmp``."""
+    from nucleistyle.segment.model import released_standin
+    from nucleistyle.segment.weights import WEIGHTS_DIR, fetch_weights, released_file
+    from nucleistyle.utils import NucleistyleError, first_line
+
+    name = released_file(cfg.weights, cfg.backbone)
+    if name is None:
+        return None, f"start {cfg.weights}"
+    why = "--tiny"
+    if not tiny:
+        dest = REPO / WEIGHTS_DIR / name
+        present = dest.is_file()
+        try:
+            path = fetch_weights(name, dest, timeout=10)
+            return path, f"{cfg.weights} start {name} ({'present' if present else 'fetched'})"
+        except NucleistyleError as exc:
+            why = first_line(exc).split(". Download ")[0]
+    path = tmp / name
+    torch.save(released_standin(cfg.weights, cfg.backbone), path)
+    return path, f"{cfg.weights} start: a stand-in in {name}'s layout, random values ({why})"
 
 
 def smoke_segmenter(
@@ -126,9 +160,17 @@ def smoke_segmenter(
     run = {"device": str(device), "precision": args.precision, "iterations": n, "epochs": None}
     run |= {"log_every": 1, "val_every": n, "checkpoint_every": n}
     cfg = get_config(baseline, _overrides(baseline, args.tiny) | run)
+    weights_file, start = pretrained_start(cfg, out, args.tiny)
+    print(f"{baseline}: {start}", flush=True)
     _reset_peak(device)
     history_tsv = out / f"{baseline}.tsv"
-    train_segmenter([data / "stage1_train"], out / f"{baseline}.pt", cfg, history_tsv=history_tsv)
+    train_segmenter(
+        [data / "stage1_train"],
+        out / f"{baseline}.pt",
+        cfg,
+        history_tsv=history_tsv,
+        weights_file=weights_file,
+    )
     seconds = _seconds_per_iteration(history_tsv, args.warmup)
     paper = get_config(baseline, segment_overrides("paper", baseline))  # the schedule to project
     n_train = STAGE1_TRAIN - math.ceil(paper.val_fraction * STAGE1_TRAIN)

@@ -25,4 +25,5 @@ train_segmenter(
         if snakemake.params.inputs == "enhanced"
         else None
     ),
+    weights_file=snakemake.input.get("weights"),
 )

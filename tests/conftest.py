@@ -29,6 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # paths as the real settings.
 TINY_SEGMENTER = {
     "backbone": "resnet18",
+    "weights": "none",
     "iterations": 2,
     "checkpoint_every": 1,
     "log_every": 1,

@@ -32,6 +32,7 @@ from nucleistyle.data.acquire import (
     safe_extract,
     sha256_file,
 )
+from nucleistyle.segment.weights import check_downloadable, fetch_weights, find_cached
 from nucleistyle.utils import NucleistyleError
 
 MAX_REQUESTS = 50  # the server answers 503 after this many requests: no test can loop forever
@@ -77,12 +78,14 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.release.wait(timeout=5)
                 return
             if rng and state.mode == "normal":
-                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                first, last = re.fullmatch(r"bytes=(\d+)-(\d*)", rng).groups()
+                start = int(first)
+                end = min(int(last or len(body) - 1), len(body) - 1)
                 if start >= len(body):
                     self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
                     return
-                headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
-                self._send(206, body[start:], headers)
+                headers = {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
+                self._send(206, body[start : end + 1], headers)
                 return
             self._send(200, body)
 
@@ -321,7 +324,7 @@ def test_download_from_file_url_and_plain_path_mirrors(tmp_path):
 
 
 def test_download_rejects_malformed_sha256(tmp_path):
-    with pytest.raises(NucleistyleError, match="not 64 hex digits"):
+    with pytest.raises(NucleistyleError, match="not 8 to 64 hex digits"):
         download("file:///nonexistent", tmp_path / "x", sha256="abc")
 
 
@@ -592,3 +595,111 @@ def test_check_local_dataset_accepts_layout_and_names_missing_paths(tmp_path, sy
     shutil.rmtree(synthetic_set / "b_03" / "masks")
     with pytest.raises(NucleistyleError, match=re.escape(str(synthetic_set / "b_03" / "masks"))):
         check_local_dataset(root, ["stage1_train"])
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrained weights (torchvision's released files; a small fake file named by its own hash)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+@pytest.fixture
+def fake_weights(monkeypatch, tmp_path) -> tuple[str, bytes]:
+    """(file name, bytes) of a small fake weights file named ``<model>-<sha256[:8]>.pth``, as
+    torchvision names its releases; the torch hub caches point into tmp_path (empty)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    payload = b"fake weights " * 5000
+    return f"fake-{hashlib.sha256(payload).hexdigest()[:8]}.pth", payload
+
+
+def test_fetch_weights_downloads_once_verified_against_the_hash_in_its_name(
+    server, fake_weights, tmp_path
+):
+    base, state = server
+    name, payload = fake_weights
+    state.files[f"/{name}"] = payload
+    dest = tmp_path / "resources" / "weights" / name
+
+    assert fetch_weights(name, dest, f"{base}/") == dest
+    assert dest.read_bytes() == payload and not dest.with_name(name + ".part").exists()
+    assert state.requests == [(f"/{name}", None)]
+    fetch_weights(name, dest, f"{base}/")  # present and matching: no request
+    assert len(state.requests) == 1
+
+    wrong = "fake-00000000.pth"  # a file whose bytes do not match its name
+    state.files[f"/{wrong}"] = payload
+    with pytest.raises(NucleistyleError, match=r"checksum mismatch .*expected sha256 00000000"):
+        fetch_weights(wrong, tmp_path / "w" / wrong, f"{base}/")
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_fetch_weights_interrupted_resumes_with_range(server, fake_weights, tmp_path):
+    base, state = server
+    name, payload = fake_weights
+    state.files[f"/{name}"] = payload
+    state.mode, state.truncate_at = "truncate", 1000
+    dest = tmp_path / name
+    with pytest.raises(NucleistyleError, match="a rerun resumes from there"):
+        fetch_weights(name, dest, f"{base}/")
+    state.mode = "normal"
+    fetch_weights(name, dest, f"{base}/")
+    assert dest.read_bytes() == payload
+    assert state.requests[-1] == (f"/{name}", "bytes=1000-")
+
+
+def test_fetch_weights_copies_a_torch_hub_cache_without_network(fake_weights, tmp_path):
+    name, payload = fake_weights
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(payload)
+    assert find_cached(name) == cache / name
+
+    dest = fetch_weights(name, tmp_path / "weights" / name, _closed_port_url())
+    assert dest.read_bytes() == payload
+    (cache / name).write_bytes(b"corrupt")  # a damaged cache copy is not taken
+    with pytest.raises(NucleistyleError, match=rf"checksum mismatch for {re.escape(str(cache))}"):
+        fetch_weights(name, tmp_path / "other" / name, _closed_port_url())
+
+
+def test_fetch_weights_offline_says_what_to_download_and_where(fake_weights, tmp_path):
+    name, _ = fake_weights
+    url = _closed_port_url()
+    dest = tmp_path / "resources" / "weights" / name
+    with pytest.raises(NucleistyleError) as err:
+        fetch_weights(name, dest, url, timeout=5)
+    message = str(err.value)
+    assert message.startswith(f"cannot download {url}{name}: Connection refused. ")
+    assert f"Download https://download.pytorch.org/models/{name} on a machine" in message
+    assert f"put it into {dest.parent}/" in message and "\n" not in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert not dest.exists() and not dest.with_name(name + ".part").exists()
+
+
+def test_check_downloadable_uses_no_network_unless_asked(server, fake_weights, tmp_path):
+    base, state = server
+    name, payload = fake_weights
+    dest_dir = tmp_path / "weights"
+    offline = _closed_port_url()
+    check_downloadable([name], offline, dest_dir=dest_dir, probe=False)  # a dry run: no request
+    with pytest.raises(NucleistyleError, match=rf"cannot download {offline}{name}: Connection"):
+        check_downloadable([name], offline, dest_dir=dest_dir, probe=True)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with pytest.raises(NucleistyleError, match=rf"no such file {re.escape(str(mirror))}"):
+        check_downloadable([name], mirror.as_uri() + "/", dest_dir=dest_dir, probe=False)
+    (mirror / name).write_bytes(payload)
+    check_downloadable([name], mirror.as_uri() + "/", dest_dir=dest_dir, probe=False)
+
+    state.files[f"/{name}"] = payload  # a server that has the file: one byte asked for
+    check_downloadable([name], f"{base}/", dest_dir=dest_dir, probe=True)
+    assert state.requests == [(f"/{name}", "bytes=0-0")]
+    with pytest.raises(NucleistyleError, match="HTTP 404"):
+        check_downloadable(["other-12345678.pth"], f"{base}/", dest_dir=dest_dir, probe=True)
+    dest_dir.mkdir()
+    (dest_dir / name).write_bytes(payload)  # already there: nothing to check
+    check_downloadable([name], offline, dest_dir=dest_dir, probe=True)

@@ -230,7 +230,50 @@ def test_gpu_smoke_tiny_on_the_cpu_trains_and_predicts_every_stage() -> None:
         assert re.search(rf"{baseline} \(resnet18, 64 px, batch \d+", out)  # the demo's batch
         assert f"{total} iterations (75 epochs" in out
         assert f"{baseline} prediction with TTA" in out
+        stand_in = "imagenet start: a stand-in in resnet18-f37072fd.pth's layout, random values"
+        assert f"{baseline}: {stand_in} (--tiny)" in out
     assert "gpu_smoke: done" in out
+
+
+def test_gpu_smoke_takes_a_present_start_without_download_and_stands_in_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A released file already in resources/weights/ is used after its hash check, with no
+    request; none there and no network: a stand-in in the released layout, saying why."""
+    import hashlib
+    import socket
+
+    import gpu_smoke
+    import torch
+
+    from nucleistyle.segment import weights as weights_module
+    from nucleistyle.segment.configs import get_config
+    from nucleistyle.segment.model import released_standin
+
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        offline = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    monkeypatch.setattr(weights_module, "TORCHVISION_MODELS", offline)
+    monkeypatch.setattr(gpu_smoke, "REPO", tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = get_config("mirzaev", {"backbone": "resnet18"})
+    (tmp_path / "standin").mkdir()
+
+    path, said = gpu_smoke.pretrained_start(cfg, tmp_path / "standin", tiny=False)
+    assert path == tmp_path / "standin" / "resnet18-f37072fd.pth" and path.is_file()
+    assert said.startswith("imagenet start: a stand-in in resnet18-f37072fd.pth's layout")
+    assert f"(cannot download {offline}resnet18-f37072fd.pth: Connection refused)" in said
+
+    present = tmp_path / "resources" / "weights"
+    present.mkdir(parents=True, exist_ok=True)  # the failed fetch made it
+    torch.save(released_standin("imagenet", "resnet18"), tmp_path / "file.pth")
+    data = (tmp_path / "file.pth").read_bytes()
+    name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"  # named by its own hash
+    (present / name).write_bytes(data)
+    monkeypatch.setitem(weights_module.RELEASED, ("imagenet", "resnet18"), name)
+    path, said = gpu_smoke.pretrained_start(cfg, tmp_path / "standin", tiny=False)
+    assert path == present / name and said == f"imagenet start {name} (present)"
 
 
 @pytest.mark.slow

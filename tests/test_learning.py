@@ -2,27 +2,21 @@
 
 * Ceilings: the ground truth of real images, passed through each baseline's post-processing
   (single pass, and through its TTA merge with identical variants), scores >= 0.99.
-* Pretrained starts: every tensor of torchvision's released COCO file that fits the model
-  arrives, including the legacy-named mask-head convolutions.
 * Learning: each Mask R-CNN baseline overfits four real images; the GAN learns a known
   two-domain translation better than the flat mean colour of the target domain.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 
 from nucleistyle.data.bbbc038 import iter_samples, list_images
-from nucleistyle.segment import model as model_module
 from nucleistyle.segment.configs import get_config
-from nucleistyle.segment.model import build_model, modern_key_names
 from nucleistyle.segment.predict import ceiling_score
 from nucleistyle.tta import TTAConfig
 from nucleistyle.utils import NucleistyleError
@@ -70,52 +64,6 @@ def test_each_baseline_uses_its_own_solutions_tta():
         TTAConfig.for_baseline("mirzaev", {"mirzaev": {"merge": "mean"}})
 
 
-def _legacy_coco_state() -> dict[str, torch.Tensor]:
-    """A state dict in the released COCO file's key layout (mask head as mask_fcn1..4)."""
-    torch.manual_seed(0)
-    reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=91
-    ).state_dict()
-    legacy = {}
-    for key, value in reference.items():
-        match = re.match(r"^roi_heads\.mask_head\.(\d)\.0\.(weight|bias)$", key)
-        if match:
-            key = f"roi_heads.mask_head.mask_fcn{int(match[1]) + 1}.{match[2]}"
-        legacy[key] = value
-    return legacy
-
-
-def test_coco_weights_reach_every_head_tensor(monkeypatch):
-    legacy = _legacy_coco_state()
-    assert "roi_heads.mask_head.mask_fcn1.weight" in legacy
-    monkeypatch.setattr(model_module, "_download", lambda weights, what: legacy)
-    model = build_model(get_config("deep_retina", {"weights": "coco"}))
-    expected = modern_key_names(legacy)
-    own = model.state_dict()
-    class_specific = {
-        "roi_heads.box_predictor.cls_score.weight",
-        "roi_heads.box_predictor.cls_score.bias",
-        "roi_heads.box_predictor.bbox_pred.weight",
-        "roi_heads.box_predictor.bbox_pred.bias",
-        "roi_heads.mask_predictor.mask_fcn_logits.weight",
-        "roi_heads.mask_predictor.mask_fcn_logits.bias",
-    }
-    assert set(own) - set(expected) == set()
-    for key, value in own.items():
-        if key in class_specific:
-            assert value.shape != expected[key].shape, key
-        else:
-            assert torch.equal(value, expected[key]), key
-    heads = [k for k in own if k.startswith("roi_heads.mask_head.")]
-    assert len(heads) == 8  # four convolutions, weight and bias each
-
-
-def test_pretrained_heads_get_no_untrained_normalisation():
-    with pytest.raises(NucleistyleError, match=r"segment\.model\.head_norm"):
-        get_config("deep_retina", {"weights": "coco", "model": {"head_norm": True}})
-    assert get_config("deep_retina").model.head_norm is False
-
-
 # -- learning checks ---------------------------------------------------------------------------
 # Bounded runs on two cores: the Mask R-CNNs and the GAN toy run in two worker processes of one
 # torch thread each. Each check fails when learning breaks (a frozen optimiser, a broken loss or
@@ -124,6 +72,7 @@ def test_pretrained_heads_get_no_untrained_normalisation():
 CROP = 128  # px of each real image used (its top-left corner)
 OVERFIT = {
     "backbone": "resnet18",
+    "weights": "none",
     "iterations": 400,
     "log_every": 50,
     "val_every": 400,

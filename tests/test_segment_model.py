@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def trained(demo: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "resnet101"])
 def test_model_builds_for_each_backbone_with_the_baseline_settings(backbone: str) -> None:
-    cfg = get_config("mirzaev", {"backbone": backbone})
+    cfg = get_config("mirzaev", {"backbone": backbone, "weights": "none"})
     model = build_model(cfg)
     heads, rpn = model.roi_heads, model.rpn
     assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.75, 0.3, 400)
@@ -459,34 +458,194 @@ def test_training_uses_the_pixel_edge_mask_targets(monkeypatch: pytest.MonkeyPat
     assert tv_roi_heads.project_masks_on_boxes is project_masks_on_boxes  # put back
 
 
+# -- pretrained starts -------------------------------------------------------------------------
+
+CLASS_SPECIFIC = {
+    f"roi_heads.{layer}.{kind}"
+    for layer in (
+        "box_predictor.cls_score",
+        "box_predictor.bbox_pred",
+        "mask_predictor.mask_fcn_logits",
+    )
+    for kind in ("weight", "bias")
+}
+# The groups of tensors a COCO start covers, each of which must arrive whole.
+GROUPS = (
+    "backbone.body.", "backbone.fpn.", "rpn.head.", "roi_heads.box_head.",
+    "roi_heads.mask_head.", "roi_heads.mask_predictor.conv5_mask.",
+)  # fmt: skip
+
+
+def _distinct(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every floating tensor shifted by its own small random amount: a tensor that lands in
+    another layer's place (or stays random) cannot compare equal by accident."""
+    torch.manual_seed(1)
+    return {
+        k: v + torch.rand_like(v) * 0.01 if v.is_floating_point() else v for k, v in state.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def released_coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A COCO file in the released key layout (random tensors), and its state dict."""
+    state = _distinct(model_module.released_standin("coco", "resnet50"))
+    path = tmp_path_factory.mktemp("coco") / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_the_stand_in_has_the_released_files_legacy_key_layout(released_coco) -> None:
+    """The layout torchvision's own loader renames (RPN conv, FPN convs, mask head): what the
+    2019 COCO file uses; and our renames give exactly torchvision's current names."""
+    _, legacy = released_coco
+    for key in (
+        "rpn.head.conv.weight", "backbone.fpn.inner_blocks.0.weight",
+        "backbone.fpn.layer_blocks.3.bias", "roi_heads.mask_head.mask_fcn1.weight",
+        "roi_heads.mask_head.mask_fcn4.bias", "roi_heads.box_predictor.cls_score.weight",
+    ):  # fmt: skip
+        assert key in legacy, key
+    assert not any(".0.0." in k or "mask_head.0." in k or "blocks.0.0" in k for k in legacy)
+    assert legacy["roi_heads.box_predictor.cls_score.weight"].shape == (91, 1024)
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91
+    )
+    result = reference.load_state_dict(dict(legacy), strict=False)  # torchvision's renames
+    assert not result.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    current = {k for k in reference.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(model_module.modern_key_names(legacy)) == current
+
+
+def test_a_coco_start_loads_every_tensor_of_the_released_layout(released_coco) -> None:
+    path, legacy = released_coco
+    model = build_model(get_config("deep_retina"), weights_file=path)
+    expected = model_module.modern_key_names(legacy)
+    own = model.state_dict()
+    assert set(own) == set(expected)
+    compared = dict.fromkeys(GROUPS, 0)
+    for key, value in own.items():
+        if key in CLASS_SPECIFIC:  # 91 COCO classes there, 2 here: left to training
+            assert value.shape != expected[key].shape, key
+            continue
+        assert torch.equal(value, expected[key]), key
+        group = next((g for g in GROUPS if key.startswith(g)), None)
+        if group:
+            compared[group] += 1
+    assert compared == {
+        "backbone.body.": 265, "backbone.fpn.": 16, "rpn.head.": 6, "roi_heads.box_head.": 4,
+        "roi_heads.mask_head.": 8, "roi_heads.mask_predictor.conv5_mask.": 2,
+    }  # fmt: skip
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)  # pretrained: frozen BN
+
+
+@pytest.mark.parametrize(
+    ("dropped", "legacy_key", "current_key"),
+    [
+        ("rpn", "rpn.head.conv.weight", "rpn.head.conv.0.0.weight"),
+        ("fpn", "backbone.fpn.inner_blocks.0.weight", "backbone.fpn.inner_blocks.0.0.weight"),
+        ("mask_fcn", "roi_heads.mask_head.mask_fcn1.weight", "roi_heads.mask_head.0.0.weight"),
+    ],
+)
+def test_the_loader_fails_loudly_without_a_legacy_rename(
+    released_coco, monkeypatch: pytest.MonkeyPatch, dropped: str, legacy_key: str, current_key: str
+) -> None:
+    """Remove one rename: the tensors it covers would stay random, and loading says so."""
+    kept = {k: v for k, v in model_module._LEGACY_KEYS.items() if dropped not in k}
+    assert 0 < len(kept) < len(model_module._LEGACY_KEYS)
+    monkeypatch.setattr(model_module, "_LEGACY_KEYS", kept)
+    with pytest.raises(NucleistyleError) as info:
+        build_model(get_config("deep_retina"), weights_file=released_coco[0])
+    message = str(info.value)
+    assert "\n" not in message and "not every pretrained tensor would arrive" in message
+    missing, unexpected = message.split("; unexpected ")
+    assert current_key in missing.split("(missing ")[1] and legacy_key in unexpected
+
+
+def test_an_imagenet_start_loads_every_backbone_tensor(tmp_path: Path) -> None:
+    state = _distinct(model_module.released_standin("imagenet", "resnet50"))
+    assert "fc.weight" in state and "bn1.num_batches_tracked" in state  # a classifier's file
+    torch.save(state, tmp_path / "resnet50-0676ba61.pth")
+    model = build_model(get_config("mirzaev"), weights_file=tmp_path / "resnet50-0676ba61.pth")
+    body = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.body.")}
+    assert len(body) == 265
+    for key, value in body.items():
+        assert torch.equal(value, state[key.removeprefix("backbone.body.")]), key
+    # a file that lacks a stage, or is another network's, fails naming what would not arrive
+    partial = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(NucleistyleError, match=r"missing backbone\.body\.layer4\.0\.bn1\.bias"):
+        build_model(get_config("mirzaev", {"weights": str(tmp_path / "partial.pth")}))
+    torch.save(model_module.released_standin("imagenet", "resnet18"), tmp_path / "r18.pth")
+    with pytest.raises(
+        NucleistyleError, match=r"missing backbone\.body\.layer1\.0\.bn3\..*; of another shape"
+    ):
+        build_model(get_config("mirzaev", {"weights": str(tmp_path / "r18.pth")}))
+    with pytest.raises(NucleistyleError, match=r"weights file not found: .*nope\.pth"):
+        build_model(get_config("mirzaev", {"weights": str(tmp_path / "nope.pth")}))
+
+
 def test_offline_pretrained_weights_fail_in_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    def offline(url: str, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+    """No file anywhere and no network: one line naming the file to download and where."""
+    import socket
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    from nucleistyle.segment import weights as weights_module
+
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(weights_module, "TORCHVISION_MODELS", f"http://127.0.0.1:{port}/")
     for weights, backbone in (("imagenet", "resnet18"), ("coco", "resnet50")):
         cfg = get_config("deep_retina", {"weights": weights, "backbone": backbone})
         with pytest.raises(NucleistyleError) as info:
             build_model(cfg)
         message = str(info.value)
-        assert "\n" not in message and "offline" in message and "download.pytorch.org" in message
-    with pytest.raises(NucleistyleError, match="COCO Mask R-CNN weights for resnet50 only"):
-        build_model(get_config("deep_retina", {"weights": "coco", "backbone": "resnet18"}))
+        name = weights_module.RELEASED[weights, backbone]
+        assert "\n" not in message and "Connection refused" in message
+        assert f"Download http://127.0.0.1:{port}/{name}" in message
+        assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert not list(tmp_path.rglob("*.pth*"))  # nothing partial left behind
+    with pytest.raises(NucleistyleError, match="publishes coco weights for resnet50 only"):
+        get_config("deep_retina", {"weights": "coco", "backbone": "resnet18"})
 
 
-def test_a_local_weights_file_initialises_the_backbone(tmp_path: Path) -> None:
-    classifier = torchvision.models.resnet18()
-    torch.save(classifier.state_dict(), tmp_path / "resnet18.pth")
-    cfg = get_config("mirzaev", {"backbone": "resnet18", "weights": str(tmp_path / "resnet18.pth")})
+def test_a_start_in_resources_or_the_torch_hub_cache_is_used_without_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nucleistyle.segment import weights as weights_module
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights_module, "TORCHVISION_MODELS", "http://127.0.0.1:9/")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    state = _distinct(model_module.released_standin("imagenet", "resnet18"))
+    torch.save(state, cache / "resnet18-f37072fd.pth")
+    cfg = get_config("mirzaev", {"backbone": "resnet18", "weights": "imagenet"})
     model = build_model(cfg)
-    torch.testing.assert_close(model.backbone.body.conv1.weight, classifier.conv1.weight)
-    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)  # pretrained: frozen BN
-    missing = get_config("mirzaev", {"weights": str(tmp_path / "nope.pth")})
-    with pytest.raises(NucleistyleError, match=r"weights file not found: .*nope\.pth"):
-        build_model(missing)
+    torch.testing.assert_close(model.backbone.body.conv1.weight, state["conv1.weight"])
+    # the workflow's copy in resources/weights/ comes first
+    ours = model_module.released_standin("imagenet", "resnet18", seed=5)
+    (tmp_path / "resources" / "weights").mkdir(parents=True)
+    torch.save(ours, tmp_path / "resources" / "weights" / "resnet18-f37072fd.pth")
+    monkeypatch.chdir(tmp_path)
+    torch.testing.assert_close(build_model(cfg).backbone.body.conv1.weight, ours["conv1.weight"])
+
+
+def test_the_released_file_names_are_torchvisions() -> None:
+    from torchvision.models import resnet
+    from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
+
+    from nucleistyle.segment.weights import RELEASED, TORCHVISION_MODELS, hash_prefix
+
+    urls = {("coco", "resnet50"): MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url}
+    for depth in (18, 34, 50, 101):
+        enum = getattr(resnet, f"ResNet{depth}_Weights")
+        urls["imagenet", f"resnet{depth}"] = enum.IMAGENET1K_V1.url
+    assert {key: TORCHVISION_MODELS + name for key, name in RELEASED.items()} == urls
+    assert hash_prefix(RELEASED["coco", "resnet50"]) == "bf2d0c1e"
 
 
 def test_bad_training_data_fails_before_training(demo: Path, tmp_path: Path) -> None:
@@ -541,7 +700,8 @@ def test_gather_roi_align_gives_torchvisions_values_and_gradients(output_size: i
 
 
 def test_plain_heads_have_the_layout_of_torchvisions_coco_model() -> None:
-    ours = build_model(get_config("deep_retina", {"model": {"head_norm": False}})).state_dict()
+    cfg = get_config("deep_retina", {"weights": "none", "model": {"head_norm": False}})
+    ours = build_model(cfg).state_dict()
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=2
     ).state_dict()

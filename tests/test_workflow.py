@@ -4,8 +4,13 @@ and tiny end-to-end runs (synthetic data; BBBC038 through a file:// mirror of th
 from __future__ import annotations
 
 import json
+import re
+import resource
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -63,6 +68,97 @@ def test_dry_run_of_the_real_experiment_downloads_fixes_and_scores_both_stages(t
         assert rule in result.stdout, rule
     assert "stage2_test_final" in result.stdout
     assert "synthesize_dataset" not in result.stdout
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+COCO_FILE = "resources/weights/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+IMAGENET_FILE = "resources/weights/resnet50-0676ba61.pth"
+
+
+def test_dry_run_of_the_real_experiment_plans_the_pretrained_starts_without_network(
+    tmp_path, monkeypatch
+):
+    """config.yaml: Deep Retina from torchvision's COCO Mask R-CNN, Mirzaev from its ImageNet
+    ResNet-50, each fetched once by the local rule; planning needs no network (the download
+    URL here is a closed port)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    copy = workflow_copy(tmp_path)
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake("-n", "--config", offline, cwd=copy)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_job_texts(result.stdout)
+    fetches = {job.split("output: ")[1].split()[0] for job in jobs["fetch_pretrained"]}
+    assert fetches == {COCO_FILE, IMAGENET_FILE}
+    for baseline, weights in (("deep_retina", COCO_FILE), ("mirzaev", IMAGENET_FILE)):
+        train = [job for job in jobs["train_segmenter"] if f"baseline={baseline}," in job]
+        assert len(train) == 4 and all(f"input: {weights}," in job for job in train), baseline
+    # a file already in place (or in a torch hub cache) is not fetched again
+    (copy / "resources" / "weights").mkdir(parents=True)
+    (copy / COCO_FILE).write_bytes(b"a local copy")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / Path(IMAGENET_FILE).name).write_bytes(b"a cached copy")
+    again = snakemake("-n", "--config", offline, cwd=copy)
+    assert again.returncode == 0, again.stderr
+    assert planned_jobs(again.stdout)["fetch_pretrained"] == 1
+    assert f"output: {IMAGENET_FILE}" in again.stdout and f"output: {COCO_FILE}" not in again.stdout
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_a_pretrained_start_that_cannot_be_had_stops_the_run_before_any_job(
+    tmp_path, monkeypatch, dry_run
+):
+    """No file, no torch hub copy, no network: a real run stops before its first job with one
+    line saying what to download and where; a dry run plans the download. A file:// mirror
+    without the file stops both, without any network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    copy = workflow_copy(tmp_path)
+    coco = "segment={deep_retina: {weights: coco, backbone: resnet50}}"
+    flags = ("-n",) if dry_run else ()
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake(*flags, "--profile", "profiles/demo", "--config", coco, offline, cwd=copy)
+    hint = (
+        "Download https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth "
+        "on a machine with internet and put it into resources/weights/"
+    )
+    if dry_run:
+        assert result.returncode == 0, result.stderr
+        assert planned_jobs(result.stdout)["fetch_pretrained"] == 1
+    else:
+        assert result.returncode != 0
+        assert "Connection refused" in result.stderr and hint in result.stderr
+        assert "Connection refused" not in result.stdout
+    mirror = f"pretrained={{base_url: '{(tmp_path / 'mirror').as_uri()}/'}}"
+    missing = snakemake(*flags, "--profile", "profiles/demo", "--config", coco, mirror, cwd=copy)
+    said = missing.stdout + missing.stderr
+    assert missing.returncode != 0 and hint in said and "no such file" in said
+    assert not (copy / "results").exists() and not (copy / "resources").exists()
+    assert not (copy / "logs").exists()
+
+
+def test_the_fetch_rule_verifies_a_torch_hub_copy_against_the_hash_in_its_name(
+    tmp_path, monkeypatch
+):
+    """The rule runs (a copy in the torch hub cache, so no network); a copy whose bytes do
+    not match the SHA-256 prefix in its name fails the job and leaves no file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / Path(COCO_FILE).name).write_bytes(b"not the released file")
+    copy = workflow_copy(tmp_path)
+    offline = f"pretrained={{base_url: '{_closed_port_url()}'}}"
+    result = snakemake(COCO_FILE, "--cores", "1", "--config", offline, cwd=copy)
+    assert result.returncode != 0
+    log = (copy / "logs/fetch_pretrained/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth.log").read_text()
+    assert "checksum mismatch" in log and "expected sha256 bf2d0c1e" in log
+    assert not (copy / "resources" / "weights").exists() or not any(
+        (copy / "resources" / "weights").iterdir()
+    )
 
 
 def test_dry_run_of_the_demo_profile_synthesizes_instead_of_downloading(tmp_path):
@@ -139,6 +235,8 @@ def test_two_cores_train_the_arms_without_a_gan_first_then_the_costlier_baseline
         ("segment={inputs: original}", "segment.inputs"),
         ("augment={gate: true, tries: 0}", "augment.tries"),
         ("seed=-4", "seed"),
+        ("segment={mirzaev: {weights: /nonexistent/r50.pth}}", "segment.mirzaev.weights"),
+        ("segment={deep_retina: {weights: coco}}", "segment.weights"),  # ResNet-18: no COCO
     ],
 )
 def test_an_invalid_config_value_stops_before_any_job_naming_the_key(tmp_path, override, key):
@@ -157,6 +255,15 @@ def tiny_demo(tmp_path_factory) -> Path:
     run = snakemake("--profile", "profiles/demo", "--config", *TINY, cwd=copy)
     assert run.returncode == 0, run.stderr[-3000:]
     return copy
+
+
+def planned_job_texts(output: str) -> dict[str, list[str]]:
+    """Rule -> the text of each job a dry run prints (from its "rule <name>:" line on)."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.split(r"^(?=rule \w+:$)", output, flags=re.MULTILINE)[1:]:
+        name = block.split(":", 1)[0].removeprefix("rule ")
+        jobs.setdefault(name, []).append(block.split("\n[", 1)[0])
+    return jobs
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -492,3 +599,89 @@ def test_a_bad_folder_source_stops_before_any_job_naming_the_key(tmp_path, overr
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"config key {key}" in output and "Traceback" not in output, output[-2000:]
+
+
+@pytest.mark.slow
+def test_the_paper_configuration_runs_end_to_end_on_a_few_real_images(tmp_path, shared_bbbc038):
+    """config.yaml as it stands, before anyone spends GPU hours on it: both baselines at
+    ResNet-50 FPN and 512 px from their pretrained starts (files in the released key layouts,
+    random values: torchvision's cannot be downloaded here), the GAN at crop 216 with 6 domains
+    and its full width, Deep Retina's 15-variant TTA, every arm. Changed: the data (9 real
+    training images and 1 test image as a local copy), the budgets (2 GAN updates, 1 iteration
+    of each segmenter) and the machine (the CPU, one thread per job). 17 CPU minutes, fp32 (32.5
+    min on 2 cores that other work kept at a load of about 10)."""
+    import torch
+
+    from nucleistyle.data.bbbc038 import list_images, load_sample
+    from nucleistyle.data.csvio import write_solution
+    from nucleistyle.segment.model import released_standin
+
+    manifest = pd.read_csv(shared_bbbc038 / "manifest.csv")
+    small = manifest[manifest.height == 256]
+    picks = {"Default": 4, "Purple": 3, "PinkAndPurple": 3}  # colours for 6 domains
+    chosen = [i for group, n in picks.items() for i in small[small.group == group].ImageId[:n]]
+    test_id, train_ids = chosen[0], chosen[1:]
+    data = tmp_path / "data"
+    for image_id in train_ids:
+        shutil.copytree(
+            shared_bbbc038 / "stage1_train" / image_id, data / "stage1_train" / image_id
+        )
+    source = shared_bbbc038 / "stage1_train" / test_id
+    shutil.copytree(source / "images", data / "stage1_test" / test_id / "images")
+    (sample,) = [load_sample(r) for r in list_images(shared_bbbc038 / "stage1_train")
+                 if r.image_id == test_id]  # fmt: skip
+    write_solution(data / "stage1_solution.csv", {test_id: sample.labels})
+
+    copy = workflow_copy(tmp_path)
+    weights = copy / "resources" / "weights"
+    weights.mkdir(parents=True)
+    for start, name in (("coco", COCO_FILE), ("imagenet", IMAGENET_FILE)):
+        torch.save(released_standin(start, "resnet50"), copy / name)
+    overlay = {
+        "data": {"source": "local", "local": {"path": str(data)}, "test_sets": ["stage1_test"]},
+        "gan": {"iterations": 2, "checkpoint_every": 2},
+        "segment": {"common": {"iterations": 1, "epochs": None, "checkpoint_every": 1}},
+        "resources": {"threads": 1, "gpu": 0},
+    }
+    (copy / "budget.yaml").write_text(yaml.safe_dump(overlay))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    plan = snakemake("-n", "--configfile", "budget.yaml", cwd=copy)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "fetch_pretrained" not in planned_jobs(plan.stdout)  # the files are in place
+
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # one thread per job: clustering and CLAHE ask for 2, and on 2 cores they would wait behind
+    # the 1-thread segmenters, and with them the GAN, the augmentation and both style arms
+    threads = ("--cores", "2", "--max-threads", "1")
+    run = snakemake(*threads, "--configfile", "budget.yaml", cwd=copy, timeout=5400)
+    minutes = (time.perf_counter() - start) / 60
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_minutes = (after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / 60
+    assert run.returncode == 0, run.stderr[-5000:]
+    print(f"the paper configuration, {len(train_ids)} + 1 images: {minutes:.1f} min, "
+          f"{cpu_minutes:.1f} CPU min")  # fmt: skip
+
+    arms, baselines = config["segment"]["arms"], config["segment"]["baselines"]
+    assert len(arms) == 4 and len(baselines) == 2  # every arm of config.yaml
+    scores = pd.read_csv(copy / "results/score/table1.csv")
+    ours = set(scores.loc[scores["source"] == "this run", "model"])
+    trained = {f"{b}-{a}" for b in baselines for a in arms}
+    assert ours == {"classical"} | trained | {f"{m}-tta" for m in trained}
+    for model in trained:
+        state = torch.load(copy / f"results/segment/{model}/model.pt", weights_only=True)
+        stored = state["config"]
+        assert (stored["backbone"], stored["prep.size"], stored["model.fpn_channels"]) == (
+            "resnet50",
+            512,
+            256,
+        )
+        assert stored["weights"] == ("coco" if model.startswith("deep_retina") else "imagenet")
+        log = (copy / f"logs/train_segmenter/{model}.log").read_text()
+        start_file = COCO_FILE if model.startswith("deep_retina") else IMAGENET_FILE
+        kind = "whole-model" if model.startswith("deep_retina") else "backbone"
+        assert f"from {start_file} ({kind} start" in log, model
+    gan = torch.load(copy / "results/gan/model.pt", weights_only=True)
+    assert (gan["config"]["crop"], gan["config"]["n_domains"]) == (216, 6)
+    assert gan["config"]["base_channels"] == 64
+    tta_log = (copy / "logs/predict/deep_retina-none-tta/stage1_test/0.log").read_text()
+    assert "1 images of" in tta_log and "15 variants each" in tta_log

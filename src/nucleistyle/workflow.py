@@ -25,11 +25,13 @@ from nucleistyle.utils import NucleistyleError
 __all__ = [
     "SCHEMA_PATH",
     "check_config",
+    "check_pretrained",
     "copy_workflow",
     "export_library_path",
     "gan_settings",
     "load_config",
     "overlay_config",
+    "pretrained_inputs",
     "script_imports",
     "segmenter_priority",
     "segmenter_settings",
@@ -121,14 +123,21 @@ def check_config(config: MutableMapping[str, Any]) -> None:
     from nucleistyle.data.synthetic import SyntheticConfig
     from nucleistyle.gan.configs import GanConfig
     from nucleistyle.segment.configs import get_config
+    from nucleistyle.segment.weights import PRETRAINED_STARTS
     from nucleistyle.tta import TTAConfig
 
     if data["source"] == "synthetic":
         SyntheticConfig.from_config(data["synthetic"])
     GanConfig.from_config(gan_settings(config))
     for baseline in config["segment"]["baselines"]:
-        get_config(baseline, segmenter_settings(config, baseline))
+        cfg = get_config(baseline, segmenter_settings(config, baseline))
         TTAConfig.for_baseline(baseline, config["tta"])
+        local = cfg.weights != "none" and cfg.weights not in PRETRAINED_STARTS
+        if local and not Path(cfg.weights).is_file():
+            raise NucleistyleError(
+                f"config key segment.{baseline}.weights: weights file {cfg.weights} not found "
+                "(coco, imagenet, none or the path of a local weights file)"
+            )
 
 
 def _check_holdout(holdout: MutableMapping[str, Any]) -> None:
@@ -210,6 +219,47 @@ def segmenter_settings(config: MutableMapping[str, Any], baseline: str) -> dict[
 
     segment = config["segment"]
     return merge_overrides(segment["common"], segment[baseline], {"seed": config["seed"]})
+
+
+def pretrained_inputs(config: MutableMapping[str, Any]) -> dict[str, str]:
+    """The weights file each baseline's training reads (rule train_segmenter's input
+    ``weights``): torchvision's released file in ``resources/weights/`` for a ``coco`` or
+    ``imagenet`` start, the file itself for a local one; a baseline trained from scratch has
+    none."""
+    from nucleistyle.segment.configs import get_config  # no torch: cheap
+    from nucleistyle.segment.weights import WEIGHTS_DIR, released_file
+
+    files = {}
+    for baseline in config["segment"]["baselines"]:
+        cfg = get_config(baseline, segmenter_settings(config, baseline))
+        if cfg.weights != "none":
+            name = released_file(cfg.weights, cfg.backbone)
+            files[baseline] = f"{WEIGHTS_DIR}/{name}" if name else cfg.weights
+    return files
+
+
+def check_pretrained(
+    config: MutableMapping[str, Any], *, probe: bool, names: Sequence[str] | None = None
+) -> None:
+    """Stop before any job when a released weights file is needed and cannot be had
+    (:func:`~nucleistyle.segment.weights.check_downloadable`).
+
+    Args:
+        config: The validated configuration.
+        probe: Ask the server for each missing file's first byte (a real run; while parsing,
+            and in a dry run, only a ``file://`` mirror is checked, without network).
+        names: The files to check (default: every released file the configuration uses).
+
+    Raises:
+        NucleistyleError: one line saying what to download and where to put it.
+    """
+    from nucleistyle.segment.weights import WEIGHTS_DIR, check_downloadable
+
+    if names is None:
+        prefix = f"{WEIGHTS_DIR}/"
+        used = pretrained_inputs(config).values()
+        names = sorted({path.removeprefix(prefix) for path in used if path.startswith(prefix)})
+    check_downloadable(names, config["pretrained"]["base_url"], probe=probe)
 
 
 def segmenter_priority(config: MutableMapping[str, Any], baseline: str, arm: str) -> int:

@@ -13,10 +13,13 @@ from nucleistyle.data.acquire import BBBC038_FILES, SOLUTION_FILES
 from nucleistyle.gan.configs import RESUME_IGNORES as GAN_RESUME_IGNORES
 from nucleistyle.naming import CLASSICAL, ModelName
 from nucleistyle.segment.configs import RESUME_IGNORES as SEGMENTER_RESUME_IGNORES
+from nucleistyle.segment.weights import RELEASED
 from nucleistyle.workflow import (
     check_config,
+    check_pretrained,
     export_library_path,
     gan_settings,
+    pretrained_inputs,
     script_imports,
     segmenter_priority,
     segmenter_settings,
@@ -27,6 +30,13 @@ export_library_path(workflow.basedir)
 
 validate_config(config, workflow.basedir)
 check_config(config)  # includes checking the segmenter settings: errors before any job
+
+# The pretrained start each baseline's training reads (a file in resources/weights/, fetched
+# by rule fetch_pretrained, or a local file); a missing file that no mirror can give stops the
+# run here, and one that cannot be downloaded stops a real run before its first job (onstart).
+PRETRAINED = pretrained_inputs(config)
+RELEASED_FILES = sorted(RELEASED.values())
+check_pretrained(config, probe=False)
 
 SEGMENT = config["segment"]
 # torch's thread count in every torch job (one per process on a shared small machine)
@@ -282,15 +292,26 @@ def get_segmenter_checkpoint(wildcards):
 
 
 def get_segmenter_extra_inputs(wildcards):
-    """The restyled copies for the "style" arm, the clusters for "oversample"."""
+    """The pretrained start's weights file, the restyled copies for the "style" arm, the
+    clusters for "oversample"."""
+    inputs = {}
+    if wildcards.baseline in PRETRAINED:
+        inputs["weights"] = PRETRAINED[wildcards.baseline]
     if wildcards.arm == "style":
-        return {
-            "style_images": "results/augment/stage1_train",
-            "style_manifest": "results/augment/manifest.csv",
-        }
+        inputs["style_images"] = "results/augment/stage1_train"
+        inputs["style_manifest"] = "results/augment/manifest.csv"
     if wildcards.arm == "oversample":
-        return {"assignments": "results/cluster/assignments.csv"}
-    return {}
+        inputs["assignments"] = "results/cluster/assignments.csv"
+    return inputs
+
+
+def get_pretrained_fetches():
+    """The released weights files this run is about to fetch (for the onstart check)."""
+    return [
+        Path(job.output[0]).name
+        for job in workflow.dag.needrun_jobs()
+        if job.rule.name == "fetch_pretrained"
+    ]
 
 
 def get_segmenter_histories(wildcards):

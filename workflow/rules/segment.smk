@@ -3,6 +3,39 @@
 # (strong colour augmentation instead of the GAN) and "oversample" (minority clusters resampled).
 
 
+# The pretrained starts (segment weights coco / imagenet): torchvision's released files, fetched
+# on the machine that runs Snakemake (cluster nodes often have no internet), each verified against
+# the SHA-256 prefix in its name. No code inputs: a library edit must not fetch them again.
+localrules:
+    fetch_pretrained,
+
+
+# A real run stops before its first job when a file it would fetch cannot be downloaded (one
+# line: what to download and where to put it); a dry run needs no network.
+onstart:
+    check_pretrained(config, probe=True, names=get_pretrained_fetches())
+
+
+rule fetch_pretrained:
+    output:
+        "resources/weights/{weights_file}",
+    log:
+        "logs/fetch_pretrained/{weights_file}.log",
+    wildcard_constraints:
+        weights_file=regex_of(RELEASED_FILES),
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=500,
+        runtime=60,
+    params:
+        base_url=config["pretrained"]["base_url"],
+    script:
+        "../../scripts/fetch_pretrained.py"
+
+
 rule train_segmenter:
     input:
         unpack(get_segmenter_extra_inputs),

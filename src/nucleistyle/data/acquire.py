@@ -50,6 +50,7 @@ __all__ = [
     "apply_fixes",
     "apply_fixes_archive",
     "check_local_dataset",
+    "check_reachable",
     "content_digest",
     "download",
     "extract_set",
@@ -91,7 +92,8 @@ _OFFLINE_HINT = (
     "Offline? Point data.bbbc038.base_url at a mirror (http:// or file://) "
     "or set data.source: local with data.local.path (see README)"
 )
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# a full SHA-256, or the prefix of at least 8 hex digits that torchvision puts in its file names
+_SHA256_RE = re.compile(r"[0-9a-f]{8,64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _IGNORED_NAMES = ("__MACOSX",)
 # Zip-bomb limits of safe_extract: BBBC038's largest set (stage2_test_final) unpacks to well
@@ -193,8 +195,8 @@ def _reason(exc: BaseException) -> str:
     return _one_line(reason) or type(reason).__name__
 
 
-def _offline_error(url: str, reason: str) -> NucleistyleError:
-    return NucleistyleError(f"cannot download {url}: {reason}. {_OFFLINE_HINT}")
+def _offline_error(url: str, reason: str, hint: str = _OFFLINE_HINT) -> NucleistyleError:
+    return NucleistyleError(f"cannot download {url}: {reason}. {hint}")
 
 
 def _progress_bar(total: int | None, initial: int, desc: str, progress: bool | None) -> tqdm:
@@ -226,9 +228,11 @@ def _local_source(url: str) -> Path | None:
     raise NucleistyleError(f"cannot download {url}: unsupported URL scheme {scheme!r}")
 
 
-def _copy_local(url: str, src: Path, part: Path, progress: bool | None, chunk_size: int) -> None:
+def _copy_local(
+    url: str, src: Path, part: Path, progress: bool | None, chunk_size: int, hint: str
+) -> None:
     if not src.is_file():
-        raise _offline_error(url, f"no such file {src}")
+        raise _offline_error(url, f"no such file {src}", hint)
     with (
         open(src, "rb") as fin,
         open(part, "wb") as fout,
@@ -240,7 +244,7 @@ def _copy_local(url: str, src: Path, part: Path, progress: bool | None, chunk_si
 
 
 def _fetch_http(
-    url: str, part: Path, timeout: float, progress: bool | None, chunk_size: int
+    url: str, part: Path, timeout: float, progress: bool | None, chunk_size: int, hint: str
 ) -> None:
     """Stream ``url`` into ``part``, resuming from its current size with a Range request."""
     offset = part.stat().st_size if part.exists() else 0
@@ -258,13 +262,10 @@ def _fetch_http(
                 return
             log.warning("%s: cannot resume %s (HTTP 416); restarting", url, part)
             part.unlink()
-            return _fetch_http(url, part, timeout, progress, chunk_size)
-        raise NucleistyleError(
-            f"cannot download {url}: HTTP {exc.code} {_one_line(exc.reason)}. "
-            "Check data.bbbc038.base_url (or use a mirror / data.source: local, see README)"
-        ) from exc
+            return _fetch_http(url, part, timeout, progress, chunk_size, hint)
+        raise _offline_error(url, f"HTTP {exc.code} {_one_line(exc.reason)}", hint) from exc
     except (URLError, OSError, http.client.HTTPException) as exc:
-        raise _offline_error(url, _reason(exc)) from exc
+        raise _offline_error(url, _reason(exc), hint) from exc
 
     with response:
         expected: int | None
@@ -274,7 +275,7 @@ def _fetch_http(
                 log.warning("%s: unexpected Content-Range on resume; restarting", url)
                 response.close()
                 part.unlink()
-                return _fetch_http(url, part, timeout, progress, chunk_size)
+                return _fetch_http(url, part, timeout, progress, chunk_size, hint)
             total = match.group(3)
             expected = int(total) if total != "*" else int(match.group(2)) + 1
             mode = "ab"
@@ -316,6 +317,33 @@ def _fetch_http(
         )
 
 
+def check_reachable(url: str, *, timeout: float = 10.0, hint: str = _OFFLINE_HINT) -> None:
+    """Check that :func:`download` could fetch ``url``, transferring at most its first byte.
+
+    A local source (``file://`` URL or plain path) must exist; an http(s) server must answer a
+    request for byte 0 without an error (a server that ignores the range is hung up on).
+
+    Raises:
+        NucleistyleError: one line, as :func:`download` would fail (ending in ``hint``).
+    """
+    source = _local_source(url)
+    if source is not None:
+        if not source.is_file():
+            raise _offline_error(url, f"no such file {source}", hint)
+        return
+    request = urllib.request.Request(
+        url, headers={"User-Agent": f"nucleistyle/{__version__}", "Range": "bytes=0-0"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except HTTPError as exc:
+        exc.close()
+        raise _offline_error(url, f"HTTP {exc.code} {_one_line(exc.reason)}", hint) from exc
+    except (URLError, OSError, http.client.HTTPException) as exc:
+        raise _offline_error(url, _reason(exc), hint) from exc
+
+
 def download(
     url: str,
     dest: str | os.PathLike[str],
@@ -324,6 +352,7 @@ def download(
     timeout: float = 60.0,
     progress: bool | None = None,
     chunk_size: int = 1 << 20,
+    hint: str = _OFFLINE_HINT,
 ) -> Path:
     """Download ``url`` to ``dest``: resumable, verified, atomic.
 
@@ -336,10 +365,13 @@ def download(
     Args:
         url: ``http(s)://`` URL, ``file://`` URL or plain local path (a mirror).
         dest: target file.
-        sha256: expected SHA-256 (hex) of the file, or None to skip verification.
+        sha256: expected SHA-256 (hex) of the file, or its first 8 or more digits (torchvision
+            publishes such a prefix in its file names), or None to skip verification.
         timeout: socket timeout in seconds (connect and each read).
         progress: show a tqdm bar; None shows it only when stderr is a terminal.
         chunk_size: read size in bytes.
+        hint: what to do when the file cannot be fetched (the end of the one-line error; by
+            default how to point BBBC038 at a mirror or a local copy).
 
     Returns:
         ``dest`` as a Path. If ``dest`` exists and matches ``sha256`` (or none is given), it is
@@ -357,7 +389,9 @@ def download(
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if not _SHA256_RE.fullmatch(sha256):
-            raise NucleistyleError(f"download of {url}: sha256 {sha256!r} is not 64 hex digits")
+            raise NucleistyleError(
+                f"download of {url}: sha256 {sha256!r} is not 8 to 64 hex digits"
+            )
     if chunk_size < 1:
         raise NucleistyleError(f"download of {url}: chunk_size must be >= 1, got {chunk_size}")
 
@@ -366,7 +400,7 @@ def download(
             log.info("%s exists; not downloading %s again", dest, url)
             return dest
         actual = sha256_file(dest)
-        if actual == sha256:
+        if actual.startswith(sha256):
             log.info("%s exists with the expected sha256 %s", dest, sha256)
             return dest
         log.warning("%s exists but has sha256 %s, not %s; downloading again", dest, actual, sha256)
@@ -375,12 +409,12 @@ def download(
     part = dest.with_name(dest.name + ".part")
     source = _local_source(url)
     if source is None:
-        _fetch_http(url, part, timeout, progress, chunk_size)
+        _fetch_http(url, part, timeout, progress, chunk_size, hint)
     else:
-        _copy_local(url, source, part, progress, chunk_size)
+        _copy_local(url, source, part, progress, chunk_size, hint)
 
     actual = sha256_file(part)
-    if sha256 is not None and actual != sha256:
+    if sha256 is not None and not actual.startswith(sha256):
         part.unlink()
         raise NucleistyleError(
             f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "

@@ -7,9 +7,9 @@ tabulates them and explains each deviation. :func:`get_config` starts from a bas
 and applies the overrides of the config file (``segment.common``, then ``segment.<baseline>``).
 
 Example:
-    >>> cfg = get_config("deep_retina", {"backbone": "resnet18", "iterations": 200})
+    >>> cfg = get_config("deep_retina", {"backbone": "resnet18", "weights": "none", "epochs": 2})
     >>> cfg.model.box_score_thresh, cfg.post.dilation, cfg.total_iterations(100)
-    (0.9, 0, 200)
+    (0.9, 0, 100)
 """
 
 from __future__ import annotations
@@ -342,10 +342,13 @@ class SegmenterConfig:
         backbone: ``resnet18`` / ``resnet34`` (CPU demo), ``resnet50`` (default: the closest
             torchvision model with COCO weights) or ``resnet101`` (both originals,
             Deep Retina and Mirzaev), each with an FPN.
-        weights: ``"none"`` (from scratch), ``"imagenet"`` (backbone only, as Mirzaev),
-            ``"coco"`` (ResNet-50 Mask R-CNN without its class-specific layers, as Deep
-            Retina) or the path of a local weights file (a torchvision detection or
-            ResNet state dict, or a segmenter model file).
+        weights: The start: ``"coco"`` (torchvision's COCO Mask R-CNN without its
+            class-specific layers; Deep Retina started from Matterport's COCO Mask R-CNN),
+            ``"imagenet"`` (torchvision's ImageNet ResNet as the backbone, the rest random;
+            Mirzaev started from ImageNet ResNet-50 weights), ``"none"`` (from scratch) or the
+            path of a local weights file (a torchvision detection or ResNet state dict, or a
+            segmenter model file). COCO weights exist for ResNet-50 only
+            (:data:`~.weights.RELEASED`).
         iterations: Training iterations (batches); exclusive with ``epochs``.
         epochs: Training length in passes over the training images (an epoch is
             ceil(images / batch_size) iterations, Deep Retina and Mirzaev); both solutions ran 75
@@ -378,7 +381,7 @@ class SegmenterConfig:
 
     baseline: str = "deep_retina"
     backbone: str = "resnet50"
-    weights: str = "none"
+    weights: str = "coco"
     iterations: int | None = None
     epochs: float | None = 75
     batch_size: int = 2
@@ -409,6 +412,9 @@ class SegmenterConfig:
                 "config keys segment.iterations and segment.epochs: set exactly one, got "
                 f"iterations={self.iterations!r}, epochs={self.epochs!r}"
             )
+        from nucleistyle.segment.weights import released_file  # no torch: cheap
+
+        released_file(self.weights, self.backbone)  # a start torchvision publishes
         if self.model.head_norm and self.weights == "coco":
             raise _fail(
                 "model.head_norm",
@@ -434,6 +440,7 @@ class SegmenterConfig:
 
 # Baseline defaults that differ from the dataclass defaults (which are Deep Retina's).
 _MIRZAEV: dict[str, Any] = {
+    "weights": "imagenet",  # Mirzaev: ImageNet ResNet-50 weights, no COCO
     "val_fraction": 0.1,  # Mirzaev: 90/10 split stratified by modality, seed 11
     "selection": "best_val",  # Mirzaev: best val loss, last phase
     "model": {

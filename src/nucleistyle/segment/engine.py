@@ -374,6 +374,7 @@ def train_segmenter(
     style_dirs: Sequence[PathLike] = (),
     style_manifests: Sequence[PathLike] = (),
     input_clahe: ClaheConfig | None = None,
+    weights_file: PathLike | None = None,
 ) -> Path:
     """Train one segmenter and write its model file.
 
@@ -407,6 +408,9 @@ def train_segmenter(
         input_clahe: The CLAHE the training images went through (``segment.inputs:
             enhanced``; select ``dark``, ``all`` or ``none``), recorded in the model file so that
             prediction enhances new images by the same rule. None: the images are as they come.
+        weights_file: The released file of a ``coco`` or ``imagenet`` start (the workflow's
+            ``resources/weights/``; None: the torch hub cache's, see
+            :func:`~.model.build_model`). Not read when resuming from a checkpoint.
 
     With ``cfg.calibrate`` the selected weights then choose their detection and mask
     thresholds on the validation images (:func:`~.predict.calibrate`); the model file records
@@ -474,7 +478,7 @@ def train_segmenter(
 
     seed_everything(cfg.seed)
     resume = checkpoint is not None and Path(checkpoint).exists()
-    model = build_model(cfg, pretrained=not resume).to(device)
+    model = build_model(cfg, pretrained=not resume, weights_file=weights_file).to(device)
     optimizer = make_optimizer(model, cfg)
     start, history, best, clock = 0, LossHistory(), None, {"wall_s": 0.0, "cpu_s": 0.0}
     if resume:

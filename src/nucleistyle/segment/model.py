@@ -8,15 +8,17 @@ image to 800-1333 px, which is both wrong for these baselines and 3-6x slower on
 
 Pretrained weights (``cfg.weights``): ``coco`` (torchvision's ResNet-50 Mask R-CNN without the
 class-specific layers, like Deep Retina's COCO start), ``imagenet`` (backbone only, like
-Mirzaev), a local file, or ``none``. With pretrained weights the backbone's batch norm is
-frozen (Matterport TRAIN_BN=False); from scratch it is trainable, as torchvision does.
+Mirzaev), a local file, or ``none``. Every tensor a start provides must arrive: legacy key names
+are renamed as torchvision renames them, and loading fails, naming the keys, when any tensor
+other than the class-specific ones would stay random (:func:`load_pretrained`). With pretrained
+weights the backbone's batch norm is frozen (Matterport TRAIN_BN=False); from scratch it is
+trainable, as torchvision does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,45 +27,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
 from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import (
-    MaskRCNN_ResNet50_FPN_Weights,
-    MaskRCNNHeads,
-    MaskRCNNPredictor,
-)
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.poolers import _setup_scales  # the level mapping MultiScaleRoIAlign uses
 
 from nucleistyle.segment.configs import SegmenterConfig
+from nucleistyle.segment.weights import PRETRAINED_STARTS, released_file, released_weights
 from nucleistyle.torchutils import torch_load, why_not_loaded
-from nucleistyle.utils import NucleistyleError, first_line
+from nucleistyle.utils import NucleistyleError
 
 __all__ = [
+    "CLASS_SPECIFIC",
     "GatherRoIAlign",
     "PixelEdgeRoIHeads",
     "PreparedTransform",
     "build_model",
     "keep_geometry_in_float32",
+    "load_pretrained",
     "modern_key_names",
     "project_masks",
     "read_weights_file",
+    "released_standin",
     "roi_align_taps",
 ]
 
 log = logging.getLogger(__name__)
 
-_IMAGENET = {
-    "resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": resnet.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": resnet.ResNet101_Weights.IMAGENET1K_V1,
-}
+# The layers whose shape depends on the classes (91 COCO classes there, background + nucleus
+# here): a pretrained start never covers them (Matterport's exclude list for Deep Retina's COCO
+# start: mrcnn_class_logits, mrcnn_bbox_fc, mrcnn_bbox, mrcnn_mask).
+CLASS_SPECIFIC = (
+    "roi_heads.box_predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_predictor.mask_fcn_logits.",
+)
 
 
 class PreparedTransform(GeneralizedRCNNTransform):
@@ -120,22 +124,6 @@ class NormMLPHead(nn.Module):
         return F.relu(self.bn7(self.fc7(x)))
 
 
-def _offline_error(what: str, url: str, exc: Exception) -> NucleistyleError:
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    reason = first_line(getattr(exc, "reason", None) or exc)
-    return NucleistyleError(
-        f"cannot download the {what} weights from {url} ({reason}): this machine seems "
-        f"offline; put the file into {hub}/ or set segment weights to a local file, or none"
-    )
-
-
-def _download(weights: Any, what: str) -> dict[str, torch.Tensor]:
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except OSError as exc:  # URLError is an OSError; so are DNS and connection failures
-        raise _offline_error(what, weights.url, exc) from exc
-
-
 def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``weights_only=True``): a plain state dict, or a
     segmenter model / checkpoint file (its ``"model"`` entry).
@@ -160,43 +148,123 @@ def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-_LEGACY_MASK_FCN = re.compile(r"^(roi_heads\.mask_head\.)mask_fcn(\d+)\.(weight|bias)$")
+def _renamed_keys() -> dict[str, str]:
+    """The released COCO file's name -> the current name, for every key torchvision renames
+    on load (each module's ``_load_from_state_dict`` for state dicts of version < 2; read in
+    torchvision 0.29): the RPN head's 3x3 convolution (``RPNHead``), the FPN's lateral and
+    output convolutions of the four levels (``FeaturePyramidNetwork``) and the mask head's four
+    convolutions (``MaskRCNNHeads``). The released file predates all three layouts."""
+    names = {}
+    for kind in ("weight", "bias"):
+        names[f"rpn.head.conv.{kind}"] = f"rpn.head.conv.0.0.{kind}"
+        for i in range(4):
+            for block in ("inner_blocks", "layer_blocks"):
+                names[f"backbone.fpn.{block}.{i}.{kind}"] = f"backbone.fpn.{block}.{i}.0.{kind}"
+            names[f"roi_heads.mask_head.mask_fcn{i + 1}.{kind}"] = (
+                f"roi_heads.mask_head.{i}.0.{kind}"
+            )
+    return names
+
+
+_LEGACY_KEYS = _renamed_keys()
+_RELEASED_NAMES = {current: old for old, current in _LEGACY_KEYS.items()}  # for stand-ins
 
 
 def modern_key_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the legacy mask-head keys of torchvision's released COCO file.
+    """Rename the legacy keys of torchvision's released COCO file to the current layout.
 
-    The file names the mask head's convolutions ``mask_fcn1..4``; current torchvision builds the
-    head as a Sequential (``0.0 .. 3.0``) and renames the keys only inside ``load_state_dict``.
-    Filtering by name before that call would silently drop all four convolutions.
+    The file names the RPN head's convolution ``rpn.head.conv``, the FPN's convolutions
+    ``inner_blocks.<i>`` / ``layer_blocks.<i>`` and the mask head's ``mask_fcn1..4``; current
+    torchvision wraps each in a Sequential (``conv.0.0``, ``inner_blocks.<i>.0``, ``0.0 .. 3.0``)
+    and renames the keys only inside ``load_state_dict``. Filtering keys by name before that
+    call would silently leave those layers random; this renames them first, as torchvision does.
     """
-    out = {}
-    for key, value in state.items():
-        match = _LEGACY_MASK_FCN.match(key)
-        if match:
-            prefix, index, kind = match.groups()
-            key = f"{prefix}{int(index) - 1}.0.{kind}"
-        out[key] = value
-    return out
+    return {_LEGACY_KEYS.get(key, key): value for key, value in state.items()}
 
 
-def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load every tensor whose name and shape match (class-specific layers differ in shape
-    and are skipped, as Matterport's ``exclude=[mrcnn_class_logits, ...]``)."""
+def released_standin(weights: str, backbone: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors in the key layout and shapes of torchvision's released file of a start.
+
+    COCO: ``maskrcnn_resnet50_fpn`` with its 91 classes and frozen batch norm (no
+    ``num_batches_tracked``), the RPN, FPN and mask-head keys under the names the released file
+    uses (``rpn.head.conv``, ``backbone.fpn.inner_blocks.<i>``, ``mask_fcn1..4``). ImageNet: the
+    ResNet classifier's state dict, ``fc`` and batch-norm counters included. A stand-in where
+    the real file cannot be had (a paper-size run on a machine without network: the slow
+    workflow test, ``make gpu-smoke`` offline) and the tests' model of the released files.
+
+    Raises:
+        NucleistyleError: a start torchvision does not publish (see :func:`.weights.released_file`).
+    """
+    if released_file(weights, backbone) is None:
+        raise NucleistyleError(f"segment weights {weights!r} name no released file")
+    torch.manual_seed(seed)
+    if weights == "imagenet":
+        return dict(getattr(resnet, backbone)().state_dict())
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(".num_batches_tracked"):
+            continue
+        state[_RELEASED_NAMES.get(key, key)] = value
+    return state
+
+
+def _listed(keys: set[str], limit: int = 4) -> str:
+    shown = sorted(keys)[:limit]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more
+
+
+def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a pretrained start into ``model`` and check that every tensor it covers arrived.
+
+    A backbone file (its keys all under ``backbone.body.``, e.g. an ImageNet ResNet mapped by
+    :func:`_backbone_state`) must provide every tensor of the backbone's ResNet; a detection
+    file (torchvision's COCO Mask R-CNN, a segmenter model file) every tensor of the model
+    except the class-specific layers (:data:`CLASS_SPECIFIC`), which are loaded only when their
+    shapes fit (a segmenter's own file). Legacy key names are renamed first
+    (:func:`modern_key_names`); batch-norm counters (``num_batches_tracked``), which frozen
+    batch norm has no use for, are dropped.
+
+    Raises:
+        NucleistyleError: one line naming the tensors that would stay random (missing), that
+            the model has no place for (unexpected) or whose shapes differ.
+    """
     own = model.state_dict()
-    state = modern_key_names(state)
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise NucleistyleError(f"weights {source}: no tensor matches this model's layers")
-    model.load_state_dict(usable, strict=False)
-    skipped = sorted(set(state) - set(usable))
+    state = {
+        k: v
+        for k, v in modern_key_names(state).items()
+        if k in own or not k.endswith(".num_batches_tracked")
+    }
+    backbone_only = all(k.startswith("backbone.body.") for k in state)
+    expected = {k for k in own if k.startswith("backbone.body.")} if backbone_only else set(own)
+    fits = {k for k, v in state.items() if k in own and own[k].shape == v.shape}
+    class_specific = {k for k in own if k.startswith(CLASS_SPECIFIC)}
+    missing = expected - fits - class_specific
+    unexpected = set(state) - set(own)
+    wrong_shape = {k for k in state if k in own and k not in fits} - class_specific
+    if missing or unexpected or wrong_shape:
+        problems = [
+            f"{label} {_listed(keys)}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", wrong_shape),
+            )
+            if keys
+        ]
+        raise NucleistyleError(
+            f"weights {source}: not every pretrained tensor would arrive ({'; '.join(problems)})"
+        )
+    result = model.load_state_dict({k: state[k] for k in fits}, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
     log.info(
-        "loaded %d/%d tensors from %s (%d not matching, e.g. %s)",
-        len(usable),
+        "loaded %d of the model's %d tensors from %s (%s start; not loaded: %s)",
+        len(fits),
         len(own),
         source,
-        len(skipped),
-        ", ".join(skipped[:3]) or "-",
+        "backbone" if backbone_only else "whole-model",
+        _listed(set(own) - fits, 6) or "none",
     )
 
 
@@ -412,14 +480,13 @@ class GatherRoIAlign(MultiScaleRoIAlign):
 
 def _resnet_fpn(
     name: str,
-    weights: Any,
     norm_layer: type[nn.Module],
     trainable_layers: int,
     out_channels: int,
 ) -> BackboneWithFPN:
     """torchvision's ``resnet_fpn_backbone`` with a configurable FPN width (P2-P5 + max-pool
     P6, the first ``5 - trainable_layers`` stages frozen)."""
-    body = getattr(resnet, name)(weights=weights, norm_layer=norm_layer)
+    body = getattr(resnet, name)(weights=None, norm_layer=norm_layer)
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         train.append("bn1")
@@ -435,37 +502,34 @@ def _resnet_fpn(
     )
 
 
-def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
+def build_model(
+    cfg: SegmenterConfig,
+    pretrained: bool = True,
+    weights_file: str | os.PathLike[str] | None = None,
+) -> MaskRCNN:
     """The Mask R-CNN of ``cfg``.
 
     Args:
         cfg: The configuration.
         pretrained: Load ``cfg.weights`` (False: same architecture, random weights; used
             when a trained model's weights are loaded next).
+        weights_file: The released file of a ``coco`` or ``imagenet`` start (the workflow's
+            ``resources/weights/``); None: found in or downloaded into the torch hub cache
+            (:func:`~.weights.released_weights`).
 
     Returns:
         The model (train mode, on the CPU).
 
     Raises:
-        NucleistyleError: COCO weights for a backbone other than ResNet-50 (torchvision has
-            none), weights that cannot be downloaded (one line, saying the machine seems
-            offline), or an unusable weights file.
+        NucleistyleError: weights that cannot be had (one line, saying what to download and
+            where to put it), an unusable weights file, or one that does not cover every
+            tensor it should (:func:`load_pretrained`).
     """
     m = cfg.model
     frozen_bn = cfg.weights != "none"  # torchvision: FrozenBatchNorm2d iff pretrained
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    if cfg.weights == "coco" and cfg.backbone != "resnet50":
-        raise NucleistyleError(
-            f"config key segment.weights: torchvision has COCO Mask R-CNN weights for resnet50 "
-            f"only, not {cfg.backbone}; use imagenet or a weights file"
-        )
-    backbone_weights = _IMAGENET[cfg.backbone] if cfg.weights == "imagenet" else None
-    if backbone_weights is not None and pretrained:
-        # download through our wrapper first, so that an offline machine gets one clear line
-        _download(backbone_weights, f"imagenet {cfg.backbone}")
     backbone = _resnet_fpn(
         cfg.backbone,
-        backbone_weights if pretrained else None,
         norm_layer,
         m.trainable_layers if frozen_bn else 5,
         m.fpn_channels,
@@ -517,11 +581,11 @@ def build_model(cfg: SegmenterConfig, pretrained: bool = True) -> MaskRCNN:
     logits = model.roi_heads.mask_predictor.mask_fcn_logits
     nn.init.normal_(logits.weight, std=0.001)
     nn.init.zeros_(logits.bias)
-    if not pretrained or cfg.weights in ("none", "imagenet"):
+    if not pretrained or cfg.weights == "none":
         return model
-    if cfg.weights == "coco":
-        state = _download(MaskRCNN_ResNet50_FPN_Weights.COCO_V1, "coco resnet50 Mask R-CNN")
-        _load_matching(model, state, "COCO Mask R-CNN")
+    if cfg.weights in PRETRAINED_STARTS:
+        path = weights_file or released_weights(cfg.weights, cfg.backbone)
     else:
-        _load_matching(model, _backbone_state(read_weights_file(cfg.weights)), cfg.weights)
+        path = cfg.weights
+    load_pretrained(model, _backbone_state(read_weights_file(path)), str(path))
     return model
