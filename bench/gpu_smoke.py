@@ -119,7 +119,7 @@ def smoke_segmenter(
     from nucleistyle.data.bbbc038 import list_images, read_image
     from nucleistyle.segment.configs import get_config
     from nucleistyle.segment.engine import train_segmenter
-    from nucleistyle.segment.predict import load_segmenter
+    from nucleistyle.segment.modelfile import load_segmenter
     from nucleistyle.tta import TTAConfig
 
     n = args.segment_iterations + args.warmup

@@ -21,9 +21,9 @@ import torchvision
 
 from nucleistyle.data.bbbc038 import iter_samples, list_images
 from nucleistyle.segment import model as model_module
+from nucleistyle.segment.calibration import ceiling_score
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.model import build_model, modern_key_names
-from nucleistyle.segment.predict import ceiling_score
 from nucleistyle.tta import TTAConfig
 from nucleistyle.utils import NucleistyleError
 

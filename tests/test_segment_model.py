@@ -31,16 +31,13 @@ from nucleistyle.enhance import ClaheConfig, enhance_image
 from nucleistyle.metrics import score_files
 from nucleistyle.segment import engine
 from nucleistyle.segment import model as model_module
+from nucleistyle.segment.calibration import calibrate
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.engine import train_segmenter
+from nucleistyle.segment.inference import Detections, Segmenter
 from nucleistyle.segment.model import GatherRoIAlign, PreparedTransform, build_model, project_masks
-from nucleistyle.segment.predict import (
-    Detections,
-    Segmenter,
-    calibrate,
-    load_segmenter,
-    predict_folder,
-)
+from nucleistyle.segment.modelfile import MODEL_FORMAT, load_segmenter
+from nucleistyle.segment.predict import predict_folder
 from nucleistyle.segment.transforms import mask_boxes, to_target
 from nucleistyle.tta import DIHEDRAL, TTAConfig
 from nucleistyle.utils import NucleistyleError
@@ -101,7 +98,7 @@ def test_model_builds_for_each_backbone_with_the_baseline_settings(backbone: str
 
 def test_training_writes_a_loadable_model_and_a_finite_history(trained: dict[str, Path]) -> None:
     state = torch.load(trained["model"], weights_only=True)
-    assert state["format"] == engine.MODEL_FORMAT and state["iterations"] == 2
+    assert state["format"] == MODEL_FORMAT and state["iterations"] == 2
     assert state["config"]["model.box_score_thresh"] == 0.9
     history = pd.read_csv(trained["history"], sep="\t")
     losses = history.dropna(subset="loss")
@@ -350,7 +347,7 @@ def test_raw_detections_are_in_input_coordinates(
     engine.save_checkpoint(
         path,
         {
-            "format": engine.MODEL_FORMAT,
+            "format": MODEL_FORMAT,
             "config": engine.flatten(cfg),
             "model": build_model(cfg).state_dict(),
         },
@@ -373,7 +370,7 @@ def test_raw_detections_are_in_input_coordinates(
 def test_an_images_detections_do_not_depend_on_what_it_is_batched_with(tmp_path: Path) -> None:
     cfg = tiny("deep_retina")
     path = tmp_path / "m.pt"
-    model = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
+    model = {"format": MODEL_FORMAT, "config": engine.flatten(cfg)}
     engine.save_checkpoint(path, {**model, "model": build_model(cfg).state_dict()})
     seg = load_segmenter(path, device="cpu")
     seg.model.roi_heads.score_thresh = 0.0  # an untrained model: keep every detection
@@ -566,7 +563,7 @@ def _eager_model(baseline: str, path: Path) -> Path:
     it finds plenty of objects without training."""
     torch.manual_seed(0)
     cfg = tiny(baseline, model={**TINY["model"], "box_score_thresh": 0.0})
-    state = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
+    state = {"format": MODEL_FORMAT, "config": engine.flatten(cfg)}
     engine.save_checkpoint(path, {**state, "model": build_model(cfg).state_dict()})
     return path
 

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
-from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images
+from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images, read_image
 from nucleistyle.segment.configs import ARMS, SegmenterConfig
 from nucleistyle.segment.transforms import Compose, to_target
 from nucleistyle.utils import NucleistyleError
@@ -256,8 +256,6 @@ def attach_variants(
         NucleistyleError: an unreadable manifest, a copy missing from its folder, a copy whose
             source is not a training image, or one whose size differs from its source.
     """
-    from nucleistyle.data.bbbc038 import read_image
-
     by_id = {item.image_id: item for item in items}
     skipped = set(left_out)
     copies: dict[str, list[np.ndarray]] = {}

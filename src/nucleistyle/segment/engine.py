@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from torch import nn
 from tqdm import tqdm
 
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.metrics import image_score
+from nucleistyle.segment.calibration import Calibration, calibrate, ceiling_score
 from nucleistyle.segment.configs import RESUME_IGNORES, SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
     DrawDataset,
@@ -52,7 +54,9 @@ from nucleistyle.segment.dataset import (
     training_config_summary,
     validation_samples,
 )
+from nucleistyle.segment.inference import Segmenter
 from nucleistyle.segment.model import build_model
+from nucleistyle.segment.modelfile import MODEL_FORMAT
 from nucleistyle.segment.transforms import eval_pipeline, training_pipeline
 from nucleistyle.torchutils import (
     LossHistory,
@@ -70,11 +74,7 @@ from nucleistyle.torchutils import (
 )
 from nucleistyle.utils import NucleistyleError
 
-if TYPE_CHECKING:
-    from nucleistyle.segment.predict import Calibration
-
 __all__ = [
-    "MODEL_FORMAT",
     "MetricLogger",
     "SmoothedValue",
     "TrainingRun",
@@ -88,9 +88,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-MODEL_FORMAT = "nucleistyle-segmenter-1"
-
 
 class SmoothedValue:
     """A series of values with a windowed mean (torchvision references)."""
@@ -311,9 +308,6 @@ def score_items(
     This is the learning curve's measure: the metric the model is judged by, not a loss. The
     model is left in training mode.
     """
-    from nucleistyle.metrics import image_score
-    from nucleistyle.segment.predict import Segmenter
-
     segmenter = Segmenter(model, cfg, device, dtype)
     try:
         scores = [
@@ -326,12 +320,6 @@ def score_items(
     return float(np.mean(scores)) if scores else math.nan
 
 
-def _ceiling(truths: Sequence[np.ndarray], cfg: SegmenterConfig) -> float:
-    from nucleistyle.segment.predict import ceiling_score
-
-    return ceiling_score(truths, cfg)
-
-
 def _calibrate(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -340,9 +328,7 @@ def _calibrate(
     dtype: torch.dtype | None,
     items: Sequence[TrainItem],
 ) -> Calibration:
-    """:func:`~.predict.calibrate` of the selected weights on the validation items."""
-    from nucleistyle.segment.predict import Segmenter, calibrate
-
+    """:func:`~.calibration.calibrate` of the selected weights on the validation items."""
     model.load_state_dict(state)
     found = calibrate(
         Segmenter(model, cfg, device, dtype),
@@ -389,7 +375,7 @@ def train_segmenter(
         train_dirs: BBBC038-layout folders with masks (the original training set); ImageIds
             must be distinct.
         out_model: The model file (weights + configuration), written atomically; load it with
-            :func:`nucleistyle.segment.predict.load_segmenter`.
+            :func:`nucleistyle.segment.modelfile.load_segmenter`.
         cfg: The configuration (:func:`~.configs.get_config`).
         checkpoint: Checkpoint file: resumed from when it exists (its configuration and data
             must match, except the budget and run settings), rewritten every
@@ -409,7 +395,7 @@ def train_segmenter(
             prediction enhances new images by the same rule. None: the images are as they come.
 
     With ``cfg.calibrate`` the selected weights then choose their detection and mask
-    thresholds on the validation images (:func:`~.predict.calibrate`); the model file records
+    thresholds on the validation images (:func:`~.calibration.calibrate`); the model file records
     the choice and the whole grid (``calibration``), and loading it applies them.
 
     Returns:
@@ -459,7 +445,7 @@ def train_segmenter(
         )
     monitor = val_items or sorted(train_items, key=lambda it: it.image_id)[:MONITOR_IMAGES]
     score_key = "val_score" if val_items else "train_score"
-    ceiling = _ceiling([it.labels for it in monitor], cfg)
+    ceiling = ceiling_score([it.labels for it in monitor], cfg)
     log.info("post-processing ceiling on the %d monitored images: %.4f", len(monitor), ceiling)
     weights = None
     if arm == "oversample":
@@ -607,17 +593,3 @@ def train_segmenter(
     log.info("wrote %s", out_model)
     return Path(out_model)
 
-
-def read_model_file(path: PathLike) -> Mapping[str, Any]:
-    """Load a model file written by :func:`train_segmenter` (``weights_only=True``).
-
-    Raises:
-        NucleistyleError: unreadable, or not a segmenter model file.
-    """
-    state = load_checkpoint(path, what="model")
-    if state.get("format") != MODEL_FORMAT:
-        raise NucleistyleError(
-            f"{path} is not a segmenter model file (format {state.get('format')!r}, "
-            f"expected {MODEL_FORMAT!r}); a training checkpoint is not a model"
-        )
-    return state

@@ -248,7 +248,7 @@ def project_masks(
     torchvision's ``project_masks_on_boxes`` samples half a pixel off (``aligned=False``), and
     its paste reads box ends as inclusive pixels; a perfect mask head then grows every nucleus
     by about a pixel and scores 0.75 on real images (DSB, 20 native 256-px images), 1.0 with
-    these targets and :meth:`nucleistyle.segment.predict.Detections.paste`.
+    these targets and :meth:`nucleistyle.segment.inference.Detections.paste`.
 
     Args:
         gt_masks: (n_true, H, W) masks of one image.
