@@ -32,7 +32,7 @@ from nucleistyle.data.acquire import (
     safe_extract,
     sha256_file,
 )
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 MAX_REQUESTS = 50  # the server answers 503 after this many requests: no test can loop forever
 SHELL_RECIPE = "find {sub} -type f -name '*.png' | LC_ALL=C sort | xargs sha256sum | sha256sum"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import losses as L
 from nucleistyle.gan.configs import GanConfig, lr_factor
 from nucleistyle.gan.data import DomainSampler, DomainSet, one_hot, to_tensor
@@ -21,7 +22,6 @@ from nucleistyle.gan.networks import (
     count_parameters,
 )
 from nucleistyle.gan.quality import DomainLook
-from nucleistyle.utils import NucleistyleError
 
 # parameter counts (docs/gan.md), C = 6 domains, crop 216, base 64
 PAPER_COUNTS = {

@@ -18,12 +18,12 @@ import torch
 
 from nucleistyle.cluster import ClusterConfig, cluster_dataset
 from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import losses
 from nucleistyle.gan.configs import GanConfig
 from nucleistyle.gan.engine import train_gan
 from nucleistyle.report.gan import plot_losses
 from nucleistyle.torchutils import TrainingDiverged
-from nucleistyle.utils import NucleistyleError
 
 TINY = {
     "n_domains": 3,

@@ -20,12 +20,12 @@ import torch
 import torchvision
 
 from nucleistyle.data.bbbc038 import iter_samples, list_images
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.segment import model as model_module
 from nucleistyle.segment.calibration import ceiling_score
 from nucleistyle.segment.configs import get_config
 from nucleistyle.segment.model import build_model, modern_key_names
 from nucleistyle.tta import TTAConfig
-from nucleistyle.utils import NucleistyleError
 
 BASELINES = ("deep_retina", "mirzaev")
 

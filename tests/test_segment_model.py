@@ -28,6 +28,7 @@ from nucleistyle.data.csvio import gather_submissions, read_submission
 from nucleistyle.data.rle import rle_decode_labels
 from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.enhance import ClaheConfig, enhance_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import score_files
 from nucleistyle.segment import engine
 from nucleistyle.segment import model as model_module
@@ -40,7 +41,6 @@ from nucleistyle.segment.modelfile import MODEL_FORMAT, load_segmenter
 from nucleistyle.segment.predict import predict_folder
 from nucleistyle.segment.transforms import mask_boxes, to_target
 from nucleistyle.tta import DIHEDRAL, TTAConfig
-from nucleistyle.utils import NucleistyleError
 from tests.conftest import REPO, TINY_SEGMENTER
 
 # One thread: on the shared 2-core machine two OpenMP threads per process spin against other

@@ -26,17 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from nucleistyle import __version__
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import describe_os_error, user_paths
+from nucleistyle.paths import check_input, check_output, check_separate
 from nucleistyle.schema import bounds as schema_bounds
 from nucleistyle.schema import choices as schema_choices
-from nucleistyle.utils import (
-    NucleistyleError,
-    check_input,
-    check_output,
-    check_separate,
-    describe_os_error,
-    setup_logging,
-    user_paths,
-)
+from nucleistyle.utils import setup_logging
 
 log = logging.getLogger("nucleistyle")
 
@@ -66,7 +61,7 @@ def _status(text: str) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     from nucleistyle.metrics import read_groups, score_files
-    from nucleistyle.utils import atomic_path
+    from nucleistyle.outputs import atomic_path
 
     groups = None if not args.groups else read_groups(args.groups, column=args.group_column)
     per_image, summary = score_files(args.solution, args.submission, groups=groups)
@@ -214,11 +209,9 @@ def _import_folder(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     """The workflow's configuration from ``--config`` files (schema defaults without any)."""
-    from nucleistyle.schema import schema_file
     from nucleistyle.workflow import load_config
 
-    basedir = schema_file().parents[2]  # the repository holding the library and its schema
-    return load_config(args.config or [], basedir)
+    return load_config(args.config or [])
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:

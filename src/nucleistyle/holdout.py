@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,10 @@ import pandas as pd
 from nucleistyle.cluster import ClusterConfig, features_table, fit_clusters, hsv_features
 from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images
 from nucleistyle.data.csvio import CompressedLabels, write_solution
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, link_or_copy
+from nucleistyle.paths import PathLike, check_separate
 from nucleistyle.schema import choices
-from nucleistyle.utils import NucleistyleError, atomic_dir, check_separate, link_or_copy
 
 __all__ = ["SCHEMES", "make_holdout", "split_leave_cluster_out", "split_minority", "split_strata"]
 
@@ -40,7 +41,6 @@ SCHEMES = choices("data.holdout.scheme")  # stratified, minority, leave-cluster-
 
 log = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
 
 
 def _check_fraction(fraction: float) -> None:

@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,9 @@ from nucleistyle.data.csvio import (
     select_usage,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import NucleistyleError, published_together
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import published_together
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "THRESHOLDS",
@@ -302,8 +303,8 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def score_files(
-    solution_csv: str | os.PathLike[str],
-    submission_csv: str | os.PathLike[str],
+    solution_csv: PathLike,
+    submission_csv: PathLike,
     groups: Mapping[str, str] | None = None,
     ap: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -384,7 +385,7 @@ def score_files(
     return per_image, summary
 
 
-def read_groups(path: str | os.PathLike[str], column: str = "modality") -> dict[str, str]:
+def read_groups(path: PathLike, column: str = "modality") -> dict[str, str]:
     """ImageId -> group (modality, cluster) from a CSV with columns ``ImageId`` and ``column``.
 
     Other columns are ignored; an ImageId may repeat with the same group.
@@ -418,11 +419,11 @@ def read_groups(path: str | os.PathLike[str], column: str = "modality") -> dict[
 
 
 def score_to_files(
-    solution_csv: str | os.PathLike[str],
-    submission_csv: str | os.PathLike[str],
-    per_image_csv: str | os.PathLike[str],
-    summary_json: str | os.PathLike[str],
-    groups_csv: str | os.PathLike[str] | None = None,
+    solution_csv: PathLike,
+    submission_csv: PathLike,
+    per_image_csv: PathLike,
+    summary_json: PathLike,
+    groups_csv: PathLike | None = None,
     group_column: str = "modality",
 ) -> dict[str, object]:
     """:func:`score_files` with COCO AP, writing the per-image table (CSV) and the summary (JSON)

@@ -33,12 +33,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucleistyle import __version__
-from nucleistyle.utils import (
-    NucleistyleError,
-    atomic_dir,
-    link_or_copy,
-    published_together,
-)
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, link_or_copy, published_together
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "BBBC038_FILES",
@@ -105,7 +102,7 @@ RATIO_FLOOR = 1 << 20  # members up to this size may compress better (text, blan
 # hashing
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes.
 
     Args:
@@ -146,7 +143,7 @@ def _digest(folder: Path, prefix: str) -> str:
     return hashlib.sha256(b"".join(lines)).hexdigest()
 
 
-def content_digest(root: str | os.PathLike[str], subdir: str = "stage1_train") -> str:
+def content_digest(root: PathLike, subdir: str = "stage1_train") -> str:
     """Digest of the PNG files of ``root/subdir``, pinned independently of how it was zipped.
 
     Equals the shell recipe run in ``root``:
@@ -318,7 +315,7 @@ def _fetch_http(
 
 def download(
     url: str,
-    dest: str | os.PathLike[str],
+    dest: PathLike,
     *,
     sha256: str | None = None,
     timeout: float = 60.0,
@@ -457,8 +454,8 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> i
 
 
 def safe_extract(
-    zip_path: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    zip_path: PathLike,
+    dest: PathLike,
     *,
     max_bytes: int = MAX_EXTRACT_BYTES,
     max_ratio: float = MAX_EXTRACT_RATIO,
@@ -550,8 +547,8 @@ def _set_root(raw: Path) -> Path:
 
 
 def extract_set(
-    zip_path: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    zip_path: PathLike,
+    dest: PathLike,
     *,
     name: str,
     expected_digest: str | None = None,
@@ -611,7 +608,7 @@ def extract_set(
 # community fixes
 
 
-def find_fixes_root(extracted: str | os.PathLike[str]) -> Path:
+def find_fixes_root(extracted: PathLike) -> Path:
     """Locate ``stage1_train`` inside the extracted fixes archive.
 
     GitHub archives unpack to ``kaggle-dsbowl-2018-dataset-fixes-<commit>/stage1_train``; a
@@ -658,10 +655,10 @@ def _image_table(root: Path) -> dict[str, tuple[dict[str, str], dict[str, str]]]
 
 
 def apply_fixes(
-    original: str | os.PathLike[str],
-    fixed: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    original: PathLike,
+    fixed: PathLike,
+    dest: PathLike,
+    manifest: PathLike,
 ) -> pd.DataFrame:
     """Install the fixed ``stage1_train`` at ``dest`` and list every image that differs.
 
@@ -735,10 +732,10 @@ def apply_fixes(
 
 
 def apply_fixes_archive(
-    original: str | os.PathLike[str],
-    archive: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    original: PathLike,
+    archive: PathLike,
+    dest: PathLike,
+    manifest: PathLike,
     *,
     expected_digest: str | None = None,
     max_bytes: int = MAX_EXTRACT_BYTES,
@@ -779,7 +776,7 @@ def apply_fixes_archive(
 
 
 def check_local_dataset(
-    root: str | os.PathLike[str], sets: Sequence[str]
+    root: PathLike, sets: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """Check an already-extracted BBBC038 copy (``data.source: local``).
 

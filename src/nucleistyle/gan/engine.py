@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import losses as L
 from nucleistyle.gan.configs import (
     RESUME_IGNORES,
@@ -70,6 +70,8 @@ from nucleistyle.gan.networks import (
     init_weights,
 )
 from nucleistyle.gan.quality import LOOK_IMAGES, PLANES, DomainLook, domain_looks
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 from nucleistyle.torchutils import (
     LossHistory,
     TrainingDiverged,
@@ -85,7 +87,6 @@ from nucleistyle.torchutils import (
     select_device,
     set_rng_state,
 )
-from nucleistyle.utils import NucleistyleError, atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -98,7 +99,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 CHECKPOINT_FORMAT = "nucleistyle.gan-checkpoint/1"
 MODEL_FORMAT = "nucleistyle.gan/1"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,19 @@ import torch
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.configs import ATTRIBUTE_SOURCES
 from nucleistyle.gan.data import one_hot
 from nucleistyle.gan.engine import MODEL_FORMAT
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
+from nucleistyle.outputs import staged_files
+from nucleistyle.paths import PathLike
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, Progress, staged_files
+from nucleistyle.utils import Progress
 
 __all__ = ["Stylizer", "image_seed", "load_stylizer", "pad_to_multiple", "stylize_folder"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 MIN_SIDE = 8
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,16 +13,16 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.augment import MANIFEST_COLUMNS
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.quality import copy_quality, record_looks, visibility
 from nucleistyle.gan.stylize import load_stylizer
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import NucleistyleError
 
 __all__ = ["LOSS_PANELS", "plot_augmented_gallery", "plot_figure3", "plot_losses"]
 
-PathLike = str | os.PathLike[str]
 LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("discriminators", ("d1_adv", "d2_adv", "d1_cls", "d2_cls", "d_content")),
     ("generator: adversarial", ("g_adv1", "g_adv2", "g_cls1", "g_cls2", "g_content")),

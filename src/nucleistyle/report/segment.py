@@ -12,7 +12,6 @@ augmentation beside the ground truth, and highlights the nuclei found only with 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -25,9 +24,10 @@ from skimage.segmentation import find_boundaries
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.csvio import GroundTruth, Submission, read_solution, read_submission
 from nucleistyle.data.rle import rle_decode_labels
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import image_score, read_groups
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "ARMS",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 PANELS = (
     ("loss", "training loss (total)"),
     ("loss_mask", "mask loss"),

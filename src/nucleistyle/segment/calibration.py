@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import image_score
 from nucleistyle.segment.configs import SegmenterConfig
 from nucleistyle.segment.inference import Detections, Segmenter
@@ -24,7 +25,6 @@ from nucleistyle.segment.model import project_masks
 from nucleistyle.segment.postprocess import Instances, postprocess
 from nucleistyle.segment.transforms import mask_boxes
 from nucleistyle.tta import TTAConfig, merge
-from nucleistyle.utils import NucleistyleError
 
 __all__ = ["CALIBRATION_GRID", "Calibration", "calibrate", "ceiling_score"]
 

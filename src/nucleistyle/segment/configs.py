@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "ARMS",

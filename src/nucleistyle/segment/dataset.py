@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,9 +33,10 @@ import torch
 from scipy import ndimage as ndi
 
 from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images, read_image
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.configs import ARMS, SegmenterConfig
 from nucleistyle.segment.transforms import Compose, to_target
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "DrawDataset",
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 @dataclass

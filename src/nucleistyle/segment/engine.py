@@ -23,7 +23,6 @@ import collections
 import copy
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,7 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import image_score
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.calibration import Calibration, calibrate, ceiling_score
 from nucleistyle.segment.configs import RESUME_IGNORES, SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
@@ -72,7 +73,6 @@ from nucleistyle.torchutils import (
     select_device,
     set_rng_state,
 )
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "MetricLogger",
@@ -86,7 +86,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 class SmoothedValue:

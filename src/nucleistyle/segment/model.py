@@ -40,9 +40,9 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.poolers import _setup_scales  # the level mapping MultiScaleRoIAlign uses
 
+from nucleistyle.errors import NucleistyleError, first_line
 from nucleistyle.segment.configs import SegmenterConfig
 from nucleistyle.torchutils import torch_load, why_not_loaded
-from nucleistyle.utils import NucleistyleError, first_line
 
 __all__ = [
     "GatherRoIAlign",

@@ -9,22 +9,21 @@ flat configuration, the CLAHE of the training inputs and the calibrated threshol
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.errors import NucleistyleError, first_line
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.calibration import Calibration
 from nucleistyle.segment.configs import config_from_fingerprint
 from nucleistyle.segment.inference import Segmenter
 from nucleistyle.segment.model import build_model
 from nucleistyle.torchutils import load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, first_line
 
 __all__ = ["MODEL_FORMAT", "load_segmenter", "read_model_file"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 MODEL_FORMAT = "nucleistyle-segmenter-1"
 

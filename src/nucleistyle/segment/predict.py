@@ -8,7 +8,6 @@ read by :func:`~.modelfile.load_segmenter`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,14 +18,16 @@ from PIL import Image
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.data.folder import outline, write_label_image
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import published_together
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.modelfile import load_segmenter
 from nucleistyle.tta import BASELINE_TTA, TTAConfig
-from nucleistyle.utils import NucleistyleError, Progress, published_together
+from nucleistyle.utils import Progress
 
 __all__ = ["predict_folder"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
