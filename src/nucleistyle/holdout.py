@@ -42,7 +42,6 @@ SCHEMES = choices("data.holdout.scheme")  # stratified, minority, leave-cluster-
 log = logging.getLogger(__name__)
 
 
-
 def _check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise NucleistyleError(f"holdout fraction must be in (0, 1), got {fraction!r}")

@@ -171,4 +171,3 @@ def check_separate(
             raise NucleistyleError(f"{out_what} {out} lies inside the {in_what} {other}")
         if b.is_relative_to(a):
             raise NucleistyleError(f"{out_what} {out} contains the {in_what} {other}")
-

@@ -128,9 +128,7 @@ class Progress:
         self.bar.close()
 
 
-def setup_logging(
-    log_file: PathLike | None = None, level: int = logging.INFO
-) -> None:
+def setup_logging(log_file: PathLike | None = None, level: int = logging.INFO) -> None:
     """Send library logging to ``log_file`` (a rule's log) or to stderr.
 
     With a log file, an uncaught exception is also written to it, so a failed job's log says why.
@@ -178,4 +176,3 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], section: str) 
             f"unknown config key {section}.{unknown[0]} (known: {', '.join(sorted(known))})"
         )
     return cls(**dict(mapping))
-

@@ -258,9 +258,7 @@ def _module_file(src: Path, name: str) -> Path | None:
     return None
 
 
-def script_imports(
-    script: PathLike, src: PathLike
-) -> tuple[list[Path], set[str]]:
+def script_imports(script: PathLike, src: PathLike) -> tuple[list[Path], set[str]]:
     """What a rule script needs: the library files it imports, directly or through other
     library modules (package ``__init__`` files included), and the third-party packages.
 

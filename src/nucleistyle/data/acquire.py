@@ -24,9 +24,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.error import HTTPError, URLError
 
 import pandas as pd
@@ -46,7 +44,6 @@ __all__ = [
     "SOLUTION_FILES",
     "apply_fixes",
     "apply_fixes_archive",
-    "check_local_dataset",
     "content_digest",
     "download",
     "extract_set",
@@ -769,60 +766,3 @@ def apply_fixes_archive(
             )
         log.info("fixed stage1_train content digest %s", digest)
         return apply_fixes(original, fixed, dest, manifest)
-
-
-# --------------------------------------------------------------------------------------------
-# local copy
-
-
-def check_local_dataset(
-    root: PathLike, sets: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Check an already-extracted BBBC038 copy (``data.source: local``).
-
-    Expects ``root/<set>/<ImageId>/images/<ImageId>.png`` for each requested set (plus
-    ``masks/*.png`` for ``stage1_train``) and, for test sets, the solution CSV beside the set
-    folders (``stage1_solution.csv``, ``stage2_solution_final.csv``) with ``ImageId`` and
-    ``EncodedPixels`` columns.
-
-    Args:
-        root: folder holding the set folders.
-        sets: set names among :data:`SOLUTION_FILES` (e.g. ``["stage1_train", "stage1_test"]``).
-
-    Returns:
-        ``{set: {"path", "n_images", "n_masks", "solution"}}`` with paths as strings
-        (``solution`` None for stage1_train).
-
-    Raises:
-        NucleistyleError: naming the missing or malformed path, or an unknown set name.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise NucleistyleError(f"data.local.path: {root} is not a directory")
-    summary: dict[str, dict[str, Any]] = {}
-    for name in sets:
-        if name not in SOLUTION_FILES:
-            raise NucleistyleError(
-                f"unknown BBBC038 set {name!r}; expected one of {sorted(SOLUTION_FILES)}"
-            )
-        n_images, n_masks = _scan_set(root / name, name, require_masks=name == "stage1_train")
-        solution = SOLUTION_FILES[name]
-        if solution is not None:
-            csv = root / solution
-            if not csv.is_file():
-                raise NucleistyleError(f"{name}: solution file {csv} does not exist")
-            with open(csv, encoding="utf-8-sig") as f:
-                header = [c.strip() for c in f.readline().split(",")]
-            if not {"ImageId", "EncodedPixels"} <= set(header):
-                raise NucleistyleError(
-                    f"{csv}:1: header must contain ImageId and EncodedPixels, got {header}"
-                )
-            solution = str(csv)
-        summary[name] = {
-            "path": str(root / name),
-            "n_images": n_images,
-            "n_masks": n_masks,
-            "solution": solution,
-        }
-        log.info("local %s: %d images, %d masks at %s", name, n_images, n_masks, root / name)
-    return summary

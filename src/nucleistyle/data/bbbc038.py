@@ -186,9 +186,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return np.flatnonzero(arr)
 
 
-def read_masks(
-    paths: Sequence[PathLike], shape: tuple[int, int]
-) -> tuple[np.ndarray, int]:
+def read_masks(paths: Sequence[PathLike], shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Merge one-PNG-per-nucleus masks into an instance label image.
 
     Policy (deterministic): masks are taken in sorted file-name (MaskId) order; any nonzero

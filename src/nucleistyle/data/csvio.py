@@ -187,9 +187,7 @@ def _positive_int(text: str, what: str, where: str) -> int:
     return int(text)
 
 
-def read_solution(
-    path: PathLike, usage: str | None = "auto"
-) -> dict[str, GroundTruth]:
+def read_solution(path: PathLike, usage: str | None = "auto") -> dict[str, GroundTruth]:
     """Read a solution (ground-truth) CSV such as ``stage1_solution.csv``.
 
     Every RLE row is syntax-checked here (sorted, positive, in range) so a bad file fails early;
@@ -424,9 +422,7 @@ def write_solution(
     log.info("wrote %s (%d images, usage %s)", path, len(ground_truth), usage)
 
 
-def gather_submissions(
-    shard_csvs: Sequence[PathLike], out_csv: PathLike
-) -> int:
+def gather_submissions(shard_csvs: Sequence[PathLike], out_csv: PathLike) -> int:
     """Concatenate the submissions of the shards of one test set into one submission, atomically.
 
     Each image's rows are copied in their shard's order (the predictor writes them in

@@ -284,9 +284,7 @@ _PILLOW_MODES = {  # single-channel TIFFs report Pillow's mode names, like PNGs 
 }
 
 
-def _read_tiff(
-    path: PathLike, channel_axis: int | None = None
-) -> tuple[np.ndarray, str]:
+def _read_tiff(path: PathLike, channel_axis: int | None = None) -> tuple[np.ndarray, str]:
     """The first series of a TIFF as (H, W) or (H, W, C), and a mode string; ``channel_axis``
     (an index into the stored axes) names the channel axis where the file does not."""
     import tifffile
@@ -352,9 +350,7 @@ def _read_pillow(path: PathLike, rule: IntensityRule) -> tuple[np.ndarray, str]:
     return data, mode
 
 
-def read_image(
-    path: PathLike, rule: IntensityRule = DEFAULT_RULE
-) -> tuple[np.ndarray, str]:
+def read_image(path: PathLike, rule: IntensityRule = DEFAULT_RULE) -> tuple[np.ndarray, str]:
     """Read an image file as uint8 RGB.
 
     8-bit modes 1, L, LA, P, PA, RGB, RGBA are converted exactly (1 becomes 0/255, a palette is

@@ -112,7 +112,7 @@ class GanNets(nn.Module):
     Weights are initialised as upstream (conv ~ N(0, 0.02)) from the global torch generator.
     """
 
-    # the network classes; the layer-by-layer reference (gan/reference.py) swaps in its own
+    # the network classes; the layer-by-layer reference (tests/gan_reference.py) swaps in its own
     content_encoder: type[nn.Module] = ContentEncoder
     attribute_encoder: type[AttributeEncoder] = AttributeEncoder
     generator: type[nn.Module] = Generator

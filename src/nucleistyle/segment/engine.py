@@ -88,6 +88,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
+
 class SmoothedValue:
     """A series of values with a windowed mean (torchvision references)."""
 
@@ -591,4 +592,3 @@ def train_segmenter(
         history.write_tsv(history_tsv)
     log.info("wrote %s", out_model)
     return Path(out_model)
-

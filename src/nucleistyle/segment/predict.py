@@ -74,8 +74,9 @@ def predict_folder(
     baseline's post-processing either way (Mirzaev's fallback canvas included, under TTA too).
     With TTA, ``tta.batch_size // n_variants`` images (at least 1; one when ``batch_size`` is
     0) are handled per :func:`~nucleistyle.tta.predict_tta` call, their variants sent to the
-    network ``tta.batch_size`` at a time (0: all of them at once). Images of different shapes
-    in one call are zero-padded to a common size.
+    network ``tta.batch_size`` at a time (0: all of them at once). Variants of different sizes
+    in one call go through the network in separate batches (:meth:`~.inference.Segmenter.raw`),
+    so an image's result does not depend on what it was sent with.
 
     Objects are numbered, and written to the submission, in descending confidence (detection
     score; under TTA the mean score of the merged detections): COCO AP

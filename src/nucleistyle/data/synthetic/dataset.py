@@ -134,9 +134,7 @@ def _plan(cfg: SyntheticConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageId", "set", "modality", "index"])
 
 
-def generate(
-    cfg: SyntheticConfig, out_dir: PathLike, *, overwrite: bool = False
-) -> pd.DataFrame:
+def generate(cfg: SyntheticConfig, out_dir: PathLike, *, overwrite: bool = False) -> pd.DataFrame:
     """Write the synthetic data set to ``out_dir`` (atomically: built beside it, then renamed).
 
     Layout::
