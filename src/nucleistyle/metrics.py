@@ -33,6 +33,7 @@ import pandas as pd
 
 from nucleistyle.data.csvio import (
     CompressedLabels,
+    Submission,
     read_rows,
     read_solution,
     read_submission,
@@ -367,18 +368,7 @@ def score_files(
     summary["missing"] = missing
     summary["gt_contested_pixels"] = contested_total
     if ap:
-        result = coco_ap(
-            (
-                image_id,
-                kept_gt[image_id],
-                kept_pred[image_id],
-                rank_confidences(len(submission.get(image_id, []))),
-            )
-            for image_id in kept_gt
-        )
-        summary["ap"] = _finite_or_none(result["AP"])
-        summary["ap50"] = _finite_or_none(result["AP50"])
-        summary["ap75"] = _finite_or_none(result["AP75"])
+        summary.update(_ap_summary(kept_gt, kept_pred, submission))
     if missing:
         log.warning("%s: %d scored images missing (scored 0)", submission_csv, len(missing))
     log.info("%s: score %.6f over %d images", submission_csv, summary["score"], len(per_image))
@@ -488,6 +478,23 @@ def _pred_scores(
     return values
 
 
+def _ap_summary(
+    gts: CompressedLabels, preds: CompressedLabels, submission: Submission
+) -> dict[str, float | None]:
+    """:func:`coco_ap` of the kept label images, confidences from the submission's row order,
+    as ``ap``, ``ap50``, ``ap75`` (None for NaN)."""
+    result = coco_ap(
+        (
+            image_id,
+            gts[image_id],
+            preds[image_id],
+            rank_confidences(len(submission.get(image_id, []))),
+        )
+        for image_id in gts
+    )
+    return {name.lower(): _finite_or_none(result[name]) for name in ("AP", "AP50", "AP75")}
+
+
 def coco_ap(
     items: Iterable[
         tuple[str, np.ndarray, np.ndarray, Mapping[int, float] | Sequence[float] | None]
@@ -511,8 +518,6 @@ def coco_ap(
         ValueError: shapes differ, or the scores do not fit the predicted objects.
     """
     from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     images: list[dict[str, Any]] = []
     gts: list[dict[str, Any]] = []
@@ -545,6 +550,19 @@ def coco_ap(
         max_dets = max(max_dets, pred_ids.size)
     if not gts:
         return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan")}
+    return _coco_evaluate(images, gts, dts, max_dets)
+
+
+def _coco_evaluate(
+    images: list[dict[str, Any]],
+    gts: list[dict[str, Any]],
+    dts: list[dict[str, Any]],
+    max_dets: int,
+) -> dict[str, float]:
+    """pycocotools' segmentation evaluation of :func:`coco_ap`'s records: AP, AP50, AP75."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1}]}

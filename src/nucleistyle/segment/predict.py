@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
 from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
 from nucleistyle.data.folder import outline, write_label_image
 from nucleistyle.errors import NucleistyleError
 from nucleistyle.outputs import published_together
 from nucleistyle.paths import PathLike
+from nucleistyle.segment.inference import Segmenter
 from nucleistyle.segment.modelfile import load_segmenter
 from nucleistyle.tta import BASELINE_TTA, TTAConfig
 from nucleistyle.utils import Progress
@@ -69,18 +70,13 @@ def predict_folder(
 ) -> int:
     """Segment the images of a folder (or one shard of them), single pass or with TTA.
 
-    Each image goes through :meth:`Segmenter.segment`: one network pass, or (``tta``) every
-    variant of the image through :func:`nucleistyle.tta.predict_tta` and the merge, then the
-    baseline's post-processing either way (Mirzaev's fallback canvas included, under TTA too).
-    With TTA, ``tta.batch_size // n_variants`` images (at least 1; one when ``batch_size`` is
-    0) are handled per :func:`~nucleistyle.tta.predict_tta` call, their variants sent to the
-    network ``tta.batch_size`` at a time (0: all of them at once). Variants of different sizes
-    in one call go through the network in separate batches (:meth:`~.inference.Segmenter.raw`),
-    so an image's result does not depend on what it was sent with.
+    Each image goes through :meth:`~.inference.Segmenter.segment`: one network pass, or
+    (``tta``) every variant of the image and the merge, then the baseline's post-processing
+    either way (Mirzaev's fallback canvas included, under TTA too); see
+    :func:`_images_per_call` for how many images go per call.
 
-    Objects are numbered, and written to the submission, in descending confidence (detection
-    score; under TTA the mean score of the merged detections): COCO AP
-    (:func:`nucleistyle.metrics.coco_ap`) can take the confidence order from the row order.
+    Objects are numbered, and written to the submission, in descending confidence (under TTA
+    the merged detections' mean score): COCO AP takes the confidence order from the row order.
 
     Outputs appear together, only once every image is done: the submission and the label
     images are staged beside their targets and published in one step (files of ``labels_dir``
@@ -116,7 +112,42 @@ def predict_folder(
         ...                "shard1.csv", tta=True, shard=(1, 4))  # doctest: +SKIP
     """
     index, n_shards = _check_shard(shard)
-    if isinstance(tta, Mapping):  # fail on a bad section before loading the model
+    out_dir = _check_request(model_path, submission_csv, labels_dir, tta)
+    records = list_images(images_dir)[index::n_shards]
+    if submission_csv is not None:  # written last: refuse its ImageIds first
+        for record in records:
+            check_image_id(record.image_id, f"image {record.image_path}")
+    segmenter = load_segmenter(model_path, device)
+    cfg = _tta_config(tta, segmenter.cfg.baseline)
+    per_call = _images_per_call(cfg, len(records), images_dir)
+    if n_shards > 1:
+        log.info("shard %d of %d: %d images", index, n_shards, len(records))
+    with published_together() as outputs:  # the submission and the labels, or nothing
+        names = [f"{r.image_id}.{label_format}" for r in records]
+        names += [f"overlays/{r.image_id}.png" for r in records] if overlays else []
+        staging = outputs.files_into(out_dir, names) if out_dir is not None else None
+        start = time.perf_counter()
+        predictions = _segment_records(
+            segmenter, records, cfg, per_call, staging, label_format, overlays
+        )
+        elapsed = time.perf_counter() - start
+        if submission_csv is not None:
+            write_submission(submission_csv, predictions, outputs=outputs)
+    rate = len(records) / elapsed if elapsed > 0 else 0.0
+    log.info("segmented %d images of %s in %.1f s (%.2f images/s)", len(records), images_dir,
+             elapsed, rate)  # fmt: skip
+    return len(records)
+
+
+def _check_request(
+    model_path: PathLike,
+    submission_csv: PathLike | None,
+    labels_dir: PathLike | None,
+    tta: Mapping | TTAConfig | bool | None,
+) -> Path | None:
+    """Refuse a request that cannot succeed, before the model is loaded; returns the label
+    folder as a Path (None: no label images)."""
+    if isinstance(tta, Mapping):  # a bad section fails whatever the model's baseline
         for baseline in BASELINE_TTA:
             TTAConfig.for_baseline(baseline, tta)
     if submission_csv is None and labels_dir is None:
@@ -128,58 +159,57 @@ def predict_folder(
         raise NucleistyleError(f"label folder {out_dir} exists and is not a folder")
     if not Path(model_path).is_file():
         raise NucleistyleError(f"model file not found: {model_path}")
-    records = list_images(images_dir)[index::n_shards]
-    if submission_csv is not None:  # written last: refuse its ImageIds first
-        for record in records:
-            check_image_id(record.image_id, f"image {record.image_path}")
-    segmenter = load_segmenter(model_path, device)
-    cfg = _tta_config(tta, segmenter.cfg.baseline)
+    return out_dir
+
+
+def _images_per_call(cfg: TTAConfig | None, n_images: int, images_dir: PathLike) -> int:
+    """Images per :meth:`~.inference.Segmenter.segment` call, logged with the plan: one in a
+    single pass; with TTA ``tta.batch_size // n_variants`` (at least 1; one when ``batch_size``
+    is 0), their variants sent to the network ``tta.batch_size`` at a time (0: all at once).
+    Variants of different sizes in one call go through the network in separate batches
+    (:meth:`~.inference.Segmenter.raw`): an image's result does not depend on its company."""
     if cfg is None:
-        per_call = 1
-        log.info("single pass over %d images of %s", len(records), images_dir)
-    else:
-        n_variants = len(cfg.transforms)
-        per_call = max(1, cfg.batch_size // n_variants)
-        log.info(
-            "TTA over %d images of %s: %d variants each (%s), merge %s, %d images per call",
-            len(records),
-            images_dir,
-            n_variants,
-            ", ".join(cfg.transforms),
-            cfg.merge,
-            per_call,
-        )
-    if n_shards > 1:
-        log.info("shard %d of %d: %d images", index, n_shards, len(records))
-    with published_together() as outputs:  # the submission and the labels, or nothing
-        names = [f"{r.image_id}.{label_format}" for r in records]
-        names += [f"overlays/{r.image_id}.png" for r in records] if overlays else []
-        staging = outputs.files_into(out_dir, names) if out_dir is not None else None
-        if staging is not None and overlays:
-            (staging / "overlays").mkdir()
-        predictions = CompressedLabels()
-        start = time.perf_counter()
-        with Progress(len(records), "predict", log) as bar:
-            for first in range(0, len(records), per_call):
-                chunk = records[first : first + per_call]
-                images = [read_image(record.image_path)[0] for record in chunk]
-                results = zip(chunk, images, segmenter.segment(images, cfg), strict=True)
-                for record, image, labels in results:
-                    predictions.add(record.image_id, labels)
-                    if staging is not None:
-                        write_label_image(staging, record.image_id, labels, label_format)
-                    if staging is not None and overlays:
-                        overlay = Image.fromarray(outline(image, labels))
-                        overlay.save(staging / "overlays" / f"{record.image_id}.png")
-                bar.update(len(chunk))
-        elapsed = time.perf_counter() - start
-        if submission_csv is not None:
-            write_submission(submission_csv, predictions, outputs=outputs)
+        log.info("single pass over %d images of %s", n_images, images_dir)
+        return 1
+    n_variants = len(cfg.transforms)
+    per_call = max(1, cfg.batch_size // n_variants)
     log.info(
-        "segmented %d images of %s in %.1f s (%.2f images/s)",
-        len(records),
+        "TTA over %d images of %s: %d variants each (%s), merge %s, %d images per call",
+        n_images,
         images_dir,
-        elapsed,
-        len(records) / elapsed if elapsed > 0 else 0.0,
+        n_variants,
+        ", ".join(cfg.transforms),
+        cfg.merge,
+        per_call,
     )
-    return len(records)
+    return per_call
+
+
+def _segment_records(
+    segmenter: Segmenter,
+    records: Sequence[ImageRecord],
+    cfg: TTAConfig | None,
+    per_call: int,
+    staging: Path | None,
+    label_format: str,
+    overlays: bool,
+) -> CompressedLabels:
+    """Segment ``records`` ``per_call`` at a time; label images (and overlays) into
+    ``staging``; returns the predictions for the submission."""
+    if staging is not None and overlays:
+        (staging / "overlays").mkdir()
+    predictions = CompressedLabels()
+    with Progress(len(records), "predict", log) as bar:
+        for first in range(0, len(records), per_call):
+            chunk = records[first : first + per_call]
+            images = [read_image(record.image_path)[0] for record in chunk]
+            results = zip(chunk, images, segmenter.segment(images, cfg), strict=True)
+            for record, image, labels in results:
+                predictions.add(record.image_id, labels)
+                if staging is not None:
+                    write_label_image(staging, record.image_id, labels, label_format)
+                if staging is not None and overlays:
+                    overlay = Image.fromarray(outline(image, labels))
+                    overlay.save(staging / "overlays" / f"{record.image_id}.png")
+            bar.update(len(chunk))
+    return predictions
