@@ -5,7 +5,7 @@ Usage: ``python bench/bench_gan.py [--repeats N] [--threads 1 2] [--crop PX]
 
 1. Speed: seconds per full update (dis1/dis2 step + E_c/E_a/G step) for 6 domains, crop 216
    (``--crop``), batch 2, the paper's widths, on random images, at each ``--threads`` count, of
-   (a) the baseline, :class:`nucleistyle.gan.reference.PlainTrainer`: the same architecture,
+   (a) the baseline, :class:`tests.gan_reference.PlainTrainer`: the same architecture,
    losses and update written the straightforward way, fp32 (the forms the tests check the
    rewrites against); (b) :class:`~nucleistyle.gan.engine.GanTrainer` in fp32 and (c) in
    bf16 when the CPU has bf16 units. Ours are reported as ratios to (a). Each runs in its own
@@ -56,6 +56,8 @@ STABILITY_TERMS = ("g_total", "cross_cycle", "self_recon", "d1_adv", "d2_adv", "
 STABILITY_TOLERANCE = 0.15
 IMPLEMENTATIONS = {"plain": "plain fp32", "fp32": "our fp32", "bf16": "our bf16"}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # what nucleistyle.torchutils.cpu_has_bf16 looks for
+# The repository root: the baseline, tests/gan_reference.py, is imported as tests.gan_reference.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 # -- what this CPU has ---------------------------------------------------------------------------
@@ -157,8 +159,8 @@ def _trainer(kind: str, crop: int, channels_last: bool):
 
     from nucleistyle.gan.configs import GanConfig
     from nucleistyle.gan.engine import GanTrainer
-    from nucleistyle.gan.reference import PlainTrainer
     from nucleistyle.torchutils import keep_freed_memory, resolve_precision
+    from tests.gan_reference import PlainTrainer  # the test oracle, from the repository root
 
     precision = "fp32" if kind == "plain" else kind
     cfg = GanConfig(

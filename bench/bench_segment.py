@@ -102,7 +102,7 @@ def stock_model():
 
 
 def _child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
-    """Seconds per training iteration of one setting, through the engine's own loop."""
+    """Seconds per training iteration of one setting, through the engine's own step."""
     import torch
 
     from nucleistyle.segment import engine
@@ -110,7 +110,7 @@ def _child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     from nucleistyle.segment.dataset import DrawDataset, list_training_records, load_items
     from nucleistyle.segment.model import build_model
     from nucleistyle.segment.transforms import training_pipeline
-    from nucleistyle.torchutils import LossHistory, keep_freed_memory, resolve_precision
+    from nucleistyle.torchutils import keep_freed_memory, resolve_precision
 
     torch.set_num_threads(spec["threads"])
     keep_freed_memory()  # as train_segmenter does
@@ -131,14 +131,15 @@ def _child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = stock_model() if spec["model"] == "stock" else build_model(cfg, pretrained=False)
     optimizer = engine.make_optimizer(model, cfg)
-    history = LossHistory()
     batches = engine._batches(dataset, 0, cfg.batch_size, cfg.workers)
     dtype = resolve_precision(cfg.precision, device)
-    run = engine.TrainingRun(
-        model, optimizer, batches, device, dtype, cfg, total, history, engine.MetricLogger(window=1)
-    )
-    engine.train_iterations(run, 0, total)
-    seconds = [row["sec_per_it"] for row in history.rows[spec["warmup"] :]]
+    step = engine.TrainStep(model, optimizer, batches, device, dtype, cfg, total)
+    seconds = []
+    for iteration in range(total):
+        tic = time.perf_counter()
+        step(iteration)
+        seconds.append(time.perf_counter() - tic)
+    seconds = seconds[spec["warmup"] :]
     return {
         "images_per_s": cfg.batch_size / statistics.median(seconds),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -375,7 +376,7 @@ def roi_align_seconds(data: Path, rounds: int = 6, iterations: int = 8) -> dict[
     from nucleistyle.segment.dataset import DrawDataset, list_training_records, load_items
     from nucleistyle.segment.model import build_model
     from nucleistyle.segment.transforms import training_pipeline
-    from nucleistyle.torchutils import LossHistory, cpu_has_bf16
+    from nucleistyle.torchutils import cpu_has_bf16
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -394,18 +395,20 @@ def roi_align_seconds(data: Path, rounds: int = 6, iterations: int = 8) -> dict[
                   MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)),
     }  # fmt: skip
     dtype = torch.bfloat16 if cpu_has_bf16() else None
-    run = engine.TrainingRun(
+    step = engine.TrainStep(
         model, engine.make_optimizer(model, cfg), engine._batches(dataset, 0, cfg.batch_size, 0),
-        torch.device("cpu"), dtype, cfg, total, LossHistory(), engine.MetricLogger(window=1),
+        torch.device("cpu"), dtype, cfg, total,
     )  # fmt: skip
-    engine.train_iterations(run, 0, 2)
+    for iteration in range(2):
+        step(iteration)
     seconds: dict[str, float] = dict.fromkeys(pools, 0.0)
     done = 2
     for n in range(rounds):
         for kind in ("ours", "stock") if n % 2 == 0 else ("stock", "ours"):
             heads.box_roi_pool, heads.mask_roi_pool = pools[kind]
             tic = time.perf_counter()
-            engine.train_iterations(run, done, done + iterations)
+            for iteration in range(done, done + iterations):
+                step(iteration)
             seconds[kind] += (time.perf_counter() - tic) / (rounds * iterations)
             done += iterations
     torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 
 Usage: ``python bench/bench_tta.py [--images N] [--size PX] [--repeats R] [--data DIR]``
 
-The prediction path of the pipeline (:meth:`nucleistyle.segment.predict.Segmenter.segment`
+The prediction path of the pipeline (:meth:`nucleistyle.segment.inference.Segmenter.segment`
 with a :class:`nucleistyle.tta.TTAConfig`: network pass, binary masks, inversion, vote, then
 Deep Retina's post-processing) on a Deep Retina Mask R-CNN with a ResNet-18-FPN backbone,
 randomly initialised (seed 0; speed, not accuracy, is measured), with ``box_score_thresh = 0``
@@ -36,8 +36,8 @@ import torch
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.synthetic import MODALITIES, synthesize
 from nucleistyle.segment.configs import get_config
+from nucleistyle.segment.inference import Segmenter
 from nucleistyle.segment.model import build_model
-from nucleistyle.segment.predict import Segmenter
 from nucleistyle.tta import TTAConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "bbbc038"

@@ -125,9 +125,9 @@ def pretrained_start(cfg, tmp: Path, tiny: bool) -> tuple[Path | None, str]:
     """The weights file of ``cfg``'s start and how it was had (see the module's docstring):
     ``resources/weights/<released name>`` (present: used as it is, after its hash check;
     otherwise fetched), or with ``tiny`` or where it cannot be had a stand-in in ``tmp``."""
+    from nucleistyle.errors import NucleistyleError, first_line
     from nucleistyle.segment.model import released_standin
     from nucleistyle.segment.weights import WEIGHTS_DIR, fetch_weights, released_file
-    from nucleistyle.utils import NucleistyleError, first_line
 
     name = released_file(cfg.weights, cfg.backbone)
     if name is None:
@@ -153,7 +153,7 @@ def smoke_segmenter(
     from nucleistyle.data.bbbc038 import list_images, read_image
     from nucleistyle.segment.configs import get_config
     from nucleistyle.segment.engine import train_segmenter
-    from nucleistyle.segment.predict import load_segmenter
+    from nucleistyle.segment.modelfile import load_segmenter
     from nucleistyle.tta import TTAConfig
 
     n = args.segment_iterations + args.warmup

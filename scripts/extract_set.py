@@ -3,7 +3,8 @@
 import json
 
 from nucleistyle.data.acquire import extract_set
-from nucleistyle.utils import atomic_path, setup_logging
+from nucleistyle.outputs import atomic_path
+from nucleistyle.utils import setup_logging
 
 setup_logging(snakemake.log[0])
 record = extract_set(

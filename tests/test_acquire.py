@@ -24,7 +24,6 @@ from nucleistyle.data.acquire import (
     FIXES_COMMIT,
     MANIFEST_COLUMNS,
     apply_fixes,
-    check_local_dataset,
     content_digest,
     download,
     extract_set,
@@ -32,8 +31,8 @@ from nucleistyle.data.acquire import (
     safe_extract,
     sha256_file,
 )
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.segment.weights import check_downloadable, fetch_weights, find_cached
-from nucleistyle.utils import NucleistyleError
 
 MAX_REQUESTS = 50  # the server answers 503 after this many requests: no test can loop forever
 SHELL_RECIPE = "find {sub} -type f -name '*.png' | LC_ALL=C sort | xargs sha256sum | sha256sum"
@@ -567,34 +566,6 @@ def test_find_fixes_root_in_github_archive_layout(tmp_path):
     (tmp_path / "empty" / "something").mkdir(parents=True)
     with pytest.raises(NucleistyleError, match="no stage1_train folder"):
         find_fixes_root(tmp_path / "empty")
-
-
-# ---------------------------------------------------------------------------------------------
-# local copy
-
-
-def test_check_local_dataset_accepts_layout_and_names_missing_paths(tmp_path, synthetic_set):
-    root = synthetic_set.parent
-    _png(root / "stage1_test" / "t1" / "images" / "t1.png", 3)
-
-    with pytest.raises(NucleistyleError, match=re.escape(str(root / "stage1_solution.csv"))):
-        check_local_dataset(root, ["stage1_train", "stage1_test"])
-    (root / "stage1_solution.csv").write_text("ImageId,EncodedPixels,Height,Width,Usage\r\n")
-
-    summary = check_local_dataset(root, ["stage1_train", "stage1_test"])
-
-    assert summary["stage1_train"]["n_images"] == 3 and summary["stage1_train"]["n_masks"] == 4
-    assert summary["stage1_test"] == {
-        "path": str(root / "stage1_test"),
-        "n_images": 1,
-        "n_masks": 0,
-        "solution": str(root / "stage1_solution.csv"),
-    }
-    with pytest.raises(NucleistyleError, match=re.escape(str(root / "stage2_test_final"))):
-        check_local_dataset(root, ["stage2_test_final"])
-    shutil.rmtree(synthetic_set / "b_03" / "masks")
-    with pytest.raises(NucleistyleError, match=re.escape(str(synthetic_set / "b_03" / "masks"))):
-        check_local_dataset(root, ["stage1_train"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from PIL import Image
 
 from nucleistyle.data.bbbc038 import read_image
 from nucleistyle.data.images import DEFAULT_MAX_PIXELS
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 from tests.cli_checks import (
     assert_refused,
     flat_folder,

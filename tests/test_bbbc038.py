@@ -22,7 +22,7 @@ from nucleistyle.data.bbbc038 import (
     relabel_sequential,
     write_sample,
 )
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 # The six community-fixed images with 1-2 px mask overlaps, by prefix.
 OVERLAPPING = ("0a7d30b2", "1609b1b8", "175dbb36", "547ef286", "72e8c49d", "f26f4c2c")

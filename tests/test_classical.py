@@ -14,8 +14,8 @@ from nucleistyle.classical import ClassicalConfig, segment_folder, segment_image
 from nucleistyle.data.bbbc038 import list_images, load_sample, write_sample
 from nucleistyle.data.csvio import read_submission
 from nucleistyle.data.synthetic import MODALITIES, SyntheticConfig, generate
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import image_score, score_files
-from nucleistyle.utils import NucleistyleError
 
 # Floors, about 80 % of the scores measured with the defaults (mean official DSB score):
 # real: first 10 images by ImageId of each manifest group (all 3 PinkAndPurple)

@@ -167,7 +167,7 @@ def test_segment_writes_16bit_label_images_of_each_input_size(
 def test_segment_tta_runs_the_baselines_own_variants_of_each_image(
     tiny_segmenter, tmp_path, monkeypatch
 ):
-    from nucleistyle.segment.predict import Segmenter
+    from nucleistyle.segment.inference import Segmenter
 
     batches = []
     real_raw = Segmenter.raw

@@ -26,13 +26,13 @@ from nucleistyle.cluster import (
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.enhance import ClaheConfig, enhance_dataset, enhance_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.report.clusters import (
     plot_clahe_examples,
     plot_cluster_examples,
     plot_pca,
     plot_silhouette,
 )
-from nucleistyle.utils import NucleistyleError
 
 FLUORESCENT = {"small_fluorescent", "large_fluorescent"}
 

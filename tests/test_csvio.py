@@ -16,7 +16,7 @@ from nucleistyle.data.csvio import (
     write_submission,
 )
 from nucleistyle.data.rle import RLEError
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 SOLUTION_HEADER = "ImageId,EncodedPixels,Height,Width,Usage"
 

@@ -17,8 +17,8 @@ from nucleistyle.data.bbbc038 import list_images, load_sample, relabel_sequentia
 from nucleistyle.data.csvio import read_solution, write_submission
 from nucleistyle.data.folder import export_labels, import_folder, list_pairs
 from nucleistyle.data.images import IntensityRule, read_image, read_label_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import score_files
-from nucleistyle.utils import NucleistyleError
 from tests.cli_checks import run, snapshot
 from tests.conftest import TINY_SEGMENTER, small_real_records, write_paired_tiffs
 
@@ -105,9 +105,7 @@ def _two_channels_without_saying_so(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["pages", "shaped", "imagej_slices"])
-def test_a_declared_channel_axis_reads_a_stack_without_channel_metadata_as_channels(
-    tmp_path, how
-):
+def test_a_declared_channel_axis_reads_a_stack_without_channel_metadata_as_channels(tmp_path, how):
     reference = tmp_path / "cyx.tif"
     tifffile.imwrite(reference, np.stack(PAGES), imagej=True, metadata={"axes": "CYX"})
     path = tmp_path / "stack.tif"
@@ -301,7 +299,7 @@ def test_train_segmenter_is_the_rules_training_and_resumes(tmp_path, real_sample
     assert code == 0, err
     assert (tmp_path / "cli" / "history.tsv").is_file()
     # what the rule's script does, with the same settings
-    settings = segmenter_settings(load_config([config_file], Path(__file__).parents[1]), "mirzaev")
+    settings = segmenter_settings(load_config([config_file]), "mirzaev")
     train_segmenter([tmp_path / "train"], tmp_path / "lib.pt", get_config("mirzaev", settings))
     ours = torch.load(tmp_path / "cli" / "model.pt", weights_only=True)["model"]
     theirs = torch.load(tmp_path / "lib.pt", weights_only=True)["model"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import losses as L
 from nucleistyle.gan.configs import GanConfig, lr_factor
 from nucleistyle.gan.data import DomainSampler, DomainSet, one_hot, to_tensor
@@ -21,7 +22,6 @@ from nucleistyle.gan.networks import (
     count_parameters,
 )
 from nucleistyle.gan.quality import DomainLook
-from nucleistyle.utils import NucleistyleError
 
 # parameter counts (docs/gan.md), C = 6 domains, crop 216, base 64
 PAPER_COUNTS = {
@@ -410,9 +410,9 @@ def _assert_same_gradients(
 def test_each_net_computes_its_plain_layer_by_layer_form(crop: int) -> None:
     """networks.py's rewrites (reflect padding in the conv, E_a's conv + pool as one conv, the
     constant planes folded into vectors, GroupNorm for the LayerNorm, G's 1x1 transposed conv
-    as a product, D_c's global pool) against gan.reference's plain nets with the same weights:
+    as a product, D_c's global pool) against gan_reference's plain nets with the same weights:
     the same outputs and the same gradients."""
-    from nucleistyle.gan.reference import PlainGanNets, copy_weights
+    from tests.gan_reference import PlainGanNets, copy_weights
 
     cfg = GanConfig(n_domains=3, crop=crop, base_channels=4)
     torch.manual_seed(0)
@@ -439,8 +439,8 @@ def test_each_net_computes_its_plain_layer_by_layer_form(crop: int) -> None:
 
 
 def test_plain_trainer_runs_the_trainers_update() -> None:
-    """gan.reference.PlainTrainer (the bench's baseline): the same losses, the same update."""
-    from nucleistyle.gan.reference import PlainTrainer
+    """gan_reference.PlainTrainer (the bench's baseline): the same losses, the same update."""
+    from tests.gan_reference import PlainTrainer
 
     cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, device="cpu")
     cpu = torch.device("cpu")

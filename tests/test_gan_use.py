@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import augment as augment_module
 from nucleistyle.gan.augment import MANIFEST_COLUMNS, AugmentConfig, augment_dataset, augmented_id
 from nucleistyle.gan.data import load_domain_set
@@ -25,7 +26,6 @@ from nucleistyle.gan.evaluate import (
 )
 from nucleistyle.gan.stylize import image_seed, load_stylizer, pad_to_multiple, stylize_folder
 from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
-from nucleistyle.utils import NucleistyleError
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,9 @@ import yaml
 from nucleistyle.cli import build_parser, main
 from nucleistyle.cluster import ClusterConfig, ClusterModel, cluster_dataset
 from nucleistyle.data.acquire import safe_extract
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.holdout import make_holdout
-from nucleistyle.utils import NucleistyleError, atomic_path, describe_os_error, published_together
+from nucleistyle.outputs import atomic_path, describe_os_error, published_together
 from tests.cli_checks import (
     assert_refused,
     flat_folder,
@@ -314,7 +315,7 @@ def slow(image, cfg=None):
 c.segment_image = slow
 if "--slow-cleanup" in sys.argv:  # the clean-up after a signal takes a minute
     sys.argv.remove("--slow-cleanup")
-    import nucleistyle.utils as u
+    import nucleistyle.outputs as u
     discard = u.OutputSet.discard
     u.OutputSet.discard = lambda self: (time.sleep(60), discard(self))[1]
 from nucleistyle.cli import main
@@ -623,7 +624,7 @@ def test_warnings_are_printed_after_a_success_only(tmp_path):
 
 
 def _schema_node(key: str) -> dict:
-    node = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    node = yaml.safe_load((REPO / "src/nucleistyle/schemas/config.schema.yaml").read_text())
     for part in key.split("."):
         node = node["properties"][part]
     return node

@@ -10,13 +10,13 @@ import pytest
 from nucleistyle.data.bbbc038 import list_images
 from nucleistyle.data.csvio import read_solution
 from nucleistyle.data.synthetic import SyntheticConfig, generate
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.holdout import (
     make_holdout,
     split_leave_cluster_out,
     split_minority,
     split_strata,
 )
-from nucleistyle.utils import NucleistyleError
 
 
 def test_every_stratum_of_two_or_more_keeps_items_on_both_sides():

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from nucleistyle.data.bbbc038 import iter_samples, list_images
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.segment.calibration import ceiling_score
 from nucleistyle.segment.configs import get_config
-from nucleistyle.segment.predict import ceiling_score
 from nucleistyle.tta import TTAConfig
-from nucleistyle.utils import NucleistyleError
 
 BASELINES = ("deep_retina", "mirzaev")
 

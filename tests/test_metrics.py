@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from nucleistyle.data.bbbc038 import list_images, read_masks
 from nucleistyle.data.csvio import write_solution, write_submission
 from nucleistyle.data.rle import RLEError
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import (
     THRESHOLDS,
     coco_ap,
@@ -27,7 +28,6 @@ from nucleistyle.metrics import (
     score_to_files,
     summarize,
 )
-from nucleistyle.utils import NucleistyleError
 
 ONES = np.ones(10, np.int64)
 

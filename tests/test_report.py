@@ -15,6 +15,7 @@ from PIL import Image
 
 from nucleistyle.data.bbbc038 import write_sample
 from nucleistyle.data.csvio import write_solution, write_submission
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.report import DPI
 from nucleistyle.report.provenance import (
     collect_provenance,
@@ -31,7 +32,6 @@ from nucleistyle.report.segment import (
     plot_figure4,
     select_figure4_images,
 )
-from nucleistyle.utils import NucleistyleError
 
 # ------------------------------------------------------------------------------------------------
 # object matching

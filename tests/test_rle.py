@@ -15,7 +15,7 @@ from nucleistyle.data.rle import (
     rle_encode,
     rle_encode_labels,
 )
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 
 def test_rle_decode_is_column_major_and_1_indexed() -> None:

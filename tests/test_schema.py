@@ -11,11 +11,11 @@ from nucleistyle.classical import ClassicalConfig
 from nucleistyle.cluster import ClusterConfig
 from nucleistyle.data.synthetic import SyntheticConfig
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.augment import AugmentConfig
 from nucleistyle.gan.configs import GanConfig
 from nucleistyle.schema import check, load_schema, plain
 from nucleistyle.tta import TTAConfig
-from nucleistyle.utils import NucleistyleError
 
 # settings class, config section, fields set from elsewhere than the section
 SECTIONS = [

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import write_sample
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.report import segment as report_segment
 from nucleistyle.report.segment import plot_training
 from nucleistyle.segment.configs import (
@@ -43,7 +44,6 @@ from nucleistyle.segment.transforms import (
     to_target,
     training_pipeline,
 )
-from nucleistyle.utils import NucleistyleError
 
 BASELINES_MD = Path(__file__).resolve().parents[2] / "shared" / "research" / "baselines.md"
 
@@ -538,7 +538,7 @@ def test_the_config_schema_documents_every_segmenter_key_and_no_other():
     from nucleistyle.segment.configs import BACKBONES, SegmenterConfig, get_config
     from tests.conftest import REPO
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "src/nucleistyle/schemas/config.schema.yaml").read_text())
     node = schema["$defs"]["segmenter"]
 
     def shown(value: object) -> str:
@@ -574,7 +574,7 @@ def test_config_yaml_spells_out_the_real_experiment_with_the_solutions_values(ba
     from nucleistyle.workflow import load_config, segmenter_settings
     from tests.conftest import REPO
 
-    config = load_config([REPO / "config.yaml"], REPO)
+    config = load_config([REPO / "config.yaml"])
     written = config["segment"]["common"]
     assert {"epochs", "batch_size", "backbone"} <= set(written)
     assert "size" in config["segment"][baseline]["prep"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,27 +23,25 @@ from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from nucleistyle import training
 from nucleistyle.data.bbbc038 import list_images, read_image, write_sample
 from nucleistyle.data.csvio import gather_submissions, read_submission
 from nucleistyle.data.rle import rle_decode_labels
 from nucleistyle.data.synthetic import SyntheticConfig, generate
 from nucleistyle.enhance import ClaheConfig, enhance_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import score_files
-from nucleistyle.segment import engine
 from nucleistyle.segment import model as model_module
-from nucleistyle.segment.configs import get_config
+from nucleistyle.segment.calibration import calibrate
+from nucleistyle.segment.configs import flatten, get_config
 from nucleistyle.segment.engine import train_segmenter
+from nucleistyle.segment.inference import Detections, Segmenter
 from nucleistyle.segment.model import GatherRoIAlign, PreparedTransform, build_model, project_masks
-from nucleistyle.segment.predict import (
-    Detections,
-    Segmenter,
-    calibrate,
-    load_segmenter,
-    predict_folder,
-)
+from nucleistyle.segment.modelfile import MODEL_FORMAT, load_segmenter
+from nucleistyle.segment.predict import predict_folder
 from nucleistyle.segment.transforms import mask_boxes, to_target
+from nucleistyle.torchutils import save_checkpoint
 from nucleistyle.tta import DIHEDRAL, TTAConfig
-from nucleistyle.utils import NucleistyleError
 from tests.conftest import REPO, TINY_SEGMENTER
 
 # One thread: on the shared 2-core machine two OpenMP threads per process spin against other
@@ -100,7 +99,7 @@ def test_model_builds_for_each_backbone_with_the_baseline_settings(backbone: str
 
 def test_training_writes_a_loadable_model_and_a_finite_history(trained: dict[str, Path]) -> None:
     state = torch.load(trained["model"], weights_only=True)
-    assert state["format"] == engine.MODEL_FORMAT and state["iterations"] == 2
+    assert state["format"] == MODEL_FORMAT and state["iterations"] == 2
     assert state["config"]["model.box_score_thresh"] == 0.9
     history = pd.read_csv(trained["history"], sep="\t")
     losses = history.dropna(subset="loss")
@@ -164,6 +163,23 @@ def test_a_checkpoint_from_another_configuration_names_file_and_key(
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_a_checkpoint_beyond_the_budget_writes_its_model_with_a_warning(
+    trained: dict[str, Path], demo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoint = tmp_path / "ckpt.pt"
+    shutil.copy2(trained["checkpoint"], checkpoint)  # at iteration 2
+    with caplog.at_level("WARNING"):
+        train_segmenter(
+            [demo / "stage1_train"], tmp_path / "m.pt", tiny(iterations=1), checkpoint=checkpoint
+        )
+    assert "at iteration 2, beyond the budget of 1 iterations" in caplog.text
+    model = torch.load(tmp_path / "m.pt", weights_only=True)
+    before = torch.load(trained["model"], weights_only=True)
+    assert model["selected_iteration"] == 2
+    for key, value in before["model"].items():
+        torch.testing.assert_close(model["model"][key], value, rtol=0, atol=0, msg=key)
+
+
 def test_a_checkpoint_is_not_a_model(trained: dict[str, Path]) -> None:
     with pytest.raises(NucleistyleError, match=r"ckpt\.pt is not a segmenter model file"):
         load_segmenter(trained["checkpoint"], device="cpu")
@@ -179,14 +195,14 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
         cfg,
         history_tsv=tmp_path / "straight.tsv",
     )
-    real_save = engine.save_checkpoint
+    real_save = training.save_checkpoint
 
     def crash_after_second(path, state) -> None:
         real_save(path, state)
         if state.get("iteration") == 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second)
+    monkeypatch.setattr(training, "save_checkpoint", crash_after_second)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_segmenter(
             [demo / "stage1_train"],
@@ -195,7 +211,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
             checkpoint=tmp_path / "ckpt.pt",
             history_tsv=tmp_path / "resumed.tsv",
         )
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     train_segmenter(
         [demo / "stage1_train"],
         tmp_path / "resumed.pt",
@@ -346,11 +362,11 @@ def test_raw_detections_are_in_input_coordinates(
 ) -> None:
     cfg = tiny(baseline)
     path = tmp_path / "m.pt"
-    engine.save_checkpoint(
+    save_checkpoint(
         path,
         {
-            "format": engine.MODEL_FORMAT,
-            "config": engine.flatten(cfg),
+            "format": MODEL_FORMAT,
+            "config": flatten(cfg),
             "model": build_model(cfg).state_dict(),
         },
     )
@@ -372,8 +388,8 @@ def test_raw_detections_are_in_input_coordinates(
 def test_an_images_detections_do_not_depend_on_what_it_is_batched_with(tmp_path: Path) -> None:
     cfg = tiny("deep_retina")
     path = tmp_path / "m.pt"
-    model = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
-    engine.save_checkpoint(path, {**model, "model": build_model(cfg).state_dict()})
+    model = {"format": MODEL_FORMAT, "config": flatten(cfg)}
+    save_checkpoint(path, {**model, "model": build_model(cfg).state_dict()})
     seg = load_segmenter(path, device="cpu")
     seg.model.roi_heads.score_thresh = 0.0  # an untrained model: keep every detection
     rng = np.random.default_rng(0)
@@ -726,8 +742,8 @@ def _eager_model(baseline: str, path: Path) -> Path:
     it finds plenty of objects without training."""
     torch.manual_seed(0)
     cfg = tiny(baseline, model={**TINY["model"], "box_score_thresh": 0.0})
-    state = {"format": engine.MODEL_FORMAT, "config": engine.flatten(cfg)}
-    engine.save_checkpoint(path, {**state, "model": build_model(cfg).state_dict()})
+    state = {"format": MODEL_FORMAT, "config": flatten(cfg)}
+    save_checkpoint(path, {**state, "model": build_model(cfg).state_dict()})
     return path
 
 

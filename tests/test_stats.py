@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from nucleistyle import stats
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.naming import ModelName
 from nucleistyle.report.table1 import (
     PAPER_TABLE1,
@@ -22,7 +23,6 @@ from nucleistyle.report.table1 import (
     tabulate_scores,
 )
 from nucleistyle.stats import bootstrap_ci, bootstrap_means, group_means, paired_difference
-from nucleistyle.utils import NucleistyleError
 
 # ---------------------------------------------------------------- bootstrap CI
 

@@ -25,7 +25,7 @@ from nucleistyle.data.synthetic import (
     synthesize,
     train_counts,
 )
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 GREY = ("small_fluorescent", "large_fluorescent", "grayscale_tissue")
 N_STATS = 40  # synthetic images per modality for the calibration checks

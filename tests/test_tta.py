@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.tta import (
     DIHEDRAL,
     Instances,
@@ -20,7 +21,6 @@ from nucleistyle.tta import (
     predict_tta_labels,
     to_labels,
 )
-from nucleistyle.utils import NucleistyleError
 
 SHAPES = [(5, 7), (6, 6), (4, 9), (7, 7)]
 

@@ -205,7 +205,7 @@ def test_two_cores_train_the_arms_without_a_gan_first_then_the_costlier_baseline
     config: dict = {}
     for name in ("config.yaml", "config.small.yaml", "config.cpu.yaml"):
         overlay_config(config, yaml.safe_load((REPO / name).read_text()))
-    validate_config(config, REPO)
+    validate_config(config)
     priority = {
         (baseline, arm): segmenter_priority(config, baseline, arm)
         for baseline in ("deep_retina", "mirzaev")

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +46,11 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from nucleistyle.data.bbbc038 import list_images, read_image, write_label_png
 from nucleistyle.data.csvio import CompressedLabels, check_image_id, write_submission
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import published_together
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import (
-    NucleistyleError,
-    Progress,
-    config_from_mapping,
-    process_pool,
-    published_together,
-)
+from nucleistyle.utils import Progress, config_from_mapping, process_pool
 
 __all__ = ["ClassicalConfig", "nucleus_channel", "segment_folder", "segment_image"]
 
@@ -268,11 +264,11 @@ def _segment_file(
 
 
 def segment_folder(
-    images_dir: str | os.PathLike[str],
-    submission_csv: str | os.PathLike[str],
+    images_dir: PathLike,
+    submission_csv: PathLike,
     cfg: ClassicalConfig | None = None,
     workers: int = 1,
-    labels_dir: str | os.PathLike[str] | None = None,
+    labels_dir: PathLike | None = None,
 ) -> int:
     """Segment every image of a folder and write a Kaggle submission.
 

@@ -22,21 +22,17 @@ import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nucleistyle import __version__
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import describe_os_error, user_paths
+from nucleistyle.paths import check_input, check_output, check_separate
 from nucleistyle.schema import bounds as schema_bounds
 from nucleistyle.schema import choices as schema_choices
-from nucleistyle.utils import (
-    NucleistyleError,
-    check_input,
-    check_output,
-    check_separate,
-    describe_os_error,
-    setup_logging,
-    user_paths,
-)
+from nucleistyle.utils import setup_logging
 
 log = logging.getLogger("nucleistyle")
 
@@ -55,7 +51,7 @@ def _available_cores() -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# commands
+# the table of commands
 
 
 def _status(text: str) -> None:
@@ -64,9 +60,187 @@ def _status(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def _number(kind: type, key: str | None = None, **bounds: float) -> Callable[[str], int | float]:
+    """An argparse type: an int or finite float within the bounds of config ``key`` (or the
+    given ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        limits = {**(schema_bounds(key) if key else {}), **bounds}
+        source = f" (config key {key})" if key else ""
+        for name, test, words in (
+            ("minimum", lambda v, b: v >= b, "at least"),
+            ("exclusiveMinimum", lambda v, b: v > b, "greater than"),
+            ("maximum", lambda v, b: v <= b, "at most"),
+            ("exclusiveMaximum", lambda v, b: v < b, "less than"),
+        ):
+            if name in limits and not test(value, limits[name]):
+                raise argparse.ArgumentTypeError(
+                    f"must be {words} {limits[name]}{source}, got {text}"
+                )
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"  # argparse names it in errors
+    return parse
+
+
+# One ``add_argument`` call: its flags and its keyword arguments.
+_Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def _arg(*flags: str, **options: Any) -> _Arg:
+    return flags, options
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, all in one place.
+
+    Attributes:
+        name: The subcommand (``nucleistyle NAME``).
+        help: Its line in ``nucleistyle --help``.
+        arguments: Its ``add_argument`` calls, in order.
+        run: Does the work; returns the exit status.
+        inputs, outputs: The paths it reads and writes, from its parsed arguments, checked
+            before any work (:func:`check_paths`).
+        needs: ``(option, the option it needs, why)``: an option refused without the other.
+    """
+
+    name: str
+    help: str
+    arguments: tuple[_Arg, ...]
+    run: Callable[[argparse.Namespace], int]
+    inputs: Callable[[argparse.Namespace], _Paths] = lambda args: []
+    outputs: Callable[[argparse.Namespace], _Paths] = lambda args: []
+    needs: tuple[tuple[str, str, str], ...] = ()
+
+
+COMMANDS: dict[str, Command] = {}  # in the order of ``nucleistyle --help``
+
+
+def _command(
+    name: str,
+    help: str,
+    *arguments: _Arg,
+    inputs: Callable[[argparse.Namespace], _Paths] = lambda args: [],
+    outputs: Callable[[argparse.Namespace], _Paths] = lambda args: [],
+    needs: tuple[tuple[str, str, str], ...] = (),
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register the decorated function as the command ``name`` (see :class:`Command`)."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, arguments, run, inputs, outputs, needs)
+        return run
+
+    return register
+
+
+# Arguments shared by several commands.
+_WORKERS = _number(int, minimum=1, maximum=MAX_WORKERS)
+_SEED = _number(int, "seed")
+_IMAGES = _arg(
+    "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
+)
+_OVERWRITE = _arg(
+    "--overwrite",
+    action="store_true",
+    help="replace OUT_DIR if it is a non-empty folder written by this command before",
+)
+_DEVICE = _arg(
+    "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
+)
+_TRAINING_DEVICE = _arg("--device", help="auto, cpu, cuda, cuda:N (default: the config's)")
+_ITERATIONS = _arg(
+    "--iterations", type=_number(int, minimum=1), help="training length (overrides config)"
+)
+_CONFIG = _arg(
+    "--config",
+    nargs="+",
+    metavar="YAML",
+    help="config YAML like config.yaml (several: each overlays those before; default: the "
+    "schema's defaults, the paper's settings)",
+)
+
+
+def _threads() -> _Arg:
+    return _arg(
+        "--threads",
+        type=_WORKERS,
+        default=None,
+        metavar="N",
+        help=f"PyTorch CPU threads (default: the cores available to this process, "
+        f"{_available_cores()})",
+    )
+
+
+def _model_inputs(a: argparse.Namespace) -> _Paths:
+    return [("model file", a.model, False), ("image folder", a.images_dir, True)]
+
+
+def _model_outputs(a: argparse.Namespace) -> _Paths:
+    submission = getattr(a, "submission", None)  # stylize has none
+    return [("output folder", a.out_dir, True), ("submission file", submission, False)]
+
+
+def _config_paths(a: argparse.Namespace) -> _Paths:
+    return [("config file", path, False) for path in a.config or []]
+
+
+def _training_outputs(a: argparse.Namespace) -> _Paths:
+    """The files a training command writes into OUT_DIR (each checked, not just the folder)."""
+    out = Path(a.out_dir)
+    return [
+        ("model file", out / "model.pt", False),
+        ("checkpoint", out / "checkpoint.pt", False),
+        ("history", out / "history.tsv", False),
+    ]
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The workflow's configuration from ``--config`` files (schema defaults without any)."""
+    from nucleistyle.workflow import load_config
+
+    return load_config(args.config or [])
+
+
+# Each command imports what it runs when it runs: ``nucleistyle --help`` and the quick commands
+# do not wait for torch.
+
+
+@_command(
+    "score",
+    "official DSB 2018 score of a submission against a solution file",
+    _arg(
+        "solution",
+        help="solution CSV (ImageId,EncodedPixels,Height,Width,Usage), e.g. stage1_solution.csv",
+    ),
+    _arg("submission", help="submission CSV (ImageId,EncodedPixels)"),
+    _arg(
+        "--per-image", metavar="OUT.csv", help="write the per-image table (TP/FP/FN per threshold)"
+    ),
+    _arg("--groups", metavar="GROUPS.csv", help="ImageId -> group table for per-group scores"),
+    _arg("--group-column", default="modality", help="group column of --groups (default: modality)"),
+    _arg(
+        "--json",
+        action="store_true",
+        help="print one JSON object (score, n_images, groups, missing)",
+    ),
+    inputs=lambda a: [
+        ("solution file", a.solution, False),
+        ("submission file", a.submission, False),
+        ("groups file", a.groups, False),
+    ],
+    outputs=lambda a: [("per-image table", a.per_image, False)],
+)
 def _score(args: argparse.Namespace) -> int:
     from nucleistyle.metrics import read_groups, score_files
-    from nucleistyle.utils import atomic_path
+    from nucleistyle.outputs import atomic_path
 
     groups = None if not args.groups else read_groups(args.groups, column=args.group_column)
     per_image, summary = score_files(args.solution, args.submission, groups=groups)
@@ -84,6 +258,24 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "synthesize",
+    "write the synthetic multi-modality data set in BBBC038 layout",
+    _arg("out_dir", help="new (or empty) folder"),
+    _arg("--seed", type=_number(int, "data.synthetic.seed"), default=0),
+    _arg("--n-train", type=_number(int, "data.synthetic.n_train"), default=120),
+    _arg(
+        "--n-test-per-modality", type=_number(int, "data.synthetic.n_test_per_modality"), default=6
+    ),
+    _arg(
+        "--size",
+        type=_number(int, "data.synthetic.height"),
+        default=128,
+        help="image height and width (px)",
+    ),
+    _OVERWRITE,
+    outputs=lambda a: [("output folder", a.out_dir, True)],
+)
 def _synthesize(args: argparse.Namespace) -> int:
     from nucleistyle.data.synthetic import SyntheticConfig, generate
 
@@ -101,20 +293,24 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classical(args: argparse.Namespace) -> int:
-    from nucleistyle.classical import ClassicalConfig, segment_folder
-
-    n = segment_folder(
-        Path(args.images_dir),
-        Path(args.submission),
-        ClassicalConfig(),
-        workers=args.workers,
-        labels_dir=Path(args.labels_dir) if args.labels_dir else None,
-    )
-    _status(f"segmented {n} images -> {args.submission}")
-    return 0
-
-
+@_command(
+    "cluster",
+    "group images into modalities: K-means on HSV features",
+    _arg("images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder"),
+    _arg("--k", type=_number(int, "cluster.k"), default=6, help="number of clusters (default: 6)"),
+    _arg("--out", required=True, metavar="ASSIGNMENTS.csv", help="ImageId, cluster, ..."),
+    _arg("--model", metavar="MODEL.json", help="also save the model (to assign new images)"),
+    _arg("--seed", type=_SEED, default=0),
+    _arg(
+        "--n-init",
+        type=_number(int, "cluster.n_init"),
+        default=20,
+        help="K-means restarts (default: 20)",
+    ),
+    _arg("--workers", type=_WORKERS, default=2),
+    inputs=lambda a: [("image folder", a.images_dir, True)],
+    outputs=lambda a: [("assignment table", a.out, False), ("model file", a.model, False)],
+)
 def _cluster(args: argparse.Namespace) -> int:
     from nucleistyle.cluster import ClusterConfig, cluster_dataset
 
@@ -129,6 +325,64 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "classical",
+    "segment a folder with the classical threshold + watershed baseline",
+    _IMAGES,
+    _arg("submission", help="output submission CSV"),
+    _arg("--labels-dir", help="also write 16-bit label PNGs here"),
+    _arg("--workers", type=_WORKERS, default=2),
+    inputs=lambda a: [("image folder", a.images_dir, True)],
+    outputs=lambda a: [
+        ("submission file", a.submission, False),
+        ("label folder", a.labels_dir, True),
+    ],
+)
+def _classical(args: argparse.Namespace) -> int:
+    from nucleistyle.classical import ClassicalConfig, segment_folder
+
+    n = segment_folder(
+        Path(args.images_dir),
+        Path(args.submission),
+        ClassicalConfig(),
+        workers=args.workers,
+        labels_dir=Path(args.labels_dir) if args.labels_dir else None,
+    )
+    _status(f"segmented {n} images -> {args.submission}")
+    return 0
+
+
+@_command(
+    "segment",
+    "segment a folder with a trained Mask R-CNN (single pass or --tta)",
+    _arg(
+        "model",
+        help="model file written by the pipeline: results/segment/<baseline>-<arm>/model.pt",
+    ),
+    _IMAGES,
+    _arg(
+        "out_dir", help="write <ImageId>.png (or .tif) here: 16-bit label images (0 = background)"
+    ),
+    _arg("--submission", metavar="OUT.csv", help="also write a Kaggle submission CSV"),
+    _arg(
+        "--format", choices=("png", "tif"), default="png", help="label image format (default png)"
+    ),
+    _arg(
+        "--overlays",
+        action="store_true",
+        help="also write OUT_DIR/overlays/<ImageId>.png: each nucleus outlined in yellow",
+    ),
+    _arg(
+        "--tta",
+        action="store_true",
+        help="the baseline's own test-time augmentation (Deep Retina: 15 variants and a "
+        "5-of-15 pixel vote; Mirzaev: identity + horizontal flip, union merge)",
+    ),
+    _DEVICE,
+    _threads(),
+    inputs=_model_inputs,
+    outputs=_model_outputs,
+)
 def _segment(args: argparse.Namespace) -> int:
     from nucleistyle.segment.predict import predict_folder
     from nucleistyle.torchutils import set_torch_threads
@@ -149,6 +403,29 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "stylize",
+    "render a folder of images in another domain with the trained style GAN",
+    _arg("model", help="GAN model file written by the pipeline: results/gan/model.pt"),
+    _IMAGES,
+    _arg("out_dir", help="write <ImageId>.png here: RGB, the size of each input"),
+    _arg("--domain", type=int, required=True, help="target domain (cluster index, 0..C-1)"),
+    _arg(
+        "--seed",
+        type=_SEED,
+        default=0,
+        help="seed of the attribute draws; each image's draw also depends on its ImageId",
+    ),
+    _arg(
+        "--attribute",
+        choices=("prior", "domain_stats"),
+        help="attribute sampling: N(0, I) or the target domain's statistics (default: the model's)",
+    ),
+    _DEVICE,
+    _threads(),
+    inputs=_model_inputs,
+    outputs=_model_outputs,
+)
 def _stylize(args: argparse.Namespace) -> int:
     from nucleistyle.gan.stylize import stylize_folder
     from nucleistyle.torchutils import set_torch_threads
@@ -167,6 +444,31 @@ def _stylize(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "holdout",
+    "split a training folder into train + held-out test (data.source local layout)",
+    _arg("train_dir", help="BBBC038-layout training folder (<id>/images, <id>/masks)"),
+    _arg("out_dir", help="new (or empty) folder: stage1_train/, stage1_test/, stage1_solution.csv"),
+    _arg(
+        "--fraction",
+        type=_number(float, exclusiveMinimum=0, exclusiveMaximum=1),
+        default=0.2,
+        help="share held out per cluster, in (0, 1) (minority: at most this share of the largest)",
+    ),
+    _arg(
+        "--scheme",
+        choices=schema_choices("data.holdout.scheme"),
+        default="stratified",
+        help="stratified: the training mix; minority: half of every cluster but the largest, as "
+        "many of the largest; leave-cluster-out: --cluster entirely, the rest stratified",
+    ),
+    _arg("--cluster", help="leave-cluster-out: the cluster held out (name or id)"),
+    _arg("--k", type=_number(int, "cluster.k"), default=6, help="HSV clusters used as strata"),
+    _arg("--seed", type=_SEED, default=0),
+    _OVERWRITE,
+    inputs=lambda a: [("training folder", a.train_dir, True)],
+    outputs=lambda a: [("output folder", a.out_dir, True)],
+)
 def _holdout(args: argparse.Namespace) -> int:
     from nucleistyle.holdout import make_holdout
 
@@ -187,6 +489,51 @@ def _holdout(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "import-folder",
+    "your own annotated images (images/ + masks/, PNG or TIFF) into BBBC038 layout",
+    _arg(
+        "folder",
+        help="folder with images/NAME.tif and masks/NAME.tif (label images), any of "
+        ".tif/.tiff/.png",
+    ),
+    _arg("out_dir", help="new (or empty) folder: NAME/images/NAME.png, NAME/masks/*.png"),
+    _arg(
+        "--test",
+        action="store_true",
+        help="a test folder: images only; its labels (if any) go to --solution",
+    ),
+    _arg("--solution", metavar="OUT.csv", help="with --test and labels: the Kaggle solution CSV"),
+    _arg(
+        "--channels",
+        type=_number(int, minimum=0),
+        nargs="+",
+        metavar="C",
+        help="channel indices shown as red, green, blue (one: grey; default: 1 channel grey, "
+        "2 as red and green, 3+ the first three)",
+    ),
+    _arg(
+        "--percentiles",
+        type=_number(float, minimum=0, maximum=100),
+        nargs=2,
+        default=(0.0, 100.0),
+        metavar=("LOW", "HIGH"),
+        help="deeper than 8-bit data: these percentiles become 0 and 255 (default 0 100: zero "
+        "and the maximum; StarDist's usual 1 99.8)",
+    ),
+    _arg("--per-channel", action="store_true", help="scale each channel on its own"),
+    _arg(
+        "--channel-axis",
+        type=_number(int, minimum=0),
+        metavar="AXIS",
+        help="TIFFs whose metadata do not say which axis holds the channels (e.g. channels saved "
+        "page by page): that axis of the stored array (0 for the pages)",
+    ),
+    _OVERWRITE,
+    inputs=lambda a: [("image folder", a.folder, True)],
+    outputs=lambda a: [("output folder", a.out_dir, True), ("solution file", a.solution, False)],
+    needs=(("solution", "test", "a training folder's labels become its masks"),),
+)
 def _import_folder(args: argparse.Namespace) -> int:
     from nucleistyle.data.folder import import_folder
     from nucleistyle.data.images import IntensityRule
@@ -212,15 +559,30 @@ def _import_folder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    """The workflow's configuration from ``--config`` files (schema defaults without any)."""
-    from nucleistyle.schema import schema_file
-    from nucleistyle.workflow import load_config
-
-    basedir = schema_file().parents[2]  # the repository holding the library and its schema
-    return load_config(args.config or [], basedir)
-
-
+@_command(
+    "train-segmenter",
+    "train a Mask R-CNN baseline (the pipeline's train_segmenter rule); resumes",
+    _arg("train_dir", help="BBBC038-layout training folder (e.g. from import-folder)"),
+    _arg("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here"),
+    _arg("--baseline", choices=("deep_retina", "mirzaev"), required=True),
+    _CONFIG,
+    _ITERATIONS,
+    _arg("--style-dir", help="restyled copies (style arm), from the augment stage"),
+    _arg("--style-manifest", help="their manifest.csv (needed with --style-dir)"),
+    _TRAINING_DEVICE,
+    _threads(),
+    inputs=lambda a: [
+        ("training folder", a.train_dir, True),
+        *_config_paths(a),
+        ("style folder", a.style_dir, True),
+        ("style manifest", a.style_manifest, False),
+    ],
+    outputs=_training_outputs,
+    needs=(
+        ("style_dir", "style_manifest", "which original each copy restyles"),
+        ("style_manifest", "style_dir", "the restyled copies it lists"),
+    ),
+)
 def _train_segmenter(args: argparse.Namespace) -> int:
     from nucleistyle.segment.configs import get_config
     from nucleistyle.segment.engine import train_segmenter
@@ -249,6 +611,29 @@ def _train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command(
+    "train-gan",
+    "train the style-transfer GAN on clustered images (the pipeline's train_gan rule)",
+    _arg("images_dir", help="training images (BBBC038 layout or a flat folder)"),
+    _arg("assignments", help="cluster assignment table from `nucleistyle cluster`"),
+    _arg("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here"),
+    _CONFIG,
+    _ITERATIONS,
+    _arg(
+        "--cluster-model",
+        metavar="MODEL.json",
+        help="the cluster model (`nucleistyle cluster --model`): adds transfer-quality curves",
+    ),
+    _TRAINING_DEVICE,
+    _threads(),
+    inputs=lambda a: [
+        ("image folder", a.images_dir, True),
+        ("assignment table", a.assignments, False),
+        ("cluster model", a.cluster_model, False),
+        *_config_paths(a),
+    ],
+    outputs=_training_outputs,
+)
 def _train_gan(args: argparse.Namespace) -> int:
     from nucleistyle.gan.configs import GanConfig
     from nucleistyle.gan.data import read_assignments
@@ -286,93 +671,43 @@ def _train_gan(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# the paths each command reads and writes: checked before any work
+# the parser and the checks before any work
 
 
-def _score_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    inputs = [
-        ("solution file", a.solution, False),
-        ("submission file", a.submission, False),
-        ("groups file", a.groups, False),
-    ]
-    return inputs, [("per-image table", a.per_image, False)]
+class _UsageError(Exception):
+    """A bad command line (argparse's error, reported as one line by :func:`main`)."""
 
 
-def _synthesize_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    return [], [("output folder", a.out_dir, True)]
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _classical_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    outputs = [("submission file", a.submission, False), ("label folder", a.labels_dir, True)]
-    return [("image folder", a.images_dir, True)], outputs
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`."""
+    parser = _Parser(prog="nucleistyle", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help)
+        for flags, options in command.arguments:
+            p.add_argument(*flags, **options)
+    return parser
 
 
-def _cluster_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    outputs = [("assignment table", a.out, False), ("model file", a.model, False)]
-    return [("image folder", a.images_dir, True)], outputs
-
-
-def _model_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    inputs = [("model file", a.model, False), ("image folder", a.images_dir, True)]
-    outputs = [("output folder", a.out_dir, True)]
-    outputs += [("submission file", getattr(a, "submission", None), False)]
-    return inputs, outputs
-
-
-def _holdout_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    return [("training folder", a.train_dir, True)], [("output folder", a.out_dir, True)]
-
-
-def _import_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    outputs = [("output folder", a.out_dir, True), ("solution file", a.solution, False)]
-    return [("image folder", a.folder, True)], outputs
-
-
-def _config_paths(a: argparse.Namespace) -> _Paths:
-    return [("config file", path, False) for path in a.config or []]
-
-
-def _training_outputs(a: argparse.Namespace) -> _Paths:
-    """The files a training command writes into OUT_DIR (each checked, not just the folder)."""
-    out = Path(a.out_dir)
-    return [
-        ("model file", out / "model.pt", False),
-        ("checkpoint", out / "checkpoint.pt", False),
-        ("history", out / "history.tsv", False),
-    ]
-
-
-def _train_segmenter_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    inputs = [("training folder", a.train_dir, True), *_config_paths(a)]
-    inputs += [("style folder", a.style_dir, True), ("style manifest", a.style_manifest, False)]
-    return inputs, _training_outputs(a)
-
-
-def _train_gan_paths(a: argparse.Namespace) -> tuple[_Paths, _Paths]:
-    inputs = [("image folder", a.images_dir, True), ("assignment table", a.assignments, False)]
-    inputs += [("cluster model", a.cluster_model, False), *_config_paths(a)]
-    return inputs, _training_outputs(a)
-
-
-# options that need another: (command, option, the option it needs, why)
-_NEEDS = [
-    ("train-segmenter", "style_dir", "style_manifest", "which original each copy restyles"),
-    ("train-segmenter", "style_manifest", "style_dir", "the restyled copies it lists"),
-    ("import-folder", "solution", "test", "a training folder's labels become its masks"),
-]
-
-
-def _check_together(args: argparse.Namespace) -> None:
+def _check_together(command: Command, args: argparse.Namespace) -> None:
     """Refuse an option given without the one it needs (before any work, never ignored).
 
     Raises:
         _UsageError: naming both options.
     """
-    for command, option, needed, why in _NEEDS:
-        if args.command == command and getattr(args, option) and not getattr(args, needed):
+    for option, needed, why in command.needs:
+        if getattr(args, option) and not getattr(args, needed):
             flag, other = (f"--{name.replace('_', '-')}" for name in (option, needed))
             raise _UsageError(
-                f"{command} {flag} needs {other} ({why}; see nucleistyle {command} --help)"
+                f"{command.name} {flag} needs {other} ({why}; see nucleistyle {command.name} "
+                "--help)"
             )
 
 
@@ -391,340 +726,6 @@ def check_paths(inputs: _Paths, outputs: _Paths) -> None:
     for what, path, folder in outputs:
         if path is not None:
             check_output(path, what, folder=folder)
-
-
-# ------------------------------------------------------------------------------------------------
-# bounds of numeric options: the config schema's
-
-
-def _number(kind: type, key: str | None = None, **bounds: float) -> Callable[[str], int | float]:
-    """An argparse type: an int or finite float within the bounds of config ``key`` (or the
-    given ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``)."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            noun = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        limits = {**(schema_bounds(key) if key else {}), **bounds}
-        source = f" (config key {key})" if key else ""
-        for name, test, words in (
-            ("minimum", lambda v, b: v >= b, "at least"),
-            ("exclusiveMinimum", lambda v, b: v > b, "greater than"),
-            ("maximum", lambda v, b: v <= b, "at most"),
-            ("exclusiveMaximum", lambda v, b: v < b, "less than"),
-        ):
-            if name in limits and not test(value, limits[name]):
-                raise argparse.ArgumentTypeError(
-                    f"must be {words} {limits[name]}{source}, got {text}"
-                )
-        return value
-
-    parse.__name__ = "integer" if kind is int else "number"  # argparse names it in errors
-    return parse
-
-
-_WORKERS = _number(int, minimum=1, maximum=MAX_WORKERS)
-
-
-# ------------------------------------------------------------------------------------------------
-# the parser
-
-
-class _UsageError(Exception):
-    """A bad command line (argparse's error, reported as one line by :func:`main`)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _UsageError(f"{message} (see {self.prog} --help)")
-
-
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--threads",
-        type=_WORKERS,
-        default=None,
-        metavar="N",
-        help=f"PyTorch CPU threads (default: the cores available to this process, "
-        f"{_available_cores()})",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nucleistyle", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    seed = _number(int, "seed")
-
-    p = sub.add_parser(
-        "score", help="official DSB 2018 score of a submission against a solution file"
-    )
-    p.add_argument(
-        "solution",
-        help="solution CSV (ImageId,EncodedPixels,Height,Width,Usage), e.g. stage1_solution.csv",
-    )
-    p.add_argument("submission", help="submission CSV (ImageId,EncodedPixels)")
-    p.add_argument(
-        "--per-image", metavar="OUT.csv", help="write the per-image table (TP/FP/FN per threshold)"
-    )
-    p.add_argument(
-        "--groups", metavar="GROUPS.csv", help="ImageId -> group table for per-group scores"
-    )
-    p.add_argument(
-        "--group-column", default="modality", help="group column of --groups (default: modality)"
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object (score, n_images, groups, missing)",
-    )
-    p.set_defaults(func=_score, paths=_score_paths)
-
-    p = sub.add_parser(
-        "synthesize", help="write the synthetic multi-modality data set in BBBC038 layout"
-    )
-    p.add_argument("out_dir", help="new (or empty) folder")
-    p.add_argument("--seed", type=_number(int, "data.synthetic.seed"), default=0)
-    p.add_argument("--n-train", type=_number(int, "data.synthetic.n_train"), default=120)
-    p.add_argument(
-        "--n-test-per-modality", type=_number(int, "data.synthetic.n_test_per_modality"), default=6
-    )
-    p.add_argument(
-        "--size",
-        type=_number(int, "data.synthetic.height"),
-        default=128,
-        help="image height and width (px)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT_DIR if it is a non-empty folder written by this command before",
-    )
-    p.set_defaults(func=_synthesize, paths=_synthesize_paths)
-
-    p = sub.add_parser("cluster", help="group images into modalities: K-means on HSV features")
-    p.add_argument(
-        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder"
-    )
-    p.add_argument(
-        "--k", type=_number(int, "cluster.k"), default=6, help="number of clusters (default: 6)"
-    )
-    p.add_argument("--out", required=True, metavar="ASSIGNMENTS.csv", help="ImageId, cluster, ...")
-    p.add_argument(
-        "--model", metavar="MODEL.json", help="also save the model (to assign new images)"
-    )
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument(
-        "--n-init",
-        type=_number(int, "cluster.n_init"),
-        default=20,
-        help="K-means restarts (default: 20)",
-    )
-    p.add_argument("--workers", type=_WORKERS, default=2)
-    p.set_defaults(func=_cluster, paths=_cluster_paths)
-
-    p = sub.add_parser(
-        "classical", help="segment a folder with the classical threshold + watershed baseline"
-    )
-    p.add_argument(
-        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
-    )
-    p.add_argument("submission", help="output submission CSV")
-    p.add_argument("--labels-dir", help="also write 16-bit label PNGs here")
-    p.add_argument("--workers", type=_WORKERS, default=2)
-    p.set_defaults(func=_classical, paths=_classical_paths)
-
-    p = sub.add_parser(
-        "segment", help="segment a folder with a trained Mask R-CNN (single pass or --tta)"
-    )
-    p.add_argument(
-        "model",
-        help="model file written by the pipeline: results/segment/<baseline>-<arm>/model.pt",
-    )
-    p.add_argument(
-        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
-    )
-    p.add_argument(
-        "out_dir", help="write <ImageId>.png (or .tif) here: 16-bit label images (0 = background)"
-    )
-    p.add_argument("--submission", metavar="OUT.csv", help="also write a Kaggle submission CSV")
-    p.add_argument(
-        "--format", choices=("png", "tif"), default="png", help="label image format (default png)"
-    )
-    p.add_argument(
-        "--overlays",
-        action="store_true",
-        help="also write OUT_DIR/overlays/<ImageId>.png: each nucleus outlined in yellow",
-    )
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="the baseline's own test-time augmentation (Deep Retina: 15 variants and a "
-        "5-of-15 pixel vote; Mirzaev: identity + horizontal flip, union merge)",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
-    )
-    _add_threads(p)
-    p.set_defaults(func=_segment, paths=_model_paths)
-
-    p = sub.add_parser(
-        "stylize", help="render a folder of images in another domain with the trained style GAN"
-    )
-    p.add_argument("model", help="GAN model file written by the pipeline: results/gan/model.pt")
-    p.add_argument(
-        "images_dir", help="BBBC038-layout folder (<id>/images/<id>.png) or a flat folder of images"
-    )
-    p.add_argument("out_dir", help="write <ImageId>.png here: RGB, the size of each input")
-    p.add_argument(
-        "--domain", type=int, required=True, help="target domain (cluster index, 0..C-1)"
-    )
-    p.add_argument(
-        "--seed",
-        type=seed,
-        default=0,
-        help="seed of the attribute draws; each image's draw also depends on its ImageId",
-    )
-    p.add_argument(
-        "--attribute",
-        choices=("prior", "domain_stats"),
-        help="attribute sampling: N(0, I) or the target domain's statistics (default: the model's)",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
-    )
-    _add_threads(p)
-    p.set_defaults(func=_stylize, paths=_model_paths)
-
-    p = sub.add_parser(
-        "holdout",
-        help="split a training folder into train + held-out test (data.source local layout)",
-    )
-    p.add_argument("train_dir", help="BBBC038-layout training folder (<id>/images, <id>/masks)")
-    p.add_argument(
-        "out_dir", help="new (or empty) folder: stage1_train/, stage1_test/, stage1_solution.csv"
-    )
-    p.add_argument(
-        "--fraction",
-        type=_number(float, exclusiveMinimum=0, exclusiveMaximum=1),
-        default=0.2,
-        help="share held out per cluster, in (0, 1) (minority: at most this share of the largest)",
-    )
-    p.add_argument(
-        "--scheme",
-        choices=schema_choices("data.holdout.scheme"),
-        default="stratified",
-        help="stratified: the training mix; minority: half of every cluster but the largest, as "
-        "many of the largest; leave-cluster-out: --cluster entirely, the rest stratified",
-    )
-    p.add_argument("--cluster", help="leave-cluster-out: the cluster held out (name or id)")
-    p.add_argument(
-        "--k", type=_number(int, "cluster.k"), default=6, help="HSV clusters used as strata"
-    )
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT_DIR if it is a non-empty folder written by this command before",
-    )
-    p.set_defaults(func=_holdout, paths=_holdout_paths)
-
-    p = sub.add_parser(
-        "import-folder",
-        help="your own annotated images (images/ + masks/, PNG or TIFF) into BBBC038 layout",
-    )
-    p.add_argument(
-        "folder",
-        help="folder with images/NAME.tif and masks/NAME.tif (label images), any of "
-        ".tif/.tiff/.png",
-    )
-    p.add_argument("out_dir", help="new (or empty) folder: NAME/images/NAME.png, NAME/masks/*.png")
-    p.add_argument(
-        "--test",
-        action="store_true",
-        help="a test folder: images only; its labels (if any) go to --solution",
-    )
-    p.add_argument(
-        "--solution", metavar="OUT.csv", help="with --test and labels: the Kaggle solution CSV"
-    )
-    p.add_argument(
-        "--channels",
-        type=_number(int, minimum=0),
-        nargs="+",
-        metavar="C",
-        help="channel indices shown as red, green, blue (one: grey; default: 1 channel grey, "
-        "2 as red and green, 3+ the first three)",
-    )
-    p.add_argument(
-        "--percentiles",
-        type=_number(float, minimum=0, maximum=100),
-        nargs=2,
-        default=(0.0, 100.0),
-        metavar=("LOW", "HIGH"),
-        help="deeper than 8-bit data: these percentiles become 0 and 255 (default 0 100: zero "
-        "and the maximum; StarDist's usual 1 99.8)",
-    )
-    p.add_argument("--per-channel", action="store_true", help="scale each channel on its own")
-    p.add_argument(
-        "--channel-axis",
-        type=_number(int, minimum=0),
-        metavar="AXIS",
-        help="TIFFs whose metadata do not say which axis holds the channels (e.g. channels saved "
-        "page by page): that axis of the stored array (0 for the pages)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT_DIR if it is a non-empty folder written by this command before",
-    )
-    p.set_defaults(func=_import_folder, paths=_import_paths)
-
-    config_help = (
-        "config YAML like config.yaml (several: each overlays those before; default: the "
-        "schema's defaults, the paper's settings)"
-    )
-    p = sub.add_parser(
-        "train-segmenter",
-        help="train a Mask R-CNN baseline (the pipeline's train_segmenter rule); resumes",
-    )
-    p.add_argument("train_dir", help="BBBC038-layout training folder (e.g. from import-folder)")
-    p.add_argument("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here")
-    p.add_argument("--baseline", choices=("deep_retina", "mirzaev"), required=True)
-    p.add_argument("--config", nargs="+", metavar="YAML", help=config_help)
-    p.add_argument(
-        "--iterations", type=_number(int, minimum=1), help="training length (overrides config)"
-    )
-    p.add_argument("--style-dir", help="restyled copies (style arm), from the augment stage")
-    p.add_argument("--style-manifest", help="their manifest.csv (needed with --style-dir)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's)")
-    _add_threads(p)
-    p.set_defaults(func=_train_segmenter, paths=_train_segmenter_paths)
-
-    p = sub.add_parser(
-        "train-gan",
-        help="train the style-transfer GAN on clustered images (the pipeline's train_gan rule)",
-    )
-    p.add_argument("images_dir", help="training images (BBBC038 layout or a flat folder)")
-    p.add_argument("assignments", help="cluster assignment table from `nucleistyle cluster`")
-    p.add_argument("out_dir", help="writes model.pt, history.tsv and checkpoint.pt here")
-    p.add_argument("--config", nargs="+", metavar="YAML", help=config_help)
-    p.add_argument(
-        "--iterations", type=_number(int, minimum=1), help="training length (overrides config)"
-    )
-    p.add_argument(
-        "--cluster-model",
-        metavar="MODEL.json",
-        help="the cluster model (`nucleistyle cluster --model`): adds transfer-quality curves",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's)")
-    _add_threads(p)
-    p.set_defaults(func=_train_gan, paths=_train_gan_paths)
-    return parser
 
 
 # ------------------------------------------------------------------------------------------------
@@ -834,9 +835,10 @@ def _main(argv: Sequence[str] | None) -> int:
             root.addHandler(warnings)
         if getattr(args, "threads", "") is None:
             args.threads = _available_cores()
-        _check_together(args)
-        check_paths(*args.paths(args))
-        status = args.func(args)
+        command = COMMANDS[args.command]
+        _check_together(command, args)
+        check_paths(command.inputs(args), command.outputs(args))
+        status = command.run(args)
         for line in warnings.lines:
             print(line, file=sys.stderr)
         return status

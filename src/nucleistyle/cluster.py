@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +41,11 @@ from sklearn.metrics import (
 from threadpoolctl import threadpool_limits
 
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import OutputSet, atomic_path, published_together
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import (
-    NucleistyleError,
-    OutputSet,
-    atomic_path,
-    config_from_mapping,
-    published_together,
-)
+from nucleistyle.utils import config_from_mapping
 
 __all__ = [
     "FEATURE_NAMES",
@@ -69,7 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "hue_cos",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,15 @@ from skimage.exposure import equalize_adapthist
 
 from nucleistyle.cluster import DARK_V_MEDIAN, check_rgb, v_median
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, read_image
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import link_or_copy, published_together
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import (
-    NucleistyleError,
-    config_from_mapping,
-    link_or_copy,
-    published_together,
-)
+from nucleistyle.utils import config_from_mapping
 
 __all__ = ["ClaheConfig", "enhance_dataset", "enhance_image"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)

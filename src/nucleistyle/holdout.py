@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +30,16 @@ import pandas as pd
 from nucleistyle.cluster import ClusterConfig, features_table, fit_clusters, hsv_features
 from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images
 from nucleistyle.data.csvio import CompressedLabels, write_solution
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, link_or_copy
+from nucleistyle.paths import PathLike, check_separate
 from nucleistyle.schema import choices
-from nucleistyle.utils import NucleistyleError, atomic_dir, check_separate, link_or_copy
 
 __all__ = ["SCHEMES", "make_holdout", "split_leave_cluster_out", "split_minority", "split_strata"]
 
 SCHEMES = choices("data.holdout.scheme")  # stratified, minority, leave-cluster-out
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
 
 
 def _check_fraction(fraction: float) -> None:
@@ -175,13 +174,7 @@ def make_holdout(
             masks, an image or mask is unreadable or of the wrong size, or a bad
             ``fraction`` / ``k``, an unknown scheme or held-out cluster.
     """
-    _check_fraction(fraction)
-    if scheme not in SCHEMES:
-        raise NucleistyleError(f"holdout scheme must be one of {SCHEMES}, got {scheme!r}")
-    if (scheme == "leave-cluster-out") != (held_cluster is not None):
-        raise NucleistyleError(
-            "a held-out cluster is given with the leave-cluster-out scheme, and only with it"
-        )
+    _check_scheme(scheme, fraction, held_cluster)
     check_separate({"training folder": train_dir}, {"output folder": out_dir})
     cluster_cfg = ClusterConfig(k=k, seed=seed)
     records = list_images(train_dir)
@@ -196,17 +189,7 @@ def make_holdout(
             labels.add(sample.image_id, sample.labels)
         model = fit_clusters(features_table([r.image_id for r in records], rows), cluster_cfg)
         table = model.table[["ImageId", "cluster", "name"]].copy()
-        clusters = table.set_index("ImageId")["cluster"]
-        if scheme == "minority":
-            held = split_minority(clusters, fraction, seed)
-        elif scheme == "leave-cluster-out":
-            names = table.set_index("ImageId")["name"]
-            by_name = str(held_cluster) in set(names)
-            held = split_leave_cluster_out(
-                names if by_name else clusters.astype(str), str(held_cluster), fraction, seed
-            )
-        else:
-            held = split_strata(clusters, fraction, seed)
+        held = _held_out(table, scheme, fraction, seed, held_cluster)
         table["set"] = np.where(
             held.loc[table["ImageId"]].to_numpy(), "stage1_test", "stage1_train"
         )
@@ -225,6 +208,33 @@ def make_holdout(
         "held out %d of %d images (%s):\n%s", held.sum(), len(table), scheme, counts.to_string()
     )
     return table
+
+
+def _check_scheme(scheme: str, fraction: float, held_cluster: str | int | None) -> None:
+    _check_fraction(fraction)
+    if scheme not in SCHEMES:
+        raise NucleistyleError(f"holdout scheme must be one of {SCHEMES}, got {scheme!r}")
+    if (scheme == "leave-cluster-out") != (held_cluster is not None):
+        raise NucleistyleError(
+            "a held-out cluster is given with the leave-cluster-out scheme, and only with it"
+        )
+
+
+def _held_out(
+    table: pd.DataFrame, scheme: str, fraction: float, seed: int, held_cluster: str | int | None
+) -> pd.Series:
+    """Whether each image of ``table`` (ImageId, cluster, name) is held out, by ``scheme``;
+    ``held_cluster`` is matched against the names first, then the ids."""
+    clusters = table.set_index("ImageId")["cluster"]
+    if scheme == "minority":
+        return split_minority(clusters, fraction, seed)
+    if scheme == "leave-cluster-out":
+        names = table.set_index("ImageId")["name"]
+        by_name = str(held_cluster) in set(names)
+        return split_leave_cluster_out(
+            names if by_name else clusters.astype(str), str(held_cluster), fraction, seed
+        )
+    return split_strata(clusters, fraction, seed)
 
 
 def _link_sample(record: ImageRecord, folder: Path, masks: bool) -> None:

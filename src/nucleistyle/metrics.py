@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +33,16 @@ import pandas as pd
 
 from nucleistyle.data.csvio import (
     CompressedLabels,
+    Submission,
     read_rows,
     read_solution,
     read_submission,
     select_usage,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import NucleistyleError, published_together
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import published_together
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "THRESHOLDS",
@@ -302,8 +304,8 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def score_files(
-    solution_csv: str | os.PathLike[str],
-    submission_csv: str | os.PathLike[str],
+    solution_csv: PathLike,
+    submission_csv: PathLike,
     groups: Mapping[str, str] | None = None,
     ap: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -366,25 +368,14 @@ def score_files(
     summary["missing"] = missing
     summary["gt_contested_pixels"] = contested_total
     if ap:
-        result = coco_ap(
-            (
-                image_id,
-                kept_gt[image_id],
-                kept_pred[image_id],
-                rank_confidences(len(submission.get(image_id, []))),
-            )
-            for image_id in kept_gt
-        )
-        summary["ap"] = _finite_or_none(result["AP"])
-        summary["ap50"] = _finite_or_none(result["AP50"])
-        summary["ap75"] = _finite_or_none(result["AP75"])
+        summary.update(_ap_summary(kept_gt, kept_pred, submission))
     if missing:
         log.warning("%s: %d scored images missing (scored 0)", submission_csv, len(missing))
     log.info("%s: score %.6f over %d images", submission_csv, summary["score"], len(per_image))
     return per_image, summary
 
 
-def read_groups(path: str | os.PathLike[str], column: str = "modality") -> dict[str, str]:
+def read_groups(path: PathLike, column: str = "modality") -> dict[str, str]:
     """ImageId -> group (modality, cluster) from a CSV with columns ``ImageId`` and ``column``.
 
     Other columns are ignored; an ImageId may repeat with the same group.
@@ -418,11 +409,11 @@ def read_groups(path: str | os.PathLike[str], column: str = "modality") -> dict[
 
 
 def score_to_files(
-    solution_csv: str | os.PathLike[str],
-    submission_csv: str | os.PathLike[str],
-    per_image_csv: str | os.PathLike[str],
-    summary_json: str | os.PathLike[str],
-    groups_csv: str | os.PathLike[str] | None = None,
+    solution_csv: PathLike,
+    submission_csv: PathLike,
+    per_image_csv: PathLike,
+    summary_json: PathLike,
+    groups_csv: PathLike | None = None,
     group_column: str = "modality",
 ) -> dict[str, object]:
     """:func:`score_files` with COCO AP, writing the per-image table (CSV) and the summary (JSON)
@@ -487,6 +478,23 @@ def _pred_scores(
     return values
 
 
+def _ap_summary(
+    gts: CompressedLabels, preds: CompressedLabels, submission: Submission
+) -> dict[str, float | None]:
+    """:func:`coco_ap` of the kept label images, confidences from the submission's row order,
+    as ``ap``, ``ap50``, ``ap75`` (None for NaN)."""
+    result = coco_ap(
+        (
+            image_id,
+            gts[image_id],
+            preds[image_id],
+            rank_confidences(len(submission.get(image_id, []))),
+        )
+        for image_id in gts
+    )
+    return {name.lower(): _finite_or_none(result[name]) for name in ("AP", "AP50", "AP75")}
+
+
 def coco_ap(
     items: Iterable[
         tuple[str, np.ndarray, np.ndarray, Mapping[int, float] | Sequence[float] | None]
@@ -510,8 +518,6 @@ def coco_ap(
         ValueError: shapes differ, or the scores do not fit the predicted objects.
     """
     from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     images: list[dict[str, Any]] = []
     gts: list[dict[str, Any]] = []
@@ -544,6 +550,19 @@ def coco_ap(
         max_dets = max(max_dets, pred_ids.size)
     if not gts:
         return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan")}
+    return _coco_evaluate(images, gts, dts, max_dets)
+
+
+def _coco_evaluate(
+    images: list[dict[str, Any]],
+    gts: list[dict[str, Any]],
+    dts: list[dict[str, Any]],
+    max_dets: int,
+) -> dict[str, float]:
+    """pycocotools' segmentation evaluation of :func:`coco_ap`'s records: AP, AP50, AP75."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1}]}

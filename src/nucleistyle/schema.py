@@ -1,31 +1,30 @@
 """The configuration schema: the one place that says what each config key may hold.
 
-``workflow/schemas/config.schema.yaml`` owns every key's type, range, choices, default and
-description. The workflow checks a whole configuration with :func:`validate` before any
-job runs; each section's settings dataclass checks its own values with :func:`check` against the
-same schema node when it is built (from the validated config, a stored checkpoint or the Python
-API), so a range is written once and every path reports a bad value the same way, as
-``config key <section>.<key>: <what is wrong>``. The dataclasses keep only the rules that
-involve several keys.
+``config.schema.yaml``, package data of this library (``src/nucleistyle/schemas/``), owns every
+key's type, range, choices, default and description. The workflow and the command line check a
+whole configuration with :func:`validate` before any job runs; each section's settings
+dataclass checks its own values with :func:`check` against the same schema node when it is
+built (from the validated config, a stored checkpoint or the Python API), so a range is written
+once and every path reports a bad value the same way, as ``config key <section>.<key>: <what is
+wrong>``. The dataclasses keep only the rules that involve several keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import math
-import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import jsonschema
 import yaml
 
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 __all__ = [
-    "SCHEMA_PATH",
     "bounds",
     "check",
     "choices",
@@ -35,34 +34,17 @@ __all__ = [
     "validate",
 ]
 
-SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
-
-def schema_file(basedir: str | os.PathLike[str] | None = None) -> Path:
-    """The schema of the workflow at ``basedir`` (default: the repository holding this library).
-
-    Raises:
-        NucleistyleError: no schema there (a copy of the library without its repository).
-    """
-    root = Path(basedir) if basedir is not None else Path(__file__).resolve().parents[2]
-    path = root / SCHEMA_PATH
-    if not path.is_file():
-        raise NucleistyleError(
-            f"{path} not found: nucleistyle reads its config schema from its repository "
-            "(install it with pip install -e <repository>)"
-        )
-    return path
+def schema_file() -> Traversable:
+    """The schema file, shipped inside the package (an installed wheel has it too)."""
+    return importlib.resources.files("nucleistyle") / "schemas" / "config.schema.yaml"
 
 
 @functools.cache
-def _load(path: Path) -> dict[str, Any]:
-    schema: dict[str, Any] = yaml.safe_load(path.read_text())
-    return schema
-
-
-def load_schema(basedir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def load_schema() -> dict[str, Any]:
     """The parsed schema (read once per process; do not modify it)."""
-    return _load(schema_file(basedir))
+    schema: dict[str, Any] = yaml.safe_load(schema_file().read_text(encoding="utf-8"))
+    return schema
 
 
 def _node(schema: Mapping[str, Any], pointer: str) -> dict[str, Any]:
@@ -175,16 +157,15 @@ def _with_defaults(validator_class: Any) -> Any:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate(config: MutableMapping[str, Any], basedir: str | os.PathLike[str]) -> None:
+def validate(config: MutableMapping[str, Any]) -> None:
     """Check a whole configuration against the schema in place, filling in defaults.
 
     Args:
         config: the configuration mapping (Snakemake's ``config``), modified in place.
-        basedir: the repository root holding ``workflow/schemas/config.schema.yaml``.
 
     Raises:
         NucleistyleError: one line naming the offending key, e.g.
             ``config key data.synthetic.n_train: 1 is less than the minimum of 2``.
     """
-    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema(basedir))
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
     _raise_first(list(validator.iter_errors(config)))

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nucleistyle.utils import PRECISIONS, NucleistyleError, atomic_path, first_line
+from nucleistyle.errors import NucleistyleError, first_line
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "LossHistory",
@@ -46,7 +48,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
+
+# Numeric precision of training and inference: bf16 autocast where the device supports it, or not.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class TrainingDiverged(NucleistyleError):

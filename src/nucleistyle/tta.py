@@ -36,8 +36,9 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError, config_from_mapping
+from nucleistyle.utils import config_from_mapping
 
 __all__ = [
     "BASELINE_TTA",

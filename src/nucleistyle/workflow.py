@@ -1,7 +1,8 @@
 """Configuration checks shared by the Snakemake workflow and the command line.
 
-The schema (``workflow/schemas/config.schema.yaml``, see :mod:`nucleistyle.schema`) is the single
-source of truth for keys, types, ranges, defaults and descriptions. :func:`validate_config` fills
+The schema (``nucleistyle/schemas/config.schema.yaml``, package data; see
+:mod:`nucleistyle.schema`) is the single source of truth for keys, types, ranges, defaults and
+descriptions. :func:`validate_config` fills
 in defaults and turns the first violation into one line naming the key; :func:`check_config`
 builds every section's settings, whose multi-key rules then hold too, so a bad value stops the
 workflow before any job runs.
@@ -19,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from nucleistyle.schema import SCHEMA_PATH, validate
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
+from nucleistyle.schema import validate
 
 __all__ = [
-    "SCHEMA_PATH",
     "check_config",
     "check_pretrained",
     "copy_workflow",
@@ -66,14 +67,14 @@ def _parse_cli_strings(node: Any) -> Any:
     return node
 
 
-def validate_config(config: MutableMapping[str, Any], basedir: str | os.PathLike[str]) -> None:
+def validate_config(config: MutableMapping[str, Any]) -> None:
     """:func:`nucleistyle.schema.validate` (in place, defaults filled in) after restoring the
     types of nested ``--config`` values."""
     _parse_cli_strings(config)
-    validate(config, basedir)
+    validate(config)
 
 
-def export_library_path(basedir: str | os.PathLike[str]) -> None:
+def export_library_path(basedir: PathLike) -> None:
     """Prepend ``<basedir>/src`` to ``PYTHONPATH``: every job imports this checkout's library.
 
     Jobs inherit the controller's environment (locally, and on SLURM through ``--export=ALL``),
@@ -190,9 +191,7 @@ def overlay_config(base: MutableMapping[str, Any], layer: MutableMapping[str, An
             base[key] = value
 
 
-def load_config(
-    paths: Sequence[str | os.PathLike[str]], basedir: str | os.PathLike[str]
-) -> dict[str, Any]:
+def load_config(paths: Sequence[PathLike]) -> dict[str, Any]:
     """Read YAML config files, each overlaid on those before it (``snakemake --configfile a b``),
     validate the result and fill in defaults: the workflow's configuration, for the command line.
 
@@ -208,7 +207,7 @@ def load_config(
         if not isinstance(layer, MutableMapping):
             raise NucleistyleError(f"config {path}: a mapping of keys expected")
         overlay_config(config, layer)
-    validate_config(config, basedir)
+    validate_config(config)
     check_config(config)
     return config
 
@@ -309,9 +308,7 @@ def _module_file(src: Path, name: str) -> Path | None:
     return None
 
 
-def script_imports(
-    script: str | os.PathLike[str], src: str | os.PathLike[str]
-) -> tuple[list[Path], set[str]]:
+def script_imports(script: PathLike, src: PathLike) -> tuple[list[Path], set[str]]:
     """What a rule script needs: the library files it imports, directly or through other
     library modules (package ``__init__`` files included), and the third-party packages.
 
@@ -349,7 +346,7 @@ def script_imports(
     return files, packages
 
 
-def copy_workflow(basedir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+def copy_workflow(basedir: PathLike, dest: PathLike) -> Path:
     """Copy the workflow's files to a new folder ``dest``, as in a clean clone: no virtual
     environment, results, resources, logs, benchmarks or caches (for tests and benchmarks that
     run Snakemake from scratch).

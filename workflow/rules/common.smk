@@ -28,7 +28,7 @@ from nucleistyle.workflow import (
 
 export_library_path(workflow.basedir)
 
-validate_config(config, workflow.basedir)
+validate_config(config)
 check_config(config)  # includes checking the segmenter settings: errors before any job
 
 # The pretrained start each baseline's training reads (a file in resources/weights/, fetched

@@ -24,21 +24,16 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.error import HTTPError, URLError
 
 import pandas as pd
 from tqdm import tqdm
 
 from nucleistyle import __version__
-from nucleistyle.utils import (
-    NucleistyleError,
-    atomic_dir,
-    link_or_copy,
-    published_together,
-)
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, link_or_copy, published_together
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "BBBC038_FILES",
@@ -49,7 +44,6 @@ __all__ = [
     "SOLUTION_FILES",
     "apply_fixes",
     "apply_fixes_archive",
-    "check_local_dataset",
     "check_reachable",
     "content_digest",
     "download",
@@ -107,7 +101,7 @@ RATIO_FLOOR = 1 << 20  # members up to this size may compress better (text, blan
 # hashing
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes.
 
     Args:
@@ -148,7 +142,7 @@ def _digest(folder: Path, prefix: str) -> str:
     return hashlib.sha256(b"".join(lines)).hexdigest()
 
 
-def content_digest(root: str | os.PathLike[str], subdir: str = "stage1_train") -> str:
+def content_digest(root: PathLike, subdir: str = "stage1_train") -> str:
     """Digest of the PNG files of ``root/subdir``, pinned independently of how it was zipped.
 
     Equals the shell recipe run in ``root``:
@@ -346,7 +340,7 @@ def check_reachable(url: str, *, timeout: float = 10.0, hint: str = _OFFLINE_HIN
 
 def download(
     url: str,
-    dest: str | os.PathLike[str],
+    dest: PathLike,
     *,
     sha256: str | None = None,
     timeout: float = 60.0,
@@ -491,8 +485,8 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> i
 
 
 def safe_extract(
-    zip_path: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    zip_path: PathLike,
+    dest: PathLike,
     *,
     max_bytes: int = MAX_EXTRACT_BYTES,
     max_ratio: float = MAX_EXTRACT_RATIO,
@@ -584,8 +578,8 @@ def _set_root(raw: Path) -> Path:
 
 
 def extract_set(
-    zip_path: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    zip_path: PathLike,
+    dest: PathLike,
     *,
     name: str,
     expected_digest: str | None = None,
@@ -645,7 +639,7 @@ def extract_set(
 # community fixes
 
 
-def find_fixes_root(extracted: str | os.PathLike[str]) -> Path:
+def find_fixes_root(extracted: PathLike) -> Path:
     """Locate ``stage1_train`` inside the extracted fixes archive.
 
     GitHub archives unpack to ``kaggle-dsbowl-2018-dataset-fixes-<commit>/stage1_train``; a
@@ -692,10 +686,10 @@ def _image_table(root: Path) -> dict[str, tuple[dict[str, str], dict[str, str]]]
 
 
 def apply_fixes(
-    original: str | os.PathLike[str],
-    fixed: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    original: PathLike,
+    fixed: PathLike,
+    dest: PathLike,
+    manifest: PathLike,
 ) -> pd.DataFrame:
     """Install the fixed ``stage1_train`` at ``dest`` and list every image that differs.
 
@@ -769,10 +763,10 @@ def apply_fixes(
 
 
 def apply_fixes_archive(
-    original: str | os.PathLike[str],
-    archive: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    original: PathLike,
+    archive: PathLike,
+    dest: PathLike,
+    manifest: PathLike,
     *,
     expected_digest: str | None = None,
     max_bytes: int = MAX_EXTRACT_BYTES,
@@ -806,60 +800,3 @@ def apply_fixes_archive(
             )
         log.info("fixed stage1_train content digest %s", digest)
         return apply_fixes(original, fixed, dest, manifest)
-
-
-# --------------------------------------------------------------------------------------------
-# local copy
-
-
-def check_local_dataset(
-    root: str | os.PathLike[str], sets: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Check an already-extracted BBBC038 copy (``data.source: local``).
-
-    Expects ``root/<set>/<ImageId>/images/<ImageId>.png`` for each requested set (plus
-    ``masks/*.png`` for ``stage1_train``) and, for test sets, the solution CSV beside the set
-    folders (``stage1_solution.csv``, ``stage2_solution_final.csv``) with ``ImageId`` and
-    ``EncodedPixels`` columns.
-
-    Args:
-        root: folder holding the set folders.
-        sets: set names among :data:`SOLUTION_FILES` (e.g. ``["stage1_train", "stage1_test"]``).
-
-    Returns:
-        ``{set: {"path", "n_images", "n_masks", "solution"}}`` with paths as strings
-        (``solution`` None for stage1_train).
-
-    Raises:
-        NucleistyleError: naming the missing or malformed path, or an unknown set name.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise NucleistyleError(f"data.local.path: {root} is not a directory")
-    summary: dict[str, dict[str, Any]] = {}
-    for name in sets:
-        if name not in SOLUTION_FILES:
-            raise NucleistyleError(
-                f"unknown BBBC038 set {name!r}; expected one of {sorted(SOLUTION_FILES)}"
-            )
-        n_images, n_masks = _scan_set(root / name, name, require_masks=name == "stage1_train")
-        solution = SOLUTION_FILES[name]
-        if solution is not None:
-            csv = root / solution
-            if not csv.is_file():
-                raise NucleistyleError(f"{name}: solution file {csv} does not exist")
-            with open(csv, encoding="utf-8-sig") as f:
-                header = [c.strip() for c in f.readline().split(",")]
-            if not {"ImageId", "EncodedPixels"} <= set(header):
-                raise NucleistyleError(
-                    f"{csv}:1: header must contain ImageId and EncodedPixels, got {header}"
-                )
-            solution = str(csv)
-        summary[name] = {
-            "path": str(root / name),
-            "n_images": n_images,
-            "n_masks": n_masks,
-            "solution": solution,
-        }
-        log.info("local %s: %d images, %d masks at %s", name, n_images, n_masks, root / name)
-    return summary

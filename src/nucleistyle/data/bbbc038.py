@@ -32,13 +32,10 @@ import numpy as np
 from PIL import Image
 
 from nucleistyle.data.images import DECODE_ERRORS, open_image, read_image
-from nucleistyle.utils import (
-    NucleistyleError,
-    atomic_dir,
-    atomic_path,
-    check_input,
-    process_pool,
-)
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, atomic_path
+from nucleistyle.paths import PathLike, check_input
+from nucleistyle.utils import process_pool
 
 __all__ = [
     "ImageRecord",
@@ -98,7 +95,7 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def list_images(root: str | os.PathLike[str]) -> list[ImageRecord]:
+def list_images(root: PathLike) -> list[ImageRecord]:
     """List the samples under ``root``, sorted by ImageId.
 
     ``root`` is either a BBBC038-layout folder (every visible sub-folder ``<id>`` holds
@@ -189,9 +186,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return np.flatnonzero(arr)
 
 
-def read_masks(
-    paths: Sequence[str | os.PathLike[str]], shape: tuple[int, int]
-) -> tuple[np.ndarray, int]:
+def read_masks(paths: Sequence[PathLike], shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Merge one-PNG-per-nucleus masks into an instance label image.
 
     Policy (deterministic): masks are taken in sorted file-name (MaskId) order; any nonzero
@@ -355,7 +350,7 @@ def _check_image_id(image_id: str) -> None:
 
 
 def write_sample(
-    root: str | os.PathLike[str],
+    root: PathLike,
     image_id: str,
     image: np.ndarray,
     labels: np.ndarray | None = None,
@@ -444,7 +439,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
+def write_label_png(path: PathLike, labels: np.ndarray) -> None:
     """Write a 16-bit label PNG (0 = background) atomically.
 
     Raises:

@@ -9,7 +9,7 @@
 
 Readers use the :mod:`csv` module (quotes, CRLF and LF line endings) and keep each row's line
 number so that errors found later, when RLE rows are decoded, still name file, line and ImageId.
-Writers are atomic (:func:`nucleistyle.utils.atomic_path`) and use LF line endings.
+Writers are atomic (:func:`nucleistyle.outputs.atomic_path`) and use LF line endings.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import numpy as np
 
 from nucleistyle.data.images import max_pixels
 from nucleistyle.data.rle import _parse_runs, rle_decode_labels, rle_encode_labels
-from nucleistyle.utils import NucleistyleError, OutputSet, atomic_path
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import OutputSet, atomic_path
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "PLACEHOLDER_RLE",
@@ -118,7 +120,7 @@ class Submission(dict[str, list[str]]):
         return [f"{self.source} line {n}, ImageId {image_id}" for n in self.lines[image_id]]
 
 
-def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
+def read_rows(path: PathLike) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, cells)`` of every non-blank row of a CSV file, header included.
 
     A UTF-8 byte-order mark and whitespace around cells are tolerated. Line numbers are 1-based
@@ -185,9 +187,7 @@ def _positive_int(text: str, what: str, where: str) -> int:
     return int(text)
 
 
-def read_solution(
-    path: str | os.PathLike[str], usage: str | None = "auto"
-) -> dict[str, GroundTruth]:
+def read_solution(path: PathLike, usage: str | None = "auto") -> dict[str, GroundTruth]:
     """Read a solution (ground-truth) CSV such as ``stage1_solution.csv``.
 
     Every RLE row is syntax-checked here (sorted, positive, in range) so a bad file fails early;
@@ -258,7 +258,7 @@ def read_solution(
 def select_usage(
     images: Mapping[str, GroundTruth],
     usage: str | None = "auto",
-    path: str | os.PathLike[str] = "solution",
+    path: PathLike = "solution",
 ) -> dict[str, GroundTruth]:
     """Keep the images of a solution that are scored, by their Usage.
 
@@ -284,7 +284,7 @@ def select_usage(
     return kept
 
 
-def read_submission(path: str | os.PathLike[str]) -> Submission:
+def read_submission(path: PathLike) -> Submission:
     """Read a submission CSV (header exactly ``ImageId,EncodedPixels``).
 
     RLE rows are not decoded here (that needs the image size from the solution); the line of
@@ -314,7 +314,7 @@ def read_submission(path: str | os.PathLike[str]) -> Submission:
     return sub
 
 
-def check_image_id(image_id: str, where: str | os.PathLike[str]) -> None:
+def check_image_id(image_id: str, where: PathLike) -> None:
     """Refuse an ImageId that a submission or solution CSV cannot hold: empty, or with a comma,
     a double quote or a line break. Commands that write one check their ImageIds before any work,
     and ``import-folder`` refuses such file names at once.
@@ -352,7 +352,7 @@ def _encode(labels: np.ndarray, image_id: str, path: Path) -> list[str]:
 
 
 def write_submission(
-    path: str | os.PathLike[str],
+    path: PathLike,
     predictions: Mapping[str, np.ndarray],
     *,
     outputs: OutputSet | None = None,
@@ -382,7 +382,7 @@ def write_submission(
 
 
 def write_solution(
-    path: str | os.PathLike[str],
+    path: PathLike,
     ground_truth: Mapping[str, np.ndarray],
     usage: str = "Public",
     *,
@@ -422,9 +422,7 @@ def write_solution(
     log.info("wrote %s (%d images, usage %s)", path, len(ground_truth), usage)
 
 
-def gather_submissions(
-    shard_csvs: Sequence[str | os.PathLike[str]], out_csv: str | os.PathLike[str]
-) -> int:
+def gather_submissions(shard_csvs: Sequence[PathLike], out_csv: PathLike) -> int:
     """Concatenate the submissions of the shards of one test set into one submission, atomically.
 
     Each image's rows are copied in their shard's order (the predictor writes them in

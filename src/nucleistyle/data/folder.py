@@ -20,7 +20,6 @@ as one label image per input (TIFF or PNG) and, optionally, an overlay PNG for q
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +36,10 @@ from nucleistyle.data.images import (
     read_label_image,
 )
 from nucleistyle.data.rle import rle_decode_labels
-from nucleistyle.utils import (
-    NucleistyleError,
-    Progress,
-    atomic_dir,
-    check_input,
-    published_together,
-)
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir, published_together
+from nucleistyle.paths import PathLike, check_input
+from nucleistyle.utils import Progress
 
 __all__ = [
     "LABEL_FORMATS",
@@ -71,7 +67,7 @@ class Pair:
     labels: Path | None
 
 
-def list_pairs(folder: str | os.PathLike[str], *, training: bool) -> list[Pair]:
+def list_pairs(folder: PathLike, *, training: bool) -> list[Pair]:
     """List ``<folder>/images`` and match each image with ``<folder>/masks/<name>.*``.
 
     Args:
@@ -130,11 +126,11 @@ def _load_pair(pair: Pair, rule: IntensityRule) -> tuple[np.ndarray, np.ndarray 
 
 
 def import_folder(
-    folder: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    folder: PathLike,
+    out_dir: PathLike,
     *,
     training: bool,
-    solution_csv: str | os.PathLike[str] | None = None,
+    solution_csv: PathLike | None = None,
     rule: IntensityRule = DEFAULT_RULE,
     overwrite: bool = False,
 ) -> int:
@@ -229,9 +225,9 @@ def write_label_image(folder: Path, image_id: str, labels: np.ndarray, fmt: str)
 
 
 def export_labels(
-    submission_csv: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    submission_csv: PathLike,
+    images_dir: PathLike,
+    out_dir: PathLike,
     *,
     fmt: str = "tif",
     overlays: bool = False,

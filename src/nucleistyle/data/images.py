@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "DEFAULT_RULE",
@@ -95,14 +96,14 @@ def max_pixels() -> int:
     return int(text)
 
 
-def _too_large(path: str | os.PathLike[str], pixels: int, limit: int, size: str = "") -> str:
+def _too_large(path: PathLike, pixels: int, limit: int, size: str = "") -> str:
     return (
         f"image {path} has {size}{pixels:,} pixels, more than the limit of {limit:,} (set "
         f"{MAX_PIXELS_VARIABLE} to read larger images)"
     )
 
 
-def _check_pixels(path: str | os.PathLike[str], shape: Sequence[int], axes: str) -> None:
+def _check_pixels(path: PathLike, shape: Sequence[int], axes: str) -> None:
     """Refuse, before decoding, an image whose header declares more than :func:`max_pixels`.
 
     ``shape`` and ``axes`` are the stored array's; every plane counts (pages, channels, Z), the
@@ -119,7 +120,7 @@ def _check_pixels(path: str | os.PathLike[str], shape: Sequence[int], axes: str)
 
 
 @contextlib.contextmanager
-def open_image(path: str | os.PathLike[str]) -> Iterator[ImageFile.ImageFile]:
+def open_image(path: PathLike) -> Iterator[ImageFile.ImageFile]:
     """``PIL.Image.open`` (header read, nothing decoded yet) with the :func:`max_pixels` limit.
 
     Raises:
@@ -200,7 +201,7 @@ class IntensityRule:
 DEFAULT_RULE = IntensityRule()
 
 
-def _choose_channels(n: int, rule: IntensityRule, path: str | os.PathLike[str]) -> list[int]:
+def _choose_channels(n: int, rule: IntensityRule, path: PathLike) -> list[int]:
     if rule.channels is None:
         return [0] if n == 1 else [0, 1] if n == 2 else [0, 1, 2]
     missing = [c for c in rule.channels if c >= n]
@@ -225,7 +226,7 @@ def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def to_rgb(
-    data: np.ndarray, rule: IntensityRule = DEFAULT_RULE, path: str | os.PathLike[str] = "<array>"
+    data: np.ndarray, rule: IntensityRule = DEFAULT_RULE, path: PathLike = "<array>"
 ) -> np.ndarray:
     """Map an (H, W) or (H, W, C) array of any numeric dtype to uint8 RGB by ``rule``.
 
@@ -283,9 +284,7 @@ _PILLOW_MODES = {  # single-channel TIFFs report Pillow's mode names, like PNGs 
 }
 
 
-def _read_tiff(
-    path: str | os.PathLike[str], channel_axis: int | None = None
-) -> tuple[np.ndarray, str]:
+def _read_tiff(path: PathLike, channel_axis: int | None = None) -> tuple[np.ndarray, str]:
     """The first series of a TIFF as (H, W) or (H, W, C), and a mode string; ``channel_axis``
     (an index into the stored axes) names the channel axis where the file does not."""
     import tifffile
@@ -326,7 +325,7 @@ def _read_tiff(
     return data, mode
 
 
-def _read_pillow(path: str | os.PathLike[str], rule: IntensityRule) -> tuple[np.ndarray, str]:
+def _read_pillow(path: PathLike, rule: IntensityRule) -> tuple[np.ndarray, str]:
     with open_image(path) as im:
         rawmode = im.tile[0][3] if im.tile else None
         im.load()
@@ -351,9 +350,7 @@ def _read_pillow(path: str | os.PathLike[str], rule: IntensityRule) -> tuple[np.
     return data, mode
 
 
-def read_image(
-    path: str | os.PathLike[str], rule: IntensityRule = DEFAULT_RULE
-) -> tuple[np.ndarray, str]:
+def read_image(path: PathLike, rule: IntensityRule = DEFAULT_RULE) -> tuple[np.ndarray, str]:
     """Read an image file as uint8 RGB.
 
     8-bit modes 1, L, LA, P, PA, RGB, RGBA are converted exactly (1 becomes 0/255, a palette is
@@ -393,7 +390,7 @@ def read_image(
     return to_rgb(data, rule, path), mode
 
 
-def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_label_image(path: PathLike) -> np.ndarray:
     """Read an instance label image: one integer per nucleus, 0 = background.
 
     Args:

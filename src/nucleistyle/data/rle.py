@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 __all__ = [
     "RLEError",

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,22 +44,18 @@ import numpy as np
 import pandas as pd
 
 from nucleistyle.data.bbbc038 import Sample, list_images, load_sample, write_sample
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.quality import DomainLook, copy_quality, record_looks
 from nucleistyle.gan.stylize import Stylizer, load_stylizer
+from nucleistyle.outputs import link_or_copy, published_together
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import (
-    NucleistyleError,
-    Progress,
-    config_from_mapping,
-    link_or_copy,
-    published_together,
-)
+from nucleistyle.utils import Progress, config_from_mapping
 
 __all__ = ["MANIFEST_COLUMNS", "AugmentConfig", "augment_dataset", "augmented_id"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 MANIFEST_COLUMNS = (
     "ImageId",

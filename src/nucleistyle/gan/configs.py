@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError, config_fingerprint, config_from_mapping
+from nucleistyle.utils import config_fingerprint, config_from_mapping
 
 __all__ = [
     "ATTRIBUTE_SOURCES",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +27,8 @@ import torch
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, load_sample, read_image
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "DomainSampler",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 def read_assignments(path: PathLike, n_domains: int | None = None) -> pd.DataFrame:

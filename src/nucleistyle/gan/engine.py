@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from nucleistyle.gan import losses as L
 from nucleistyle.gan.configs import (
@@ -70,35 +67,28 @@ from nucleistyle.gan.networks import (
     init_weights,
 )
 from nucleistyle.gan.quality import LOOK_IMAGES, PLANES, DomainLook, domain_looks
+from nucleistyle.paths import PathLike
 from nucleistyle.torchutils import (
     LossHistory,
-    TrainingDiverged,
     autocast,
     check_finite,
     get_rng_state,
-    keep_freed_memory,
-    load_checkpoint,
-    log_environment,
-    resolve_precision,
-    save_checkpoint,
-    seed_everything,
-    select_device,
     set_rng_state,
 )
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.training import Runtime, TrainingPlan, train
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "GENERATOR_SIDE",
     "MODEL_FORMAT",
     "GanNets",
+    "GanTask",
     "GanTrainer",
     "attribute_statistics",
     "train_gan",
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 CHECKPOINT_FORMAT = "nucleistyle.gan-checkpoint/1"
 MODEL_FORMAT = "nucleistyle.gan/1"
@@ -112,7 +102,7 @@ class GanNets(nn.Module):
     Weights are initialised as upstream (conv ~ N(0, 0.02)) from the global torch generator.
     """
 
-    # the network classes; the layer-by-layer reference (gan/reference.py) swaps in its own
+    # the network classes; the layer-by-layer reference (tests/gan_reference.py) swaps in its own
     content_encoder: type[nn.Module] = ContentEncoder
     attribute_encoder: type[AttributeEncoder] = AttributeEncoder
     generator: type[nn.Module] = Generator
@@ -562,23 +552,55 @@ def _training_looks(data: DomainSet) -> list[DomainLook | None]:
     return looks
 
 
-class _Window:
-    """Running sums of the losses between two history rows (part of the checkpoint)."""
+class GanTask:
+    """The GAN's training as a :class:`nucleistyle.training.Task`: the trainer's iterations on
+    batches from a domain-balanced sampler, the monitor as its evaluation.
 
-    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
-        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
-        self.count = int(state["count"]) if state else 0
+    Args:
+        cfg: Hyper-parameters.
+        runtime: Device and precision.
+        data: The training set.
+        checkpoint: Named in a divergence message.
+        looks: The structure term's targets (see :class:`GanTrainer`).
+        monitor: See :func:`train_gan` (None: no evaluation rows).
+    """
 
-    def add(self, values: Mapping[str, float]) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
+    def __init__(
+        self,
+        cfg: GanConfig,
+        runtime: Runtime,
+        data: DomainSet,
+        checkpoint: PathLike | None,
+        looks: Sequence[DomainLook | None] | None,
+        monitor: Callable[[dict[str, Any], DomainSet], Mapping[str, float]] | None,
+    ) -> None:
+        self.cfg, self.runtime, self.data, self.monitor = cfg, runtime, data, monitor
+        self.trainer = GanTrainer(cfg, runtime.device, runtime.dtype, checkpoint, looks)
+        self.sampler = DomainSampler(data, cfg.batch_size, cfg.crop, cfg.flip, cfg.seed)
 
-    def means(self) -> dict[str, float]:
-        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+    def step(self, iteration: int) -> dict[str, float]:
+        return self.trainer.train_iteration(self.sampler)
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        if self.monitor is None:
+            return {}
+        rt = self.runtime
+        return _monitor(self.monitor, self.trainer, self.data, self.cfg, rt.device, rt.dtype)
 
     def state(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "count": self.count}
+        return {**self.trainer.state(), "sampler": self.sampler.state()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.trainer.load_state(state)
+        self.sampler.set_state(state["sampler"])
+
+    def model_file(self, iteration: int, history: LossHistory) -> dict[str, Any]:
+        """E_c, E_a and G with the per-domain attribute statistics of the training images."""
+        cfg, rt = self.cfg, self.runtime
+        mean, std = attribute_statistics(
+            self.trainer.nets.enc_a, self.data, cfg.crop, rt.device, rt.dtype, cfg.stats_images
+        )
+        return _model_state(self.trainer, self.data, cfg, mean, std)
 
 
 def train_gan(
@@ -592,9 +614,10 @@ def train_gan(
 ) -> Path:
     """Train the GAN on the clustered training images and write the inference model.
 
-    Resumes from ``checkpoint`` when it exists (same configuration and training set except for
-    :data:`RESUME_IGNORES`; ``iterations`` may have grown) and writes it every
-    ``checkpoint_every`` iterations and at the end. A NaN or infinite loss stops the run with
+    Runs on the shared loop of :mod:`nucleistyle.training`: resumes from ``checkpoint`` when it
+    exists (same configuration and training set except for :data:`RESUME_IGNORES`;
+    ``iterations`` may have grown) and writes it every ``checkpoint_every`` iterations and at
+    the end. A NaN or infinite loss stops the run with
     :class:`~nucleistyle.torchutils.TrainingDiverged`; the last checkpoint is kept and the
     history so far is written.
 
@@ -620,92 +643,28 @@ def train_gan(
             images, a checkpoint of another configuration or training set), each naming the file.
         TrainingDiverged: A loss became NaN or infinite.
     """
-    device = select_device(cfg.device, "gan.device")
-    keep_freed_memory()  # no page faults for the same activations every step
-    dtype = resolve_precision(cfg.precision, device, "gan.precision")
+    runtime = Runtime.select(cfg.device, cfg.precision, cfg.seed, "gan")
     structure = cfg.w_structure > 0
     data = load_domain_set(
         images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers, structure
     )
-    fingerprint = {**cfg.fingerprint(), "data": data.fingerprint}
-    looks = _training_looks(data) if structure else None
-    seed_everything(cfg.seed)
-    trainer = GanTrainer(cfg, device, dtype, checkpoint, looks)
-    sampler = DomainSampler(data, cfg.batch_size, cfg.crop, cfg.flip, cfg.seed)
-    history, window = LossHistory(), _Window()
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, fingerprint, ignore=RESUME_IGNORES)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise NucleistyleError(f"checkpoint {checkpoint} is not a GAN training checkpoint")
-        trainer.load_state(state)
-        sampler.set_state(state["sampler"])
-        set_rng_state(state["rng"])
-        history, window = LossHistory(state["history"]), _Window(state["window"])
-        log.info("resumed from %s at iteration %d", checkpoint, trainer.iteration)
-        if trainer.iteration > cfg.iterations:
-            log.warning(
-                "checkpoint %s is at iteration %d, beyond gan.iterations = %d: not training",
-                checkpoint,
-                trainer.iteration,
-                cfg.iterations,
-            )
-    log_environment(device, dtype, cfg.seed)
-
-    def save() -> None:
-        if checkpoint is None:
-            return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": fingerprint,
-            **trainer.state(),
-            "sampler": sampler.state(),
-            "rng": get_rng_state(),
-            "history": history.state(),
-            "window": window.state(),
-        }
-        save_checkpoint(checkpoint, state)
-
-    bar = tqdm(
-        total=cfg.iterations, initial=trainer.iteration, desc="gan", disable=None, file=sys.stderr
+    looks = _training_looks(data) if structure else None  # before the seed, as it always was
+    plan = TrainingPlan(
+        budget=cfg.iterations,
+        budget_key="gan.iterations",
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        evaluate_every=cfg.monitor_every,
+        fingerprint={**cfg.fingerprint(), "data": data.fingerprint},
+        checkpoint=checkpoint,
+        resume_ignores=RESUME_IGNORES,
+        checkpoint_format=CHECKPOINT_FORMAT,
+        name="gan",
     )
-    tic, tic_iteration = time.perf_counter(), trainer.iteration
-    try:
-        while trainer.iteration < cfg.iterations:
-            window.add(trainer.train_iteration(sampler))
-            bar.update()
-            it = trainer.iteration
-            if it % cfg.log_every == 0 or it == cfg.iterations:
-                means = window.means()
-                history.append(it, means)
-                window = _Window()
-                speed = (it - tic_iteration) / (time.perf_counter() - tic)
-                log.info(
-                    "iteration %d/%d  %.2f it/s  %s",
-                    it,
-                    cfg.iterations,
-                    speed,
-                    "  ".join(f"{k} {v:.4g}" for k, v in means.items()),
-                )
-            if monitor is not None and (
-                it == cfg.iterations or (cfg.monitor_every and it % cfg.monitor_every == 0)
-            ):
-                history.append(it, _monitor(monitor, trainer, data, cfg, device, dtype))
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                save()
-    except TrainingDiverged:
-        if history_tsv is not None:
-            history.write_tsv(history_tsv)
-        raise
-    finally:
-        bar.close()
-    if checkpoint is not None and trainer.iteration > 0 and not Path(checkpoint).exists():
-        save()
-    mean, std = attribute_statistics(
-        trainer.nets.enc_a, data, cfg.crop, device, dtype, cfg.stats_images
+    return train(
+        plan,
+        lambda state: GanTask(cfg, runtime, data, checkpoint, looks, monitor),
+        out_model,
+        history_tsv,
     )
-    with atomic_path(out_model) as tmp:
-        torch.save(_model_state(trainer, data, cfg, mean, std), tmp)
-    if history_tsv is not None:
-        history.write_tsv(history_tsv)
-    log.info("wrote %s (iteration %d)", out_model, trainer.iteration)
-    return Path(out_model)

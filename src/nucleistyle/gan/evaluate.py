@@ -39,7 +39,6 @@ Rows: one per (source domain, target domain), means over the images.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +52,7 @@ from nucleistyle.cluster import FEATURE_NAMES, ClusterModel, hsv_features, v_med
 from nucleistyle.data.bbbc038 import ImageRecord, list_images, load_sample
 from nucleistyle.data.synthetic import MODALITIES, SyntheticConfig, synthesize
 from nucleistyle.enhance import ClaheConfig, enhance_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.data import DomainSet, read_assignments
 from nucleistyle.gan.quality import (
     LOOK_IMAGES,
@@ -64,8 +64,9 @@ from nucleistyle.gan.quality import (
 )
 from nucleistyle.gan.stylize import Stylizer, load_stylizer
 from nucleistyle.metrics import image_score
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 from nucleistyle.torchutils import select_device
-from nucleistyle.utils import NucleistyleError, atomic_path
 
 __all__ = [
     "EVALUATION_COLUMNS",
@@ -77,7 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 EVALUATION_COLUMNS = (
     "source_domain",

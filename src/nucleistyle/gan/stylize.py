@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,19 @@ import torch
 from PIL import Image
 
 from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.configs import ATTRIBUTE_SOURCES
 from nucleistyle.gan.data import one_hot
 from nucleistyle.gan.engine import MODEL_FORMAT
 from nucleistyle.gan.networks import AttributeEncoder, ContentEncoder, Generator
+from nucleistyle.outputs import staged_files
+from nucleistyle.paths import PathLike
 from nucleistyle.torchutils import autocast, load_checkpoint, resolve_precision, select_device
-from nucleistyle.utils import NucleistyleError, Progress, staged_files
+from nucleistyle.utils import Progress
 
 __all__ = ["Stylizer", "image_seed", "load_stylizer", "pad_to_multiple", "stylize_folder"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 MIN_SIDE = 8
 
 
@@ -308,30 +309,12 @@ def stylize_folder(
             domain outside 0..C-1, a missing or empty image folder, an unreadable image, or an
             output folder that is a file or the image folder (each named).
     """
-    if attribute_source is not None and attribute_source not in ATTRIBUTE_SOURCES:
-        raise NucleistyleError(
-            f"attribute source must be one of {', '.join(ATTRIBUTE_SOURCES)}, "
-            f"got {attribute_source!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise NucleistyleError(f"seed must be an integer, got {seed!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NucleistyleError(f"output folder {out} exists and is not a folder")
-    if not Path(model_path).is_file():
-        raise NucleistyleError(f"model file not found: {model_path}")
+    out = _check_request(model_path, out_dir, seed, attribute_source)
     records = list_images(images_dir)
     if out.resolve() == Path(images_dir).resolve():
         raise NucleistyleError(f"output folder {out} is the image folder; choose another")
     stylizer = load_stylizer(model_path, device)
-    n = stylizer.n_domains
-    if isinstance(domain, bool) or not isinstance(domain, int | np.integer) or not 0 <= domain < n:
-        names = ", ".join(f"{i} {name}" for i, name in enumerate(stylizer.domain_names))
-        raise NucleistyleError(
-            f"target domain must be an integer in 0..{n - 1} ({model_path}: {names}), "
-            f"got {domain!r}"
-        )
-    domain = int(domain)
+    domain = _check_domain(domain, stylizer, model_path)
     source = stylizer.attribute_source if attribute_source is None else attribute_source
     log.info(
         "stylizing %d images of %s into domain %d (%s), attribute %s, seed %d, on %s",
@@ -355,3 +338,34 @@ def stylize_folder(
             progress.update()
     log.info("wrote %d stylized images to %s", len(records), out)
     return len(records)
+
+
+def _check_request(
+    model_path: PathLike, out_dir: PathLike, seed: int, attribute_source: str | None
+) -> Path:
+    """Refuse arguments that cannot work, before the model is loaded; the output folder."""
+    if attribute_source is not None and attribute_source not in ATTRIBUTE_SOURCES:
+        raise NucleistyleError(
+            f"attribute source must be one of {', '.join(ATTRIBUTE_SOURCES)}, "
+            f"got {attribute_source!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise NucleistyleError(f"seed must be an integer, got {seed!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NucleistyleError(f"output folder {out} exists and is not a folder")
+    if not Path(model_path).is_file():
+        raise NucleistyleError(f"model file not found: {model_path}")
+    return out
+
+
+def _check_domain(domain: int, stylizer: Stylizer, model_path: PathLike) -> int:
+    """``domain`` as an int, refused (naming the model's domains) unless in 0..C-1."""
+    n = stylizer.n_domains
+    if isinstance(domain, bool) or not isinstance(domain, int | np.integer) or not 0 <= domain < n:
+        names = ", ".join(f"{i} {name}" for i, name in enumerate(stylizer.domain_names))
+        raise NucleistyleError(
+            f"target domain must be an integer in 0..{n - 1} ({model_path}: {names}), "
+            f"got {domain!r}"
+        )
+    return int(domain)

@@ -7,7 +7,6 @@ first images in ImageId order.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
@@ -17,8 +16,9 @@ from matplotlib.lines import Line2D
 
 from nucleistyle.cluster import cluster_quality
 from nucleistyle.data.bbbc038 import list_images, read_image
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import atomic_path
 
 __all__ = [
     "cluster_tables",
@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 
 

@@ -7,7 +7,6 @@ Every function reads pipeline outputs and writes one file atomically. Figures ar
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +18,9 @@ from skimage.segmentation import find_boundaries
 from nucleistyle.data.bbbc038 import list_images, load_sample
 from nucleistyle.metrics import read_groups
 from nucleistyle.naming import ModelName
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import atomic_path
 
 __all__ = [
     "plot_examples",
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 ALL = "all"
 
 

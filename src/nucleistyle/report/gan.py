@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,16 +13,16 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from nucleistyle.data.bbbc038 import list_images, load_sample, read_image
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.augment import MANIFEST_COLUMNS
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.quality import copy_quality, record_looks, visibility
 from nucleistyle.gan.stylize import load_stylizer
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import NucleistyleError
 
 __all__ = ["LOSS_PANELS", "plot_augmented_gallery", "plot_figure3", "plot_losses"]
 
-PathLike = str | os.PathLike[str]
 LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("discriminators", ("d1_adv", "d2_adv", "d1_cls", "d2_cls", "d_content")),
     ("generator: adversarial", ("g_adv1", "g_adv2", "g_cls1", "g_cls2", "g_content")),
@@ -42,7 +41,9 @@ def _square(image: np.ndarray, side: int = 0) -> np.ndarray:
     if not side or side == s:
         return crop
     if crop.ndim == 2:
-        resized = Image.fromarray(crop.astype(np.int32)).resize((side, side), Image.NEAREST)
+        resized = Image.fromarray(crop.astype(np.int32)).resize(
+            (side, side), Image.Resampling.NEAREST
+        )
         return np.asarray(resized).astype(crop.dtype)
     return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
 
@@ -123,9 +124,9 @@ def plot_figure3(
             styled = stylizer.stylize([image], t, attribute, seed=int(rng.integers(2**31)))[0]
             ax = axes[d, t + 1]
             ax.imshow(styled)
-            before = np.nan
-            if t == d and labels is not None and looks[d] is not None and labels.any():
-                before = visibility(image, labels, looks[d])
+            before, own = np.nan, looks[d]
+            if t == d and labels is not None and own is not None and labels.any():
+                before = visibility(image, labels, own)
             ax.set_xlabel(_quality_label(styled, labels, looks[t], before), fontsize=6, labelpad=1)
             if t == d:
                 ax.add_patch(

@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from nucleistyle.utils import atomic_path
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "PACKAGES",
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 UNKNOWN = "unknown"
 PACKAGES = (
     "snakemake",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from nucleistyle.utils import NucleistyleError, atomic_path
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 
 __all__ = ["main", "results_section", "update_page"]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 PAGE_HEADER = """# Measured results
 
 Generated from finished runs by `make results-page NAME=<configuration>` (which runs

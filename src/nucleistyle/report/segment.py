@@ -12,7 +12,6 @@ augmentation beside the ground truth, and highlights the nuclei found only with 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -25,9 +24,10 @@ from skimage.segmentation import find_boundaries
 from nucleistyle.data.bbbc038 import list_images, read_image
 from nucleistyle.data.csvio import GroundTruth, Submission, read_solution, read_submission
 from nucleistyle.data.rle import rle_decode_labels
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.metrics import image_score, read_groups
+from nucleistyle.paths import PathLike
 from nucleistyle.report import save_figure
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "ARMS",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 PANELS = (
     ("loss", "training loss (total)"),
     ("loss_mask", "mask loss"),
@@ -409,14 +408,7 @@ def plot_figure4(
     """
     if per_group < 1:
         raise ValueError(f"per_group must be >= 1, got {per_group}")
-    if not predictions:
-        raise NucleistyleError("Figure 4: no predictions given")
-    for baseline, arms in predictions.items():
-        if set(arms) != set(ARMS):
-            raise NucleistyleError(
-                f"Figure 4: baseline {baseline} needs predictions for arms {ARMS}, got "
-                f"{sorted(arms)}"
-            )
+    _check_arms(predictions)
     solution = read_solution(solution_csv)
     groups = read_groups(groups_csv, group_column)
     submissions = {
@@ -426,8 +418,7 @@ def plot_figure4(
     if chosen.empty:
         raise NucleistyleError(f"Figure 4: {solution_csv} has no scored image")
     paths = {r.image_id: r.image_path for r in list_images(images_dir)}
-    baselines = list(predictions)
-    n_rows, n_cols = len(chosen), 2 * len(baselines) + 1
+    n_rows, n_cols = len(chosen), 2 * len(predictions) + 1
     legend_inches = 0.35
     fig, axes = plt.subplots(
         n_rows,
@@ -446,31 +437,62 @@ def plot_figure4(
                 f"Figure 4: {paths[image_id]} is {image.shape[0]}x{image.shape[1]} but "
                 f"{solution_csv} gives {gt.height}x{gt.width} for ImageId {image_id}"
             )
-        truth, _ = gt.label_image()
-        width = _line_width(gt.shape)
-        for j, baseline in enumerate(baselines):
-            without = _decode(submissions[baseline]["none"], gt)
-            with_aug = _decode(submissions[baseline]["style"], gt)
-            gained_gt, gained_pred = gained_objects(truth, without, with_aug)
-            left, right = axes[r, 2 * j], axes[r, 2 * j + 1]
-            left.imshow(_overlay(image, without, PREDICTED, width))
-            left.set_title(
-                f"{baseline}, without aug.\nDSB {row[f'{baseline}/none']:.3f}", fontsize=8
+        _figure4_row(axes[r], image, gt, row, submissions)
+    _figure4_legend(fig)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+    save_figure(fig, out_png)
+    log.info(
+        "Figure 4: %d images (%s)",
+        len(chosen),
+        ", ".join(f"{g} {i}" for g, i in zip(chosen["group"], chosen["ImageId"], strict=True)),
+    )
+    return chosen
+
+
+def _check_arms(predictions: Mapping[str, Mapping[str, PathLike]]) -> None:
+    if not predictions:
+        raise NucleistyleError("Figure 4: no predictions given")
+    for baseline, arms in predictions.items():
+        if set(arms) != set(ARMS):
+            raise NucleistyleError(
+                f"Figure 4: baseline {baseline} needs predictions for arms {ARMS}, got "
+                f"{sorted(arms)}"
             )
-            right.imshow(_overlay(image, with_aug, PREDICTED, width, highlight=gained_pred))
-            right.set_title(
-                f"{baseline}, with style aug.\nDSB {row[f'{baseline}/style']:.3f}, "
-                f"{len(gained_gt)} found only with aug.",
-                fontsize=8,
-            )
-        axes[r, -1].imshow(_overlay(image, truth, TRUTH, width))
-        axes[r, -1].set_title(f"ground truth\n{len(gt.rles)} nuclei", fontsize=8)
-        axes[r, 0].set_ylabel(
-            f"{row['group']}\n{image_id[:16]}\nmean gain {row['gain']:+.3f}", fontsize=8
+
+
+def _figure4_row(
+    axes: Sequence[plt.Axes],
+    image: np.ndarray,
+    gt: GroundTruth,
+    row: Mapping[str, object],
+    submissions: Mapping[str, Mapping[str, Submission]],
+) -> None:
+    """One image's panels: each baseline without and with augmentation, then the truth."""
+    truth, _ = gt.label_image()
+    width = _line_width(gt.shape)
+    for j, baseline in enumerate(submissions):
+        without = _decode(submissions[baseline]["none"], gt)
+        with_aug = _decode(submissions[baseline]["style"], gt)
+        gained_gt, gained_pred = gained_objects(truth, without, with_aug)
+        left, right = axes[2 * j], axes[2 * j + 1]
+        left.imshow(_overlay(image, without, PREDICTED, width))
+        left.set_title(f"{baseline}, without aug.\nDSB {row[f'{baseline}/none']:.3f}", fontsize=8)
+        right.imshow(_overlay(image, with_aug, PREDICTED, width, highlight=gained_pred))
+        right.set_title(
+            f"{baseline}, with style aug.\nDSB {row[f'{baseline}/style']:.3f}, "
+            f"{len(gained_gt)} found only with aug.",
+            fontsize=8,
         )
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+    axes[-1].imshow(_overlay(image, truth, TRUTH, width))
+    axes[-1].set_title(f"ground truth\n{len(gt.rles)} nuclei", fontsize=8)
+    image_id = str(row["ImageId"])
+    axes[0].set_ylabel(f"{row['group']}\n{image_id[:16]}\nmean gain {row['gain']:+.3f}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _figure4_legend(fig: plt.Figure) -> None:
     fig.legend(
         handles=[
             Patch(color=_rgb(PREDICTED), label="predicted nucleus"),
@@ -485,11 +507,3 @@ def plot_figure4(
         fontsize=8,
         frameon=False,
     )
-    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
-    save_figure(fig, out_png)
-    log.info(
-        "Figure 4: %d images (%s)",
-        len(chosen),
-        ", ".join(f"{g} {i}" for g, i in zip(chosen["group"], chosen["ImageId"], strict=True)),
-    )
-    return chosen

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.naming import ModelName
+from nucleistyle.outputs import atomic_path
+from nucleistyle.paths import PathLike
 from nucleistyle.report.figures import ALL, plot_paired_by_group, plot_scores_by_group
 from nucleistyle.stats import DEFAULT_N_BOOT, bootstrap_ci, group_means, paired_difference
-from nucleistyle.utils import NucleistyleError, atomic_path
 
 __all__ = [
     "PAPER_TABLE1",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 REFERENCE_ARM = "none"
 STYLE_ARM = "style"

@@ -3,7 +3,9 @@
 Modules: :mod:`.configs` (the two baselines as dataclasses), :mod:`.transforms` (joint image +
 label augmentation), :mod:`.dataset` (loading, validation split, sampling), :mod:`.model`
 (torchvision Mask R-CNN), :mod:`.engine` (training with checkpoints and resume),
-:mod:`.postprocess` (each baseline's clean-up), :mod:`.predict` (inference, submissions).
+:mod:`.calibration` (post-processing ceiling, threshold calibration), :mod:`.modelfile` (the
+model file), :mod:`.inference` (the network pass and each baseline's clean-up, from
+:mod:`.postprocess`) and :mod:`.predict` (folders into submissions and label images).
 
 Import the modules themselves (``from nucleistyle.segment.engine import train_segmenter``): this
 package file stays free of torch so that reading a configuration is cheap (the workflow checks the

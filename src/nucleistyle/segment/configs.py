@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nucleistyle.errors import NucleistyleError
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "ARMS",
@@ -369,9 +369,9 @@ class SegmenterConfig:
             last ``train()`` call).
         calibrate: After training, choose ``model.box_score_thresh`` and
             ``post.mask_threshold`` on the validation split: the pair of
-            :data:`~.predict.CALIBRATION_GRID` (and the configured pair) with the highest mean
+            :data:`~.calibration.CALIBRATION_GRID` (and the configured pair) with the highest mean
             DSB score there, recorded in the model file and used by every prediction
-            (:func:`~.predict.calibrate`). Needs ``val_fraction`` > 0.
+            (:func:`~.calibration.calibrate`). Needs ``val_fraction`` > 0.
         model: See :class:`ModelConfig`.
         prep: See :class:`PrepConfig`.
         augment: See :class:`AugmentConfig`.

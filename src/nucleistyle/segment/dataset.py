@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,10 +32,11 @@ import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
-from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images
+from nucleistyle.data.bbbc038 import ImageRecord, iter_samples, list_images, read_image
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.configs import ARMS, SegmenterConfig
 from nucleistyle.segment.transforms import Compose, to_target
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "DrawDataset",
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 @dataclass
@@ -256,8 +255,6 @@ def attach_variants(
         NucleistyleError: an unreadable manifest, a copy missing from its folder, a copy whose
             source is not a training image, or one whose size differs from its source.
     """
-    from nucleistyle.data.bbbc038 import read_image
-
     by_id = {item.image_id: item for item in items}
     skipped = set(left_out)
     copies: dict[str, list[np.ndarray]] = {}

@@ -1,16 +1,13 @@
-"""Training engine in the style of torchvision's ``references/detection/engine.py``.
+"""Training a segmenter, in the style of torchvision's ``references/detection/engine.py``.
 
-:func:`train_iterations` runs iterations with bf16 autocast (when configured), per-tensor
-gradient clipping and a per-iteration learning rate, logging smoothed losses;
-:func:`evaluate` gives the validation losses (Mirzaev's model selection, Mirzaev);
-:func:`train_segmenter` ties it together: data, model, optimiser, checkpoints with resume and
-the final model file.
+:class:`TrainStep` is one iteration: bf16 autocast (when configured), per-tensor gradient
+clipping and a per-iteration learning rate; :func:`evaluate` gives the validation losses
+(Mirzaev's model selection); :class:`SegmenterTask` adds the validation scores, the best-weights
+selection and the model file; :func:`train_segmenter` ties it together on the shared resumable
+loop of :mod:`nucleistyle.training` (checkpoints with resume, history, budget).
 
-Checkpoints (written atomically, loaded with ``weights_only=True``) hold the model, the
-optimiser, the iteration, the loss history, the RNG states, the best validation weights so
-far and the configuration fingerprint; a rerun after a crash or SIGKILL continues from the last
-one. The learning rate is a pure function of (iteration, total), so no scheduler state is
-needed; the total may grow on resume (the schedule's milestones then move with it).
+The learning rate is a pure function of (iteration, total), so no scheduler state is needed;
+the total may grow on resume (the schedule's milestones then move with it).
 
 Example:
     >>> cfg = get_config("deep_retina", {"iterations": 300})  # doctest: +SKIP
@@ -23,20 +20,20 @@ import collections
 import copy
 import logging
 import math
-import os
-import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from nucleistyle.enhance import ClaheConfig
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.metrics import image_score
+from nucleistyle.paths import PathLike
+from nucleistyle.segment.calibration import Calibration, calibrate, ceiling_score
 from nucleistyle.segment.configs import RESUME_IGNORES, SegmenterConfig, flatten
 from nucleistyle.segment.dataset import (
     DrawDataset,
@@ -52,77 +49,25 @@ from nucleistyle.segment.dataset import (
     training_config_summary,
     validation_samples,
 )
+from nucleistyle.segment.inference import Segmenter
 from nucleistyle.segment.model import build_model
+from nucleistyle.segment.modelfile import MODEL_FORMAT
 from nucleistyle.segment.transforms import eval_pipeline, training_pipeline
-from nucleistyle.torchutils import (
-    LossHistory,
-    autocast,
-    check_finite,
-    get_rng_state,
-    keep_freed_memory,
-    load_checkpoint,
-    log_environment,
-    resolve_precision,
-    save_checkpoint,
-    seed_everything,
-    select_device,
-    set_rng_state,
-)
-from nucleistyle.utils import NucleistyleError
-
-if TYPE_CHECKING:
-    from nucleistyle.segment.predict import Calibration
+from nucleistyle.torchutils import LossHistory, autocast, check_finite
+from nucleistyle.training import Runtime, TrainingPlan, train
 
 __all__ = [
-    "MODEL_FORMAT",
-    "MetricLogger",
-    "SmoothedValue",
-    "TrainingRun",
+    "SegmenterTask",
+    "TrainStep",
+    "TrainingData",
     "evaluate",
     "fingerprint",
     "make_optimizer",
-    "train_iterations",
     "train_segmenter",
 ]
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 Batch = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-MODEL_FORMAT = "nucleistyle-segmenter-1"
-
-
-class SmoothedValue:
-    """A series of values with a windowed mean (torchvision references)."""
-
-    def __init__(self, window: int = 20) -> None:
-        self.values: collections.deque[float] = collections.deque(maxlen=window)
-
-    def update(self, value: float) -> None:
-        self.values.append(value)
-
-    @property
-    def avg(self) -> float:
-        return sum(self.values) / max(len(self.values), 1)
-
-
-class MetricLogger:
-    """Named :class:`SmoothedValue` meters and a one-line summary."""
-
-    def __init__(self, window: int = 20) -> None:
-        self.meters: dict[str, SmoothedValue] = collections.defaultdict(
-            lambda: SmoothedValue(window)
-        )
-
-    def update(self, **values: float) -> None:
-        for name, value in values.items():
-            self.meters[name].update(float(value))
-
-    def averages(self) -> dict[str, float]:
-        return {name: meter.avg for name, meter in self.meters.items()}
-
-    def __str__(self) -> str:
-        return "  ".join(f"{name} {meter.avg:.4g}" for name, meter in self.meters.items())
 
 
 def fingerprint(
@@ -170,17 +115,16 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[list, list]:
 
 
 @dataclass
-class TrainingRun:
-    """What stays fixed across the iterations of one training run.
+class TrainStep:
+    """One training iteration of a segmenter: a batch, the learning rate of the iteration, the
+    forward pass under autocast, a finite-loss check, backward, clipping and the optimiser step.
 
     Attributes:
         model, optimizer: What is trained, and how.
         batches: An endless iterator of training batches (CPU tensors).
         device, dtype: Where the model runs; the autocast dtype (None: fp32).
-        cfg: The configuration (learning-rate schedule, gradient clipping, logging interval).
+        cfg: The configuration (learning-rate schedule, gradient clipping).
         total: Iterations in the whole run: the length of the learning-rate schedule.
-        history: Loss rows are appended here.
-        metrics: The smoothing window of the logged losses.
         checkpoint: Named when a loss diverges (the last checkpoint is kept).
     """
 
@@ -191,54 +135,37 @@ class TrainingRun:
     dtype: torch.dtype | None
     cfg: SegmenterConfig
     total: int
-    history: LossHistory
-    metrics: MetricLogger
     checkpoint: PathLike | None = None
+    params: list[torch.Tensor] = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-def train_iterations(run: TrainingRun, start: int, stop: int) -> None:
-    """Train iterations ``start`` .. ``stop - 1`` of ``run`` (up to the next checkpoint or
-    validation).
+    def __call__(self, iteration: int) -> dict[str, float]:
+        """Train iteration ``iteration`` (0-based); returns the total and each loss, and the
+        learning rate used.
 
-    Every ``cfg.log_every`` iterations the losses and seconds per iteration, averaged over the
-    ``metrics`` window, and the current learning rate are logged and appended to ``history``
-    (row ``iteration`` = iterations done).
-
-    Raises:
-        TrainingDiverged: a loss became NaN or infinite (the last checkpoint is kept).
-    """
-    model, optimizer, cfg, total = run.model, run.optimizer, run.cfg, run.total
-    history, metrics, checkpoint = run.history, run.metrics, run.checkpoint
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(
-        range(start, stop), desc="train", unit="it", disable=None, file=sys.stderr, leave=False
-    )
-    tic = time.perf_counter()
-    for iteration in progress:
-        images, targets = _to_device(next(run.batches), run.device)
-        lr = cfg.optim.lr_at(iteration, total)
-        for group in optimizer.param_groups:
+        Raises:
+            TrainingDiverged: a loss became NaN or infinite (nothing is stepped).
+        """
+        if not self.model.training:
+            self.model.train()
+        images, targets = _to_device(next(self.batches), self.device)
+        lr = self.cfg.optim.lr_at(iteration, self.total)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(run.device, run.dtype):
-            loss_dict = model(images, targets)
+        with autocast(self.device, self.dtype):
+            loss_dict = self.model(images, targets)
         losses = sum(loss_dict.values())
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        check_finite({"loss": float(losses.detach()), **values}, iteration + 1, checkpoint)
-        optimizer.zero_grad(set_to_none=True)
+        values = {"loss": float(losses.detach())}
+        values.update({k: float(v.detach()) for k, v in loss_dict.items()})
+        check_finite(values, iteration + 1, self.checkpoint)
+        self.optimizer.zero_grad(set_to_none=True)
         losses.backward()
-        if cfg.optim.grad_clip > 0:
-            _clip_per_tensor(params, cfg.optim.grad_clip)
-        optimizer.step()
-        now = time.perf_counter()
-        metrics.update(loss=float(losses.detach()), **values, sec_per_it=now - tic)
-        tic = now
-        done = iteration + 1
-        if done % cfg.log_every == 0 or done == total:
-            averages = metrics.averages()
-            history.append(done, {**averages, "lr": lr})
-            log.info("iteration %d/%d  %s  lr %.3g", done, total, metrics, lr)
-            progress.set_postfix(loss=f"{averages['loss']:.3f}")
+        if self.cfg.optim.grad_clip > 0:
+            _clip_per_tensor(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return {**values, "lr": lr}
 
 
 @torch.no_grad()
@@ -311,9 +238,6 @@ def score_items(
     This is the learning curve's measure: the metric the model is judged by, not a loss. The
     model is left in training mode.
     """
-    from nucleistyle.metrics import image_score
-    from nucleistyle.segment.predict import Segmenter
-
     segmenter = Segmenter(model, cfg, device, dtype)
     try:
         scores = [
@@ -326,12 +250,6 @@ def score_items(
     return float(np.mean(scores)) if scores else math.nan
 
 
-def _ceiling(truths: Sequence[np.ndarray], cfg: SegmenterConfig) -> float:
-    from nucleistyle.segment.predict import ceiling_score
-
-    return ceiling_score(truths, cfg)
-
-
 def _calibrate(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -340,9 +258,7 @@ def _calibrate(
     dtype: torch.dtype | None,
     items: Sequence[TrainItem],
 ) -> Calibration:
-    """:func:`~.predict.calibrate` of the selected weights on the validation items."""
-    from nucleistyle.segment.predict import Segmenter, calibrate
-
+    """:func:`~.calibration.calibrate` of the selected weights on the validation items."""
     model.load_state_dict(state)
     found = calibrate(
         Segmenter(model, cfg, device, dtype),
@@ -363,6 +279,234 @@ def _calibrate(
     return found
 
 
+@dataclass
+class TrainingData:
+    """What a segmenter trains on, and what it is scored on along the way.
+
+    Attributes:
+        train_items, val_items: The training and validation images (restyled copies attached
+            to the training images of the style arm).
+        monitor: The images scored along the way: the validation images, or without a
+            validation split the first :data:`MONITOR_IMAGES` training images.
+        score_key: ``val_score`` or ``train_score``.
+        ceiling: A perfect network's score on ``monitor`` (:func:`ceiling_score`).
+        weights: Per-image sampling weights (arm ``oversample``), else None.
+        fingerprint: What a checkpoint must match to be resumed.
+    """
+
+    train_items: list[TrainItem]
+    val_items: list[TrainItem]
+    monitor: list[TrainItem]
+    score_key: str
+    ceiling: float
+    weights: np.ndarray | None
+    fingerprint: dict[str, Any]
+
+    @classmethod
+    def load(
+        cls,
+        cfg: SegmenterConfig,
+        arm: str,
+        train_dirs: Sequence[PathLike],
+        assignments_csv: PathLike | None,
+        style_dirs: Sequence[PathLike],
+        style_manifests: Sequence[PathLike],
+    ) -> TrainingData:
+        """Read the training images, split off the validation images (stratified by cluster
+        when ``assignments_csv`` is given) and attach the restyled copies (arm ``style``)."""
+        items = load_items(list_training_records(train_dirs), cfg.prep.fill_holes)
+        clusters = read_assignments(assignments_csv) if assignments_csv is not None else None
+        train_idx, val_idx = split_validation(items, cfg.val_fraction, cfg.split_seed, clusters)
+        train_items = [items[i] for i in train_idx]
+        val_items = [items[i] for i in val_idx]
+        copies: list[str] = []
+        if style_dirs:
+            train_items, n_copies = attach_variants(
+                train_items, style_dirs, style_manifests, [it.image_id for it in val_items]
+            )
+            copies = [f"{it.image_id}:{len(it.variants)}" for it in train_items if it.variants]
+            log.info(
+                "arm style: %d restyled copies of %d training images, each draw restyled with "
+                "p = %.2f (copies of the %d validation images left out)",
+                n_copies,
+                len(copies),
+                cfg.augment.style_p,
+                len(val_items),
+            )
+        monitor = val_items or sorted(train_items, key=lambda it: it.image_id)[:MONITOR_IMAGES]
+        ceiling = ceiling_score([it.labels for it in monitor], cfg)
+        log.info("post-processing ceiling on the %d monitored images: %.4f", len(monitor), ceiling)
+        weights = None
+        if arm == "oversample":
+            assert clusters is not None and assignments_csv is not None
+            ids = [it.image_id for it in train_items]
+            weights = cluster_weights(ids, clusters, assignments_csv)
+        log.info("%s, arm %s", training_config_summary(cfg, len(train_items), len(val_items)), arm)
+        expected = fingerprint(
+            cfg, arm, [it.image_id for it in train_items], [it.image_id for it in val_items]
+        )
+        expected["data.restyled"] = images_digest(copies)
+        score_key = "val_score" if val_items else "train_score"
+        return cls(train_items, val_items, monitor, score_key, ceiling, weights, expected)
+
+
+class SegmenterTask:
+    """A segmenter's training as a :class:`nucleistyle.training.Task`.
+
+    Args:
+        cfg: The configuration.
+        runtime: Device and precision.
+        data: The training data.
+        arm: The training arm (its augmentation).
+        input_clahe: Recorded in the model file.
+        checkpoint: Named in a divergence message.
+        state: The checkpoint resumed from (its weights replace the pretrained ones, its
+            iteration is where the batches start), or None.
+        weights_file: The released file of a pretrained start (None: the torch hub cache's);
+            not read when resuming.
+    """
+
+    def __init__(
+        self,
+        cfg: SegmenterConfig,
+        runtime: Runtime,
+        data: TrainingData,
+        arm: str,
+        input_clahe: ClaheConfig | None,
+        checkpoint: PathLike | None,
+        state: Mapping[str, Any] | None,
+        weights_file: PathLike | None = None,
+    ) -> None:
+        self.cfg, self.runtime, self.data, self.arm = cfg, runtime, data, arm
+        self.input_clahe = input_clahe
+        total = cfg.total_iterations(len(data.train_items))
+        model = build_model(cfg, pretrained=state is None, weights_file=weights_file)
+        self.model = model.to(runtime.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        dataset = DrawDataset(
+            data.train_items,
+            training_pipeline(cfg, arm),
+            total * cfg.batch_size,
+            cfg.seed,
+            cfg.prep.max_instances,
+            data.weights,
+            cfg.augment.style_p if arm == "style" else 0.0,
+        )
+        start = int(state["iteration"]) if state is not None else 0
+        batches = _batches(dataset, start, cfg.batch_size, cfg.workers)
+        self._step = TrainStep(
+            self.model, self.optimizer, batches, runtime.device, runtime.dtype, cfg, total,
+            checkpoint,
+        )  # fmt: skip
+        self.val_samples = validation_samples(
+            data.val_items, eval_pipeline(cfg), cfg.prep.max_instances
+        )
+        self.total = total
+        self.last_phase = cfg.optim.phase_start(total)
+        self.best: dict[str, Any] | None = None
+
+    def step(self, iteration: int) -> dict[str, float]:
+        return self._step(iteration)
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """Validation losses (with a validation split), the DSB score of the monitored images
+        and the ceiling; keeps the best weights under ``selection: best_val``."""
+        cfg, data, device, dtype = self.cfg, self.data, self.runtime.device, self.runtime.dtype
+        scores = {}
+        if self.val_samples:
+            scores = evaluate(self.model, self.val_samples, device, dtype, cfg.batch_size)
+        scores[data.score_key] = score_items(self.model, cfg, device, dtype, data.monitor)
+        scores["score_ceiling"] = data.ceiling
+        log.info(
+            "iteration %d: %s %.4f%s",
+            iteration,
+            data.score_key,
+            scores[data.score_key],
+            f", val_loss {scores['val_loss']:.4f}" if self.val_samples else "",
+        )
+        if (
+            cfg.selection == "best_val"
+            and iteration > self.last_phase
+            and math.isfinite(scores["val_loss"])
+            and (self.best is None or scores["val_loss"] < self.best["val_loss"])
+        ):
+            self.best = {
+                "iteration": iteration,
+                "val_loss": scores["val_loss"],
+                "model": _state_on_cpu(self.model),
+            }
+        return scores
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best": self.best,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state.get("best")
+
+    def model_file(self, iteration: int, history: LossHistory) -> dict[str, Any]:
+        """The selected weights (the best validation loss in the last LR phase under
+        ``selection: best_val``, else the last), calibrated thresholds (``calibrate``), the
+        configuration and what was trained on."""
+        cfg, data = self.cfg, self.data
+        selected, final_state = iteration, _state_on_cpu(self.model)
+        if cfg.selection == "best_val":
+            if self.best is None:
+                log.warning("no validation in the last LR phase: keeping the last weights")
+            else:
+                selected, final_state = int(self.best["iteration"]), copy.copy(self.best["model"])
+                log.info("selected iteration %d (val_loss %.4f)", selected, self.best["val_loss"])
+        calibration = None
+        if cfg.calibrate:
+            calibration = _calibrate(
+                self.model, final_state, cfg, self.runtime.device, self.runtime.dtype,
+                data.val_items,
+            )  # fmt: skip
+            history.append(selected, {"val_score_calibrated": calibration.score})
+        return {
+            "format": MODEL_FORMAT,
+            "model": final_state,
+            "config": flatten(cfg),
+            "arm": self.arm,
+            "input_clahe": None if self.input_clahe is None else asdict(self.input_clahe),
+            "calibration": None if calibration is None else asdict(calibration),
+            "iterations": self.total,
+            "selected_iteration": selected,
+            "train_images": [it.image_id for it in data.train_items],
+            "val_images": [it.image_id for it in data.val_items],
+            "restyled_copies": sum(len(it.variants) for it in data.train_items),
+            "environment": {k: str(v) for k, v in self.runtime.environment.items()},
+        }
+
+
+def _check_arguments(
+    arm: str,
+    assignments_csv: PathLike | None,
+    style_dirs: Sequence[PathLike],
+    style_manifests: Sequence[PathLike],
+    input_clahe: ClaheConfig | None,
+) -> None:
+    """Refuse arguments that do not go together (before any data is read)."""
+    check_arm(arm, assignments_csv, len(style_dirs))
+    if input_clahe is not None and input_clahe.select == "clusters":
+        raise NucleistyleError(
+            "segment.inputs: enhanced needs clahe.select dark, all or none "
+            "(a trained segmenter cannot tell a new image's cluster)"
+        )
+    if arm != "style" and style_dirs:
+        raise NucleistyleError(f"restyled folders given for arm {arm}: only arm style uses them")
+    if len(style_manifests) != len(style_dirs):
+        raise NucleistyleError(
+            f"{len(style_dirs)} restyled folders and {len(style_manifests)} manifests given: "
+            "each folder needs its manifest"
+        )
+
+
 def train_segmenter(
     train_dirs: Sequence[PathLike],
     out_model: PathLike,
@@ -379,24 +523,24 @@ def train_segmenter(
     """Train one segmenter and write its model file.
 
     Every arm trains the same number of iterations with the same schedule: epochs count the
-    original images only. Every ``val_every`` iterations the validation images (or, without a
-    validation split, the first :data:`MONITOR_IMAGES` training images) are segmented and
-    scored with the DSB metric; the history gets ``val_score`` (or ``train_score``), the
-    ``score_ceiling`` (a perfect network's output on those images, pasted and post-processed:
-    no model can score above it), ``wall_s`` and ``cpu_s`` (seconds of training so far, wall
-    clock and this process's CPU time).
+    original images only. Every ``val_every`` iterations (default: once per epoch) the
+    monitored images are segmented and scored (:meth:`SegmenterTask.evaluate`); the history
+    gets ``val_score`` (or ``train_score``), the ``score_ceiling`` (no model can score above
+    it), and the loop's ``wall_s`` and ``cpu_s``. With ``cfg.calibrate`` the selected weights
+    then choose their detection and mask thresholds on the validation images
+    (:func:`~.calibration.calibrate`); the model file records the choice and the whole grid.
 
     Args:
         train_dirs: BBBC038-layout folders with masks (the original training set); ImageIds
             must be distinct.
         out_model: The model file (weights + configuration), written atomically; load it with
-            :func:`nucleistyle.segment.predict.load_segmenter`.
+            :func:`nucleistyle.segment.modelfile.load_segmenter`.
         cfg: The configuration (:func:`~.configs.get_config`).
         checkpoint: Checkpoint file: resumed from when it exists (its configuration and data
             must match, except the budget and run settings), rewritten every
             ``cfg.checkpoint_every`` iterations and at the end.
-        history_tsv: Where to write the loss history (iteration, smoothed losses, lr,
-            sec_per_it, and val_* columns on validation rows).
+        history_tsv: Where to write the history (iteration, averaged losses, lr, sec_per_it,
+            and the evaluation rows).
         arm: ``none``, ``style`` (restyled copies shown with probability
             ``cfg.augment.style_p``), ``jitter`` (strong colour jitter) or ``oversample``
             (clusters of ``assignments_csv`` drawn equally often).
@@ -412,10 +556,6 @@ def train_segmenter(
             ``resources/weights/``; None: the torch hub cache's, see
             :func:`~.model.build_model`). Not read when resuming from a checkpoint.
 
-    With ``cfg.calibrate`` the selected weights then choose their detection and mask
-    thresholds on the validation images (:func:`~.predict.calibrate`); the model file records
-    the choice and the whole grid (``calibration``), and loading it applies them.
-
     Returns:
         ``out_model`` as a Path.
 
@@ -425,203 +565,25 @@ def train_segmenter(
             (naming the file and key), unavailable pretrained weights.
         TrainingDiverged: a non-finite loss.
     """
-    check_arm(arm, assignments_csv, len(style_dirs))
-    if input_clahe is not None and input_clahe.select == "clusters":
-        raise NucleistyleError(
-            "segment.inputs: enhanced needs clahe.select dark, all or none "
-            "(a trained segmenter cannot tell a new image's cluster)"
-        )
-    if arm != "style" and style_dirs:
-        raise NucleistyleError(f"restyled folders given for arm {arm}: only arm style uses them")
-    if len(style_manifests) != len(style_dirs):
-        raise NucleistyleError(
-            f"{len(style_dirs)} restyled folders and {len(style_manifests)} manifests given: "
-            "each folder needs its manifest"
-        )
-    device = select_device(cfg.device, "segment.device")
-    keep_freed_memory()  # no page faults for the same activations every step
-    dtype = resolve_precision(cfg.precision, device, "segment.precision")
-    environment = log_environment(device, dtype, cfg.seed)
-    items = load_items(list_training_records(train_dirs), cfg.prep.fill_holes)
-    clusters = read_assignments(assignments_csv) if assignments_csv is not None else None
-    train_idx, val_idx = split_validation(items, cfg.val_fraction, cfg.split_seed, clusters)
-    train_items = [items[i] for i in train_idx]
-    val_items = [items[i] for i in val_idx]
-    copies: list[str] = []
-    if style_dirs:
-        train_items, n_copies = attach_variants(
-            train_items, style_dirs, style_manifests, [it.image_id for it in val_items]
-        )
-        copies = [f"{it.image_id}:{len(it.variants)}" for it in train_items if it.variants]
-        log.info(
-            "arm style: %d restyled copies of %d training images, each draw restyled with "
-            "p = %.2f (copies of the %d validation images left out)",
-            n_copies,
-            len(copies),
-            cfg.augment.style_p,
-            len(val_items),
-        )
-    monitor = val_items or sorted(train_items, key=lambda it: it.image_id)[:MONITOR_IMAGES]
-    score_key = "val_score" if val_items else "train_score"
-    ceiling = _ceiling([it.labels for it in monitor], cfg)
-    log.info("post-processing ceiling on the %d monitored images: %.4f", len(monitor), ceiling)
-    weights = None
-    if arm == "oversample":
-        assert clusters is not None and assignments_csv is not None
-        weights = cluster_weights([it.image_id for it in train_items], clusters, assignments_csv)
-    total = cfg.total_iterations(len(train_items))
-    log.info("%s, arm %s", training_config_summary(cfg, len(train_items), len(val_items)), arm)
-    expected = fingerprint(
-        cfg, arm, [it.image_id for it in train_items], [it.image_id for it in val_items]
+    _check_arguments(arm, assignments_csv, style_dirs, style_manifests, input_clahe)
+    runtime = Runtime.select(cfg.device, cfg.precision, cfg.seed, "segment")
+    data = TrainingData.load(cfg, arm, train_dirs, assignments_csv, style_dirs, style_manifests)
+    n_train = len(data.train_items)
+    plan = TrainingPlan(
+        budget=cfg.total_iterations(n_train),
+        budget_key="segment.iterations / epochs",
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        evaluate_every=cfg.val_every or cfg.epoch_iterations(n_train),
+        fingerprint=data.fingerprint,
+        checkpoint=checkpoint,
+        resume_ignores=RESUME_IGNORES,
+        instant=("lr",),
+        name="train",
     )
-    expected["data.restyled"] = images_digest(copies)
 
-    seed_everything(cfg.seed)
-    resume = checkpoint is not None and Path(checkpoint).exists()
-    model = build_model(cfg, pretrained=not resume, weights_file=weights_file).to(device)
-    optimizer = make_optimizer(model, cfg)
-    start, history, best, clock = 0, LossHistory(), None, {"wall_s": 0.0, "cpu_s": 0.0}
-    if resume:
-        assert checkpoint is not None
-        state = load_checkpoint(checkpoint, expected, ignore=RESUME_IGNORES)
-        start = int(state["iteration"])
-        if start > total:
-            raise NucleistyleError(
-                f"checkpoint {checkpoint} is at iteration {start}, beyond the budget of {total} "
-                "iterations (raise segment.iterations / epochs or delete the checkpoint)"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = LossHistory(state["history"])
-        best = state.get("best")
-        clock = dict(state.get("clock", clock))
-        log.info("resumed from %s at iteration %d of %d", checkpoint, start, total)
+    def build(state: Mapping[str, Any] | None) -> SegmenterTask:
+        return SegmenterTask(cfg, runtime, data, arm, input_clahe, checkpoint, state, weights_file)
 
-    dataset = DrawDataset(
-        train_items,
-        training_pipeline(cfg, arm),
-        total * cfg.batch_size,
-        cfg.seed,
-        cfg.prep.max_instances,
-        weights,
-        cfg.augment.style_p if arm == "style" else 0.0,
-    )
-    batches = _batches(dataset, start, cfg.batch_size, cfg.workers)
-    val_samples = validation_samples(val_items, eval_pipeline(cfg), cfg.prep.max_instances)
-    val_every = cfg.val_every or cfg.epoch_iterations(len(train_items))
-    last_phase = cfg.optim.phase_start(total)
-    metrics = MetricLogger(window=cfg.log_every)  # history rows: means over log_every iterations
-    if resume:  # last, after everything that draws from the global generators (DataLoader)
-        set_rng_state(state["rng"])
-
-    def save(iteration: int) -> None:
-        if checkpoint is None:
-            return
-        save_checkpoint(
-            checkpoint,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": iteration,
-                "config": expected,
-                "history": history.state(),
-                "rng": get_rng_state(),
-                "best": best,
-                "clock": clock,
-            },
-        )
-        log.info("checkpoint %s at iteration %d", checkpoint, iteration)
-
-    run = TrainingRun(
-        model, optimizer, batches, device, dtype, cfg, total, history, metrics, checkpoint
-    )
-    iteration = start
-    wall, cpu = time.perf_counter(), time.process_time()
-    while iteration < total:
-        stop = min(
-            total,
-            (iteration // cfg.checkpoint_every + 1) * cfg.checkpoint_every,
-            (iteration // val_every + 1) * val_every,
-        )
-        train_iterations(run, iteration, stop)
-        iteration = stop
-        now_wall, now_cpu = time.perf_counter(), time.process_time()
-        clock["wall_s"] += now_wall - wall
-        clock["cpu_s"] += now_cpu - cpu
-        if iteration % val_every == 0 or iteration == total:
-            scores = (
-                evaluate(model, val_samples, device, dtype, cfg.batch_size) if val_samples else {}
-            )
-            scores[score_key] = score_items(model, cfg, device, dtype, monitor)
-            scores["score_ceiling"] = ceiling
-            history.append(iteration, {**scores, **clock})
-            log.info(
-                "iteration %d: %s %.4f%s",
-                iteration,
-                score_key,
-                scores[score_key],
-                f", val_loss {scores['val_loss']:.4f}" if val_samples else "",
-            )
-            if (
-                cfg.selection == "best_val"
-                and iteration > last_phase
-                and math.isfinite(scores["val_loss"])
-                and (best is None or scores["val_loss"] < best["val_loss"])
-            ):
-                best = {
-                    "iteration": iteration,
-                    "val_loss": scores["val_loss"],
-                    "model": _state_on_cpu(model),
-                }
-        if iteration % cfg.checkpoint_every == 0 or iteration == total:
-            save(iteration)
-        wall, cpu = time.perf_counter(), time.process_time()  # scoring and saving not counted
-
-    selected = total
-    final_state = _state_on_cpu(model)
-    if cfg.selection == "best_val":
-        if best is None:
-            log.warning("no validation in the last LR phase: keeping the last weights")
-        else:
-            selected, final_state = int(best["iteration"]), copy.copy(best["model"])
-            log.info("selected iteration %d (val_loss %.4f)", selected, best["val_loss"])
-    calibration = None
-    if cfg.calibrate:
-        calibration = _calibrate(model, final_state, cfg, device, dtype, val_items)
-        history.append(selected, {"val_score_calibrated": calibration.score})
-    save_checkpoint(
-        out_model,
-        {
-            "format": MODEL_FORMAT,
-            "model": final_state,
-            "config": flatten(cfg),
-            "arm": arm,
-            "input_clahe": None if input_clahe is None else asdict(input_clahe),
-            "calibration": None if calibration is None else asdict(calibration),
-            "iterations": total,
-            "selected_iteration": selected,
-            "train_images": [it.image_id for it in train_items],
-            "val_images": [it.image_id for it in val_items],
-            "restyled_copies": sum(len(it.variants) for it in train_items),
-            "environment": {k: str(v) for k, v in environment.items()},
-        },
-    )
-    if history_tsv is not None:
-        history.write_tsv(history_tsv)
-    log.info("wrote %s", out_model)
-    return Path(out_model)
-
-
-def read_model_file(path: PathLike) -> Mapping[str, Any]:
-    """Load a model file written by :func:`train_segmenter` (``weights_only=True``).
-
-    Raises:
-        NucleistyleError: unreadable, or not a segmenter model file.
-    """
-    state = load_checkpoint(path, what="model")
-    if state.get("format") != MODEL_FORMAT:
-        raise NucleistyleError(
-            f"{path} is not a segmenter model file (format {state.get('format')!r}, "
-            f"expected {MODEL_FORMAT!r}); a training checkpoint is not a model"
-        )
-    return state
+    return train(plan, build, out_model, history_tsv)

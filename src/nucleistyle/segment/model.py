@@ -18,7 +18,6 @@ trainable, as torchvision does.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,11 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.poolers import _setup_scales  # the level mapping MultiScaleRoIAlign uses
 
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 from nucleistyle.segment.configs import SegmenterConfig
 from nucleistyle.segment.weights import PRETRAINED_STARTS, released_file, released_weights
 from nucleistyle.torchutils import torch_load, why_not_loaded
-from nucleistyle.utils import NucleistyleError
 
 __all__ = [
     "CLASS_SPECIFIC",
@@ -124,7 +124,7 @@ class NormMLPHead(nn.Module):
         return F.relu(self.bn7(self.fc7(x)))
 
 
-def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def read_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``weights_only=True``): a plain state dict, or a
     segmenter model / checkpoint file (its ``"model"`` entry).
 
@@ -316,7 +316,7 @@ def project_masks(
     torchvision's ``project_masks_on_boxes`` samples half a pixel off (``aligned=False``), and
     its paste reads box ends as inclusive pixels; a perfect mask head then grows every nucleus
     by about a pixel and scores 0.75 on real images (DSB, 20 native 256-px images), 1.0 with
-    these targets and :meth:`nucleistyle.segment.predict.Detections.paste`.
+    these targets and :meth:`nucleistyle.segment.inference.Detections.paste`.
 
     Args:
         gt_masks: (n_true, H, W) masks of one image.
@@ -505,7 +505,7 @@ def _resnet_fpn(
 def build_model(
     cfg: SegmenterConfig,
     pretrained: bool = True,
-    weights_file: str | os.PathLike[str] | None = None,
+    weights_file: PathLike | None = None,
 ) -> MaskRCNN:
     """The Mask R-CNN of ``cfg``.
 

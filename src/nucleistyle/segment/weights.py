@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nucleistyle.data.acquire import check_reachable, download
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.paths import PathLike
 
 __all__ = [
     "PRETRAINED_STARTS",
@@ -125,7 +126,7 @@ def missing_hint(name: str, dest: Path) -> str:
 
 def fetch_weights(
     name: str,
-    dest: str | os.PathLike[str],
+    dest: PathLike,
     base_url: str | None = None,
     caches: Iterable[Path] | None = None,
     timeout: float = 60.0,
@@ -180,7 +181,7 @@ def check_downloadable(
     names: Iterable[str],
     base_url: str,
     *,
-    dest_dir: str | os.PathLike[str] = WEIGHTS_DIR,
+    dest_dir: PathLike = WEIGHTS_DIR,
     probe: bool,
     timeout: float = 10.0,
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +18,11 @@ from nucleistyle.data.bbbc038 import write_sample
 from nucleistyle.data.csvio import write_solution
 from nucleistyle.data.synthetic.calibration import DEFAULT_PROPORTIONS, MODALITIES, default_scale
 from nucleistyle.data.synthetic.draw import synthesize
+from nucleistyle.errors import NucleistyleError
+from nucleistyle.outputs import atomic_dir
+from nucleistyle.paths import PathLike
 from nucleistyle.schema import check
-from nucleistyle.utils import NucleistyleError, atomic_dir, config_from_mapping
+from nucleistyle.utils import config_from_mapping
 
 __all__ = [
     "MIN_TRAIN_PER_MODALITY",
@@ -132,9 +134,7 @@ def _plan(cfg: SyntheticConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageId", "set", "modality", "index"])
 
 
-def generate(
-    cfg: SyntheticConfig, out_dir: str | os.PathLike[str], *, overwrite: bool = False
-) -> pd.DataFrame:
+def generate(cfg: SyntheticConfig, out_dir: PathLike, *, overwrite: bool = False) -> pd.DataFrame:
     """Write the synthetic data set to ``out_dir`` (atomically: built beside it, then renamed).
 
     Layout::

@@ -18,7 +18,7 @@ from nucleistyle.data.synthetic.calibration import (
     Style,
     default_scale,
 )
-from nucleistyle.utils import NucleistyleError
+from nucleistyle.errors import NucleistyleError
 
 __all__ = ["synthesize"]
 

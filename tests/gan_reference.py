@@ -12,7 +12,11 @@ block run once per translation. Two uses:
   every rewrite computes the same function, gradients included;
 * ``bench/bench_gan.py`` times :class:`PlainTrainer` (fp32, ``torch.optim.Adam`` without the
   fused kernel, glibc's default allocator behaviour) as the baseline its ratios are against:
-  same layer sizes, same losses and the same update as :class:`~.trainer.GanTrainer`.
+  same layer sizes, same losses and the same update as
+  :class:`~nucleistyle.gan.engine.GanTrainer`.
+
+A test oracle, not part of the library: it lives beside the tests (``tests.gan_reference``,
+importable from the repository root).
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class PlainGenerator(nn.Module):
     """G ("concat"): the attribute tiled and concatenated 4 times, the domain once.
 
     :meth:`share` is the identity and :meth:`decode` runs the first residual block itself, so
-    :class:`~.trainer.GanTrainer`'s update runs it once per translation, as upstream does.
+    :class:`GanTrainer`'s update runs it once per translation, as upstream does.
     """
 
     def __init__(
@@ -244,9 +248,9 @@ def copy_weights(source: nn.Module, plain: nn.Module) -> None:
 
 
 class PlainTrainer(GanTrainer):
-    """:class:`~.trainer.GanTrainer`'s updates (the same code) on :class:`PlainGanNets`.
+    """:class:`GanTrainer`'s updates (the same code) on :class:`PlainGanNets`.
 
-    fp32 only. It starts from the weights a :class:`~.trainer.GanTrainer` of ``cfg`` would
+    fp32 only. It starts from the weights a :class:`GanTrainer` of ``cfg`` would
     start from (same seed, same weights), and its optimisers have the trainer's parameter
     groups and settings, but run ``torch.optim.Adam``'s default (unfused) implementation.
     """
