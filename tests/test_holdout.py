@@ -154,7 +154,7 @@ def test_the_cpu_profile_holds_out_the_minority_test_set_and_trains_three_arms(
 ):
     """`snakemake --profile profiles/cpu --config data={holdout: {train: ...}}`: config.small.yaml
     and config.cpu.yaml are applied, the held-out copy (minority scheme) is the test set, and
-    every baseline trains the none, style and jitter arms."""
+    Deep Retina trains the none, style and jitter arms."""
     from tests.conftest import snakemake, workflow_copy
 
     copy = workflow_copy(tmp_path)
@@ -163,6 +163,7 @@ def test_the_cpu_profile_holds_out_the_minority_test_set_and_trains_three_arms(
                        cwd=copy)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "make_holdout" in result.stdout and "stage1_test" in result.stdout
+    assert "mirzaev" not in result.stdout  # Deep Retina only on two cores
     for arm in ("none", "style", "jitter"):
         assert f"deep_retina-{arm}" in result.stdout
     assert "synthesize_dataset" not in result.stdout and "download" not in result.stdout

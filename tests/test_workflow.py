@@ -315,8 +315,9 @@ def test_tiny_demo_runs_end_to_end_and_reports_per_modality_scores(tiny_demo):
 def test_tiny_demo_trains_every_model_and_scores_it_in_table1(tiny_demo):
     copy = tiny_demo
     manifest = pd.read_csv(copy / "results/augment/manifest.csv")
-    assert len(manifest) == 2 * 15  # augment.copies of every training image
-    assert (manifest["source_ImageId"].value_counts() == 2).all()
+    # augment.copies of every training image at most: the gate leaves out those that fail
+    assert (manifest["source_ImageId"].value_counts() <= 2).all()
+    assert manifest["draws"].between(1, 4).all()
     assert (manifest["target_domain"] != manifest["source_cluster"]).all()
     for augmented in manifest["ImageId"]:
         assert (copy / "results/augment/stage1_train" / augmented / "masks").is_dir()

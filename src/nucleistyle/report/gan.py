@@ -240,10 +240,13 @@ def plot_augmented_gallery(
 ) -> None:
     """Source images (top) and their stylised copies (bottom) with the inherited mask contours.
 
-    Shows the first ``n`` manifest rows (the manifest's order is random by construction).
+    Shows the first ``n`` manifest rows (the manifest's order is random by construction), each
+    copy titled with its target domain and quality (visibility against the target domain,
+    phantoms per 100 nuclei). A manifest without rows (the quality gate kept no copy) gives a
+    figure that says so.
 
     Raises:
-        NucleistyleError: Unreadable manifest or folder, or a manifest without rows.
+        NucleistyleError: Unreadable manifest or folder.
     """
     try:
         manifest = pd.read_csv(manifest_csv, dtype={"ImageId": str, "source_ImageId": str})
@@ -253,7 +256,11 @@ def plot_augmented_gallery(
     if missing:
         raise NucleistyleError(f"manifest {manifest_csv}: no column {missing[0]!r}")
     if manifest.empty:
-        raise NucleistyleError(f"manifest {manifest_csv} has no rows")
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no restyled copy (the quality gate kept none)", ha="center")
+        ax.axis("off")
+        save_figure(fig, out_png)
+        return
     records = {r.image_id: r for r in list_images(augmented_dir)}
     rows = manifest.head(n)
     fig, axes = plt.subplots(2, len(rows), figsize=(2.0 * len(rows), 4.3), squeeze=False)
@@ -268,7 +275,11 @@ def plot_augmented_gallery(
                 read_image(source_path)[0] if source_path.is_file() else None,
                 f"{row.source_ImageId[:8]} (cluster {row.source_cluster})",
             ),
-            (sample.image, f"→ {row.target_name}"),
+            (
+                sample.image,
+                f"→ {row.target_name}\nvis {row.visibility_ratio:.2f} · ph "
+                f"{row.phantoms_per_100:.0f}",
+            ),
         )
         for i, (image, title) in enumerate(panels):
             ax = axes[i, j]
