@@ -134,14 +134,131 @@ def test_roi_align_bench_times_training_steps_with_both_poolers(tmp_path: Path) 
     assert "torchvision's poolers 0.500 s (the 1.0x baseline), ours 0.400 s (1.25x)" in line
 
 
-def test_segment_report_gives_every_speed_as_a_ratio_to_a_baseline_of_the_run() -> None:
-    stock = {"images_per_s": 0.04, "peak_rss_gib": 5.8}
-    assert "0.040 images/s (the 1.0x" in bench_segment.stock_line("demo", 1, stock, 1)
-    assert "its first iteration" in bench_segment.stock_line("demo", 1, stock, 0)
+def test_segment_twin_is_torchvisions_maskrcnn_with_our_hyper_parameters_and_weights() -> None:
+    import torch
+    from torchvision.models.detection.roi_heads import RoIHeads
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from nucleistyle.segment.model import build_model
+
+    for name in ("demo", "paper"):
+        for baseline in ("deep_retina", "mirzaev"):
+            cfg = bench_segment._training_config({"config": name, "baseline": baseline}, 1)
+            torch.manual_seed(0)
+            ours = build_model(cfg, pretrained=False)
+            twin = bench_segment.torchvision_twin(cfg, ours)
+            assert bench_segment.hyper_parameters(twin) == bench_segment.hyper_parameters(ours)
+            assert type(twin.transform) is GeneralizedRCNNTransform
+            assert twin.transform.min_size == (cfg.prep.size,) == (twin.transform.max_size,)
+            assert type(twin.roi_heads) is RoIHeads
+            assert type(twin.roi_heads.box_roi_pool) is MultiScaleRoIAlign
+            assert type(twin.roi_heads.mask_roi_pool) is MultiScaleRoIAlign
+            theirs = twin.state_dict()
+            assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"backbone": "resnet34"},
+        {"weights": "imagenet"},  # frozen batch norm, fewer layers trained
+        {"model": {"fpn_channels": 64}},
+        {"model": {"representation_size": 128}},
+        {"model": {"anchor_sizes": [16, 32, 64, 128, 256]}},
+        {"model": {"aspect_ratios": [1.0]}},
+        {"model": {"rpn_post_nms_top_n_train": 100}},
+        {"model": {"rpn_batch_size_per_image": 64}},
+        {"model": {"box_batch_size_per_image": 32}},
+        {"model": {"box_positive_fraction": 0.5}},
+        {"model": {"box_detections_per_img": 10}},
+        {"model": {"image_mean": [0.5, 0.5, 0.5]}},
+        {"prep": {"size": 96}},  # Mirzaev pads to its size
+    ],
+)
+def test_segment_twin_check_sees_every_hyper_parameter(change: dict) -> None:
+    import torch
+
+    from nucleistyle.segment.configs import merge_overrides
+    from nucleistyle.segment.model import build_model
+
+    spec = {"config": "demo", "baseline": "mirzaev"}
+    cfg = bench_segment._training_config(spec, 1)
+    other = bench_segment._training_config(
+        spec, 1, **merge_overrides(bench_segment.segment_overrides("demo", "mirzaev"), change)
+    )
+    torch.manual_seed(0)
+    ours = build_model(cfg, pretrained=False)
+    assert bench_segment.hyper_parameters(build_model(other, pretrained=False)) != (
+        bench_segment.hyper_parameters(ours)
+    )
+
+
+def test_segment_twin_computes_our_losses_on_the_same_batch(tmp_path: Path) -> None:
+    """Same weights, same inputs: every training loss agrees (the mask loss too at the start,
+    where the logits are near 0; the two differ in their mask targets by design)."""
+    import copy
+
+    import torch
+
+    from nucleistyle.segment import engine
+    from nucleistyle.segment.model import build_model
+
+    data = bench_segment.make_data(tmp_path / "data", (64, 64), 10)
+    for baseline in ("deep_retina", "mirzaev"):
+        cfg = bench_segment._training_config({"config": "demo", "baseline": baseline}, 1)
+        batch = next(engine._batches(bench_segment._draw_dataset(cfg, str(data), 1), 0, 2, 0))
+        torch.manual_seed(0)
+        ours = build_model(cfg, pretrained=False)
+        twin = bench_segment.torchvision_twin(cfg, ours)
+        twin.transform.torch_choice = lambda sizes: sizes[0]  # its one draw: the same samples
+        losses = []
+        for model in (ours, twin):
+            images, targets = engine._to_device(copy.deepcopy(batch), torch.device("cpu"))
+            torch.manual_seed(1)
+            with torch.no_grad():
+                losses.append({k: float(v) for k, v in model(images, targets).items()})
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4), baseline
+
+
+def test_segment_compare_times_both_sides_in_each_precision(tmp_path: Path) -> None:
+    data = bench_segment.make_data(tmp_path / "data", (64, 64), 10)
+    spec = {"config": "demo", "data": str(data), "baseline": "deep_retina", "threads": 1,
+            "precisions": ["fp32"], "warmup": 0, "iterations": 1}  # fmt: skip
+    result = bench_segment._child_compare(spec)
+    assert set(result["seconds"]) == {"ours fp32", "torchvision fp32"}
+    assert all(0 < s < 120 for s in result["seconds"].values())
+    assert result["batch_size"] == 8 and result["backbone"] == "resnet18"
+
+
+def test_segment_report_gives_like_for_like_ratios_and_separate_factors() -> None:
+    demo = {"batch_size": 8, "backbone": "resnet18", "size": 128,
+            "seconds": {"ours fp32": 0.4, "torchvision fp32": 0.44, "ours bf16": 0.2,
+                        "torchvision bf16": 0.25}}  # fmt: skip
+    paper = {"batch_size": 2, "backbone": "resnet50", "size": 512,
+             "seconds": {"ours fp32": 5.0, "torchvision fp32": 4.5}}  # fmt: skip
+    line = bench_segment.compare_line("demo", "mirzaev", "bf16", demo)
+    assert line == (
+        "demo: mirzaev     bf16: ours 0.200 s, torchvision's MaskRCNN of the same "
+        "hyper-parameters 0.250 s per iteration of 8 images (resnet18, 128 px): implementation "
+        "1.25x"
+    )
+    rows = bench_segment.factor_rows({"demo": {"mirzaev": demo}, "paper": {"mirzaev": paper}},
+                                     ["mirzaev"])  # fmt: skip
+    assert rows == [
+        "implementation, demo, fp32: ours vs torchvision's MaskRCNN: mirzaev 1.10x",
+        "implementation, demo, bf16: ours vs torchvision's MaskRCNN: mirzaev 1.25x",
+        "implementation, paper, fp32: ours vs torchvision's MaskRCNN: mirzaev 0.90x",
+        "precision factor of ours, demo: bf16 vs fp32: mirzaev 2.00x",
+        "model-size factor of ours, fp32: time per image, paper's settings vs the demo's: "
+        "mirzaev 50.00x",
+    ]
     key = ("mirzaev", "fp32", 2, 1)
-    line = bench_segment.setting_line("cpu", key, {"images_per_s": 2.0, "peak_rss_gib": 1.2}, 0.04)
-    assert line.startswith("cpu: mirzaev     fp32, 2 thread(s), 1 worker(s):    2.00 images/s")
-    assert "=  50.0x stock" in line
+    line = bench_segment.setting_line("cpu", key, {"images_per_s": 2.0, "peak_rss_gib": 1.2})
+    assert (
+        line
+        == "cpu: mirzaev     fp32, 2 thread(s), 1 worker(s):    2.00 images/s; peak RSS 1.20 GiB"
+    )
 
     results = {
         ("deep_retina", "fp32", 1, 0): 3.0,
