@@ -697,11 +697,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         _compare(args, precisions)
-    print(
-        f"settings of ours: threads {args.threads}, workers {args.workers}, median of "
-        f"{args.iterations} iterations after {args.warmup}",
-        flush=True,
-    )
+    if args.configs:
+        print(
+            f"settings of ours: threads {args.threads}, workers {args.workers}, median of "
+            f"{args.iterations} iterations after {args.warmup}",
+            flush=True,
+        )
     fastest = {}
     for n, name in enumerate(args.configs):
         with tempfile.TemporaryDirectory() as tmp:
