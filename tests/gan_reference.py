@@ -10,10 +10,10 @@ block run once per translation. Two uses:
 
 * the tests load the weights of the fast nets into these (:func:`copy_weights`) and check that
   every rewrite computes the same function, gradients included;
-* ``bench/bench_gan.py`` times :class:`PlainTrainer` (fp32, ``torch.optim.Adam`` without the
-  fused kernel, glibc's default allocator behaviour) as the baseline its ratios are against:
-  same layer sizes, same losses and the same update as
-  :class:`~nucleistyle.gan.engine.GanTrainer`.
+* ``bench/bench_gan.py`` times :class:`PlainTrainer` (``torch.optim.Adam`` without the fused
+  kernel, glibc's default allocator behaviour) as the baseline its ratios are against, in the
+  precision of ours it is compared with (fp32, and bf16 autocast): same layer sizes, same
+  losses and the same update as :class:`~nucleistyle.gan.engine.GanTrainer`.
 
 A test oracle, not part of the library: it lives beside the tests (``tests.gan_reference``,
 importable from the repository root).
@@ -250,13 +250,17 @@ def copy_weights(source: nn.Module, plain: nn.Module) -> None:
 class PlainTrainer(GanTrainer):
     """:class:`GanTrainer`'s updates (the same code) on :class:`PlainGanNets`.
 
-    fp32 only. It starts from the weights a :class:`GanTrainer` of ``cfg`` would
-    start from (same seed, same weights), and its optimisers have the trainer's parameter
-    groups and settings, but run ``torch.optim.Adam``'s default (unfused) implementation.
+    It starts from the weights a :class:`GanTrainer` of ``cfg`` would start from
+    (same seed, same weights), and its optimisers have the trainer's parameter groups and
+    settings, but run ``torch.optim.Adam``'s default (unfused) implementation. ``dtype`` is the
+    autocast dtype, as the trainer's (None: fp32; ``torch.bfloat16``: the bf16 reference that
+    the bench compares our bf16 update with).
     """
 
-    def __init__(self, cfg: GanConfig, device: torch.device) -> None:
-        super().__init__(dataclasses.replace(cfg, precision="fp32", channels_last=False), device)
+    def __init__(
+        self, cfg: GanConfig, device: torch.device, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(dataclasses.replace(cfg, channels_last=False), device, dtype)
         plain = PlainGanNets(cfg).to(device)
         copy_weights(self.nets, plain)
         same = dict(zip(map(id, self.nets.parameters()), plain.parameters(), strict=True))

@@ -438,16 +438,20 @@ def test_each_net_computes_its_plain_layer_by_layer_form(crop: int) -> None:
         _assert_same_gradients(getattr(fast, name), getattr(plain, name), inputs, outputs)
 
 
-def test_plain_trainer_runs_the_trainers_update() -> None:
-    """gan_reference.PlainTrainer (the bench's baseline): the same losses, the same update."""
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_plain_trainer_runs_the_trainers_update(dtype: torch.dtype | None) -> None:
+    """gan_reference.PlainTrainer (the bench's baseline): the same losses, the same update, in
+    fp32 and under the same bf16 autocast as ours (there to bf16's precision)."""
     from tests.gan_reference import PlainTrainer
 
     cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, device="cpu")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    fast = GanTrainer(cfg, cpu)
+    fast = GanTrainer(cfg, cpu, dtype)
     torch.manual_seed(0)
-    plain = PlainTrainer(cfg, cpu)  # starts from the trainer's weights
+    plain = PlainTrainer(cfg, cpu, dtype)  # starts from the trainer's weights
+    assert plain.dtype is dtype
+    tolerance = {"rel": 1e-3, "abs": 1e-5} if dtype is None else {"rel": 5e-2, "abs": 2e-2}
     rng = np.random.default_rng(0)
     images, domains = rng.integers(0, 256, (2, 36, 36, 3), dtype=np.uint8), np.array([0, 2])
     for _ in range(2):  # the second step sees the weights after one update of each
@@ -457,4 +461,13 @@ def test_plain_trainer_runs_the_trainers_update() -> None:
         reference = plain.full_step(images, domains) | plain.content_step(images, domains)
         assert ours.keys() == reference.keys()
         for key, value in ours.items():
-            assert value == pytest.approx(reference[key], rel=1e-3, abs=1e-5), key
+            assert value == pytest.approx(reference[key], **tolerance), key
+    if dtype is not None:  # autocast is in effect: not the fp32 losses
+        torch.manual_seed(0)
+        fp32 = PlainTrainer(cfg, cpu)
+        torch.manual_seed(1)
+        first = fp32.full_step(images, domains)
+        torch.manual_seed(0)
+        bf16 = PlainTrainer(cfg, cpu, dtype)
+        torch.manual_seed(1)
+        assert bf16.full_step(images, domains) != first

@@ -51,6 +51,7 @@ __all__ = [
     "build_model",
     "keep_geometry_in_float32",
     "load_pretrained",
+    "maskrcnn_options",
     "modern_key_names",
     "project_masks",
     "read_weights_file",
@@ -502,6 +503,36 @@ def _resnet_fpn(
     )
 
 
+def maskrcnn_options(cfg: SegmenterConfig) -> dict[str, Any]:
+    """The keyword arguments of torchvision's ``MaskRCNN`` that ``cfg`` sets: the training size
+    (``min_size = max_size``), the batch padding (``size_divisible``), the normalisation, the
+    anchors, the RPN and ROI sample counts and the thresholds. :func:`build_model` builds with
+    them, and so does the benchmark's torchvision twin of our model (bench/bench_segment.py)."""
+    m, prep = cfg.model, cfg.prep
+    return {
+        "min_size": prep.size,
+        "max_size": prep.size,
+        "size_divisible": prep.pad_multiple if prep.policy == "zoom_crop" else prep.size,
+        "image_mean": list(m.image_mean),
+        "image_std": list(m.image_std),
+        "rpn_anchor_generator": AnchorGenerator(
+            sizes=tuple((s,) for s in m.anchor_sizes),
+            aspect_ratios=(tuple(m.aspect_ratios),) * len(m.anchor_sizes),
+        ),
+        "rpn_pre_nms_top_n_train": m.rpn_pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": m.rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": m.rpn_post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": m.rpn_post_nms_top_n_test,
+        "rpn_nms_thresh": m.rpn_nms_thresh,
+        "rpn_batch_size_per_image": m.rpn_batch_size_per_image,
+        "box_batch_size_per_image": m.box_batch_size_per_image,
+        "box_positive_fraction": m.box_positive_fraction,
+        "box_score_thresh": m.box_score_thresh,
+        "box_nms_thresh": m.box_nms_thresh,
+        "box_detections_per_img": m.box_detections_per_img,
+    }
+
+
 def build_model(
     cfg: SegmenterConfig,
     pretrained: bool = True,
@@ -534,11 +565,6 @@ def build_model(
         m.trainable_layers if frozen_bn else 5,
         m.fpn_channels,
     )
-    anchors = AnchorGenerator(
-        sizes=tuple((s,) for s in m.anchor_sizes),
-        aspect_ratios=(tuple(m.aspect_ratios),) * len(m.anchor_sizes),
-    )
-    pad = cfg.prep.pad_multiple if cfg.prep.policy == "zoom_crop" else cfg.prep.size
     c, rep = m.fpn_channels, m.representation_size
     if m.head_norm:
         box_head: nn.Module = NormMLPHead(c * 7 * 7, rep)
@@ -546,25 +572,11 @@ def build_model(
     else:  # torchvision's v1 heads
         box_head = TwoMLPHead(c * 7 * 7, rep)
         mask_head = MaskRCNNHeads(c, [c] * 4, 1)
+    options = maskrcnn_options(cfg)
     model = MaskRCNN(
         backbone,
         num_classes=None,  # two classes (background, nucleus) through the predictors below
-        min_size=cfg.prep.size,
-        max_size=cfg.prep.size,
-        image_mean=list(m.image_mean),
-        image_std=list(m.image_std),
-        rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-        rpn_nms_thresh=m.rpn_nms_thresh,
-        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-        box_batch_size_per_image=m.box_batch_size_per_image,
-        box_positive_fraction=m.box_positive_fraction,
-        box_score_thresh=m.box_score_thresh,
-        box_nms_thresh=m.box_nms_thresh,
-        box_detections_per_img=m.box_detections_per_img,
+        **options,
         box_roi_pool=GatherRoIAlign(["0", "1", "2", "3"], 7, 2),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(rep, 2),
@@ -572,7 +584,9 @@ def build_model(
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(c, c, 2),
     )
-    model.transform = PreparedTransform(list(m.image_mean), list(m.image_std), pad)
+    model.transform = PreparedTransform(
+        options["image_mean"], options["image_std"], options["size_divisible"]
+    )
     model.roi_heads.__class__ = PixelEdgeRoIHeads  # same parameters, pixel-edge mask targets
     keep_geometry_in_float32(model)
     # torchvision initialises the 1x1 mask logits conv with fan-out Kaiming (std 1 for 2 output
