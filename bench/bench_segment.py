@@ -130,7 +130,7 @@ def torchvision_twin(cfg: Any, ours: Any) -> Any:
 
     m = cfg.model
     c, rep = m.fpn_channels, m.representation_size
-    backbone = _resnet_fpn(cfg.backbone, None, type(ours.backbone.body.bn1), 5, c)
+    backbone = _resnet_fpn(cfg.backbone, type(ours.backbone.body.bn1), 5, c)
     if m.head_norm:
         box_head = copy.deepcopy(ours.roi_heads.box_head)
         mask_head = MaskRCNNHeads(c, [c] * 4, 1, norm_layer=nn.BatchNorm2d)
