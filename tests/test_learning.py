@@ -4,7 +4,8 @@
   (single pass, and through its TTA merge with identical variants), scores >= 0.99.
 * Learning: each Mask R-CNN baseline overfits four real images; the GAN learns a known
   two-domain translation well beyond what the identity, a collapse to one style or the flat
-  mean colour score, and deliberately broken GAN trainers fail that check.
+  mean colour score, and deliberately broken GAN trainers fail that check; its copies keep every
+  nucleus visible and invent none, a check that faded or phantom-painted copies fail.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ GAN_TOY = {
     "attribute_source": "domain_stats", "stats_images": 0, "precision": "fp32", "device": "cpu",
     "channels_last": False, "workers": 1, "checkpoint_every": 10**6,
 }  # fmt: skip
-GAN_SEEDS = (0, 1, 2)
+GAN_SEEDS = (0,)  # the thresholds below were set from seeds 0, 1 and 2
 TOY_SIZE = 48  # px of the toy's images
 
 
@@ -299,7 +300,9 @@ def _train_gan_toy(seed: int, out: Path, breakage: str | None = None) -> dict[st
         images, l1 = _toy_test_images(), {}
         for direction, (source, target) in DIRECTIONS.items():
             inputs = [RENDERINGS[source](v) for v in images]
-            l1[direction] = _l1(stylizer.stylize(inputs, list(RENDERINGS).index(target)), direction)
+            outputs = stylizer.stylize(inputs, list(RENDERINGS).index(target))
+            l1[direction] = _l1(outputs, direction)
+            np.save(out / f"{source}-{target}.npy", np.stack(outputs))  # for the copy check
         return l1
 
 
@@ -324,7 +327,9 @@ def learning_runs(shared_bbbc038, tmp_path_factory) -> dict:
             out = root / name.replace(" ", "_")
             out.mkdir()
             jobs[name] = pool.submit(_train_gan_toy, seed, out, breakage)
-        return {name: job.result() for name, job in jobs.items()}
+        results = {name: job.result() for name, job in jobs.items()}
+    results["copies"] = np.load(root / f"gan{GAN_SEEDS[0]}" / "grey-purple.npy")
+    return results
 
 
 OVERFIT_SCORE = {"deep_retina": 0.6, "mirzaev": 0.65}
@@ -381,3 +386,81 @@ def test_the_gan_check_fails_a_broken_trainer(breakage, learning_runs):
     l1 = learning_runs[breakage]
     score = translation_score(l1, reference_mappings())
     assert score > GAN_SCORE_MAX, f"{breakage} passed: score {score:.2f}, L1 {l1}"
+
+
+# -- the copy check: the GAN's copies keep every nucleus and invent none ------------------------
+
+COPY_VISIBILITY_MIN = 0.8  # of the target domain's real visibility, mean over the copies
+COPY_PHANTOMS_MAX = 10.0  # phantom nuclei per 100 inherited nuclei, mean over the copies
+
+
+def _toy_labels(v: np.ndarray) -> np.ndarray:
+    """The nuclei of a toy intensity image: its connected blobs above a third."""
+    from scipy import ndimage as ndi
+
+    return ndi.label(v > 0.3)[0]
+
+
+def copy_check(copies: list[np.ndarray]) -> tuple[float, float]:
+    """Mean visibility share and phantoms per 100 nuclei of grey->purple copies of the toy's test
+    images, against real purple images of other layouts (the target domain's look)."""
+    from nucleistyle.gan.quality import copy_quality, domain_look
+
+    others = [_blobs(np.random.default_rng(2000 + k), TOY_SIZE) for k in range(8)]
+    look = domain_look([_purple(v) for v in others], [_toy_labels(v) for v in others])
+    labels = [_toy_labels(v) for v in _toy_test_images()]
+    quality = [copy_quality(c, m, look) for c, m in zip(copies, labels, strict=True)]
+    return (
+        float(np.mean([q["visibility_ratio"] for q in quality])),
+        float(np.nanmean([q["phantoms_per_100"] for q in quality])),
+    )
+
+
+def _faded(copies: np.ndarray) -> list[np.ndarray]:
+    """The copies washed out: blurred 2.5 px and pulled halfway to their mean colour, plus noise."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    out = []
+    for copy in copies.astype(np.float32):
+        blurred = ndi.gaussian_filter(copy, (2.5, 2.5, 0))
+        mean = blurred.reshape(-1, 3).mean(0)
+        out.append(np.clip(0.5 * (blurred + mean) + rng.normal(0, 8, copy.shape), 0, 255))
+    return [o.astype(np.uint8) for o in out]
+
+
+def _with_phantoms(copies: np.ndarray) -> list[np.ndarray]:
+    """The copies with nuclei of other layouts painted where the masks say background."""
+    out = []
+    for k, (copy, v) in enumerate(zip(copies, _toy_test_images(), strict=True)):
+        other = _blobs(np.random.default_rng(3000 + k), TOY_SIZE)
+        extra = (other > 0.3) & (v < 0.1)
+        painted = copy.copy()
+        painted[extra] = _purple(other)[extra]
+        out.append(painted)
+    return out
+
+
+def test_the_copy_check_passes_a_perfect_translation_only():
+    """The true renderings pass; an unrelated purple image of other nuclei does not."""
+    images = _toy_test_images()
+    visibility, phantoms = copy_check([_purple(v) for v in images])
+    assert visibility >= COPY_VISIBILITY_MIN and phantoms < COPY_PHANTOMS_MAX
+    others = [_purple(_blobs(np.random.default_rng(4000 + k), TOY_SIZE)) for k in range(8)]
+    visibility, phantoms = copy_check(others)
+    assert visibility < COPY_VISIBILITY_MIN and phantoms >= COPY_PHANTOMS_MAX
+
+
+@pytest.mark.learning
+def test_the_gans_copies_keep_every_nucleus_and_invent_none(learning_runs):
+    visibility, phantoms = copy_check(list(learning_runs["copies"]))
+    assert visibility >= COPY_VISIBILITY_MIN, f"visibility {visibility:.2f}"
+    assert phantoms < COPY_PHANTOMS_MAX, f"{phantoms:.1f} phantoms per 100 nuclei"
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("breakage", ["faded", "phantoms"])
+def test_the_copy_check_fails_copies_that_fade_or_grow_phantoms(breakage, learning_runs):
+    broken = {"faded": _faded, "phantoms": _with_phantoms}[breakage](learning_runs["copies"])
+    visibility, phantoms = copy_check(broken)
+    assert visibility < COPY_VISIBILITY_MIN or phantoms >= COPY_PHANTOMS_MAX

@@ -38,12 +38,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nucleistyle.data.bbbc038 import Sample, list_images, load_sample, write_sample
+from nucleistyle.data.bbbc038 import ImageRecord, Sample, list_images, load_sample, write_sample
 from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan.data import read_assignments
 from nucleistyle.gan.quality import DomainLook, copy_quality, record_looks
@@ -175,46 +176,61 @@ def augment_dataset(
                 drawn = _draw_copy(stylizer, sample, others, looks, config, rng)
                 if drawn is None:
                     continue  # every draw failed the gate: one copy fewer
-                target, image_seed, styled, quality, draws = drawn
-                new_id = augmented_id(record.image_id, target, image_seed)
-                folder = write_sample(tmp, new_id, styled)
-                if record.mask_paths:
-                    (folder / "masks").mkdir()
-                    for mask in record.mask_paths:
-                        link_or_copy(mask, folder / "masks" / mask.name)
-                rows.append(
-                    (
-                        new_id,
-                        record.image_id,
-                        source,
-                        target,
-                        stylizer.domain_names[target],
-                        image_seed,
-                        stylizer.attribute_source,
-                        str(record.image_path),
-                        quality["visibility_ratio"],
-                        quality["phantoms_per_100"],
-                        draws,
-                    )
-                )
+                rows.append(_write_copy(tmp, record, source, drawn, stylizer))
             progress.update()
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         manifest.to_csv(
             outputs.file(manifest_csv), index=False, lineterminator="\n", float_format="%.4f"
         )
-    wanted = len(records) * config.copies
+    _log_summary(manifest, len(records), out_dir, config)
+    return manifest
+
+
+def _write_copy(
+    folder: Path,
+    record: ImageRecord,
+    source: int,
+    drawn: tuple[int, int, np.ndarray, dict[str, float], int],
+    stylizer: Stylizer,
+) -> tuple[Any, ...]:
+    """Write one copy (its image, the original's masks linked) into ``folder``; its manifest
+    row."""
+    target, image_seed, styled, quality, draws = drawn
+    new_id = augmented_id(record.image_id, target, image_seed)
+    sample_folder = write_sample(folder, new_id, styled)
+    if record.mask_paths:
+        (sample_folder / "masks").mkdir()
+        for mask in record.mask_paths:
+            link_or_copy(mask, sample_folder / "masks" / mask.name)
+    return (
+        new_id,
+        record.image_id,
+        source,
+        target,
+        stylizer.domain_names[target],
+        image_seed,
+        stylizer.attribute_source,
+        str(record.image_path),
+        quality["visibility_ratio"],
+        quality["phantoms_per_100"],
+        draws,
+    )
+
+
+def _log_summary(
+    manifest: pd.DataFrame, n_images: int, out_dir: PathLike, config: AugmentConfig
+) -> None:
     log.info(
         "wrote %d stylised copies of %d training images to %s (%d wanted; gate %s); mean "
         "visibility %.2f of the target domain's, %.1f phantoms per 100 nuclei",
         len(manifest),
-        len(records),
+        n_images,
         out_dir,
-        wanted,
+        n_images * config.copies,
         "on" if config.gate else "off",
         manifest["visibility_ratio"].mean(),
         manifest["phantoms_per_100"].mean(),
     )
-    return manifest
 
 
 def _draw_copy(

@@ -163,6 +163,23 @@ def _structure_targets(
     return {k: v.to(device) for k, v in targets.items()}
 
 
+def _generator_weights(cfg: GanConfig) -> dict[str, float]:
+    """The weight of each generator-side loss term."""
+    return {
+        "g_adv1": cfg.w_domain,
+        "g_adv2": cfg.w_domain,
+        "g_cls1": cfg.w_cls_g,
+        "g_cls2": cfg.w_cls_g,
+        "g_content": cfg.w_content,
+        "cross_cycle": cfg.w_cc,
+        "self_recon": cfg.w_recon,
+        "latent": cfg.w_latent,
+        "kl": cfg.w_kl,
+        "kl_content": cfg.w_kl_content,
+        "structure": cfg.w_structure,
+    }
+
+
 class GanTrainer:
     """The nets, their optimisers and the update steps (no data or file handling).
 
@@ -297,16 +314,7 @@ class GanTrainer:
             attribute_cross = _reparameterise(mu_cross, logvar_cross)
             cycle = net.gen(_swap(content_cross), attribute_cross, c)
 
-            d_values: dict[str, torch.Tensor] = {}
-            for name, dis, fake in (("d1", net.dis1, fake_cross), ("d2", net.dis2, fake_random)):
-                patches, classes = dis(torch.cat([x, fake.detach()]))
-                d_values[f"{name}_adv"] = L.adversarial(patches[:n], True) + L.adversarial(
-                    patches[n:], False
-                )
-                d_values[f"{name}_cls"] = L.domain_classification(classes[:n], c)
-            d_loss = torch.stack(
-                [d_values[f"{k}_adv"] + cfg.w_cls * d_values[f"{k}_cls"] for k in ("d1", "d2")]
-            ).sum()
+            d_loss, d_values = self._discriminator_losses(x, c, fake_cross, fake_random)
         d_values = {k: v.detach() for k, v in d_values.items()}
         self._step("dis", d_loss, d_values)
 
@@ -326,38 +334,51 @@ class GanTrainer:
                 "kl_content": L.content_l2(content),
             }
             if self.structure is not None and masks is not None:
-                # the cross and random fakes show the other half's content in this domain, the
-                # self-reconstruction its own
-                own = torch.from_numpy(masks).to(self.device)[:, None].float()
-                index = torch.as_tensor(domains, device=self.device)
-                t = {
-                    k: v[index].repeat(3, *([1] * (v.dim() - 1))) for k, v in self.structure.items()
-                }
-                g_values["structure"] = L.nucleus_visibility(
-                    torch.cat([fake_cross, fake_self, fake_random]),
-                    torch.cat([_swap(own), own, _swap(own)]),
-                    t["plane"],
-                    t["polarity"],
-                    t["target"],
-                    t["gap"],
-                )
-            weights = {
-                "g_adv1": cfg.w_domain,
-                "g_adv2": cfg.w_domain,
-                "g_cls1": cfg.w_cls_g,
-                "g_cls2": cfg.w_cls_g,
-                "g_content": cfg.w_content,
-                "cross_cycle": cfg.w_cc,
-                "self_recon": cfg.w_recon,
-                "latent": cfg.w_latent,
-                "kl": cfg.w_kl,
-                "kl_content": cfg.w_kl_content,
-                "structure": cfg.w_structure,
-            }
+                fakes3 = torch.cat([fake_cross, fake_self, fake_random])
+                g_values["structure"] = self._structure_term(fakes3, masks, domains)
+            weights = _generator_weights(cfg)
             g_loss = torch.stack([weights[k] * v for k, v in g_values.items()]).sum()
         values = {**{k: v.detach() for k, v in g_values.items()}, "g_total": g_loss.detach()}
         self._step("gen", g_loss, values)
         return {k: float(v) for k, v in {**d_values, **values}.items()}
+
+    def _discriminator_losses(
+        self, x: torch.Tensor, c: torch.Tensor, fake_cross: torch.Tensor, fake_random: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """dis1 on the encoded-attribute fakes, dis2 on the random-attribute ones: real/fake and
+        domain classification of the reals; the weighted sum and each term."""
+        n = x.shape[0]
+        values: dict[str, torch.Tensor] = {}
+        nets = (("d1", self.nets.dis1, fake_cross), ("d2", self.nets.dis2, fake_random))
+        for name, dis, fake in nets:
+            patches, classes = dis(torch.cat([x, fake.detach()]))
+            values[f"{name}_adv"] = L.adversarial(patches[:n], True) + L.adversarial(
+                patches[n:], False
+            )
+            values[f"{name}_cls"] = L.domain_classification(classes[:n], c)
+        total = torch.stack(
+            [values[f"{k}_adv"] + self.cfg.w_cls * values[f"{k}_cls"] for k in ("d1", "d2")]
+        ).sum()
+        return total, values
+
+    def _structure_term(
+        self, fakes: torch.Tensor, masks: np.ndarray, domains: np.ndarray
+    ) -> torch.Tensor:
+        """The nucleus-visibility loss of the cross, self and random fakes (concatenated in
+        that order): the cross and random fakes show the other half's nuclei in this domain,
+        the self-reconstruction its own."""
+        assert self.structure is not None
+        own = torch.from_numpy(masks).to(self.device)[:, None].float()
+        index = torch.as_tensor(domains, device=self.device)
+        t = {k: v[index].repeat(3, *([1] * (v.dim() - 1))) for k, v in self.structure.items()}
+        return L.nucleus_visibility(
+            fakes,
+            torch.cat([_swap(own), own, _swap(own)]),
+            t["plane"],
+            t["polarity"],
+            t["target"],
+            t["gap"],
+        )
 
     def warmup_step(self, images: np.ndarray, domains: np.ndarray) -> dict[str, float]:
         """One autoencoder update of E_c, E_a and G: self-reconstruction and the two KL terms,

@@ -405,68 +405,112 @@ def evaluate_transfer(
         picked = rng.choice(len(members), size=min(per_domain, len(members)), replace=False)
         for index in np.sort(picked):
             sample = load_sample(members[index])
-            truth = sample.labels if truth_labels else None
-            seg_original = segment_image(sample.image)
-            labels = truth if truth is not None else seg_original
-            gt_original = image_score(truth, seg_original) if truth is not None else np.nan
-            own = stylizer.encode_attribute(sample.image, source)
-            for target in range(stylizer.n_domains):
-                row = _transfer_row(
-                    stylizer, clusters, sample.image, labels, source, target,
-                    int(rng.integers(2**31)), looks, seg_original,
-                    own if target == source else None,
-                )  # fmt: skip
-                seg_styled = row.pop("_styled")
-                others = [r for r in by_domain[target] if r.image_id != sample.image_id]
-                if others:
-                    other = load_sample(others[int(rng.integers(len(others)))]).image
-                    row.update(_unrelated(sample.image, labels, other, looks[target]))
-                look = looks[target]
-                row["phantoms_per_100_real"] = look.phantoms if look is not None else np.nan
-                row["gt_score_original"] = gt_original
-                row["gt_score_stylised"] = (
-                    image_score(truth, seg_styled) if truth is not None else np.nan
-                )
-                rows.append({"source_domain": source, "target_domain": target, **row})
-    per_image = pd.DataFrame(rows).reindex(
-        columns=["source_domain", "target_domain", *EVALUATION_COLUMNS[5:]]
-    )
-    metrics = list(EVALUATION_COLUMNS[5:])
-    result = (
-        per_image.groupby(["source_domain", "target_domain"])[metrics]
-        .mean()
-        .join(per_image.groupby(["source_domain", "target_domain"]).size().rename("n_images"))
-        .reset_index()
-    )
-    result["source_name"] = [stylizer.domain_names[d] for d in result["source_domain"]]
-    result["target_name"] = [stylizer.domain_names[d] for d in result["target_domain"]]
-    result = result[list(EVALUATION_COLUMNS)]
+            rows += _image_rows(
+                stylizer, clusters, sample, source, by_domain, looks, truth_labels, rng
+            )
+    result = _pair_table(pd.DataFrame(rows), stylizer.domain_names)
     with atomic_path(out_csv) as tmp:
         result.to_csv(tmp, index=False, float_format="%.4f", lineterminator="\n")
+    _log_summary(result, len(rows) // max(1, stylizer.n_domains))
+    return result
+
+
+def _image_rows(
+    stylizer: Stylizer,
+    clusters: ClusterModel,
+    sample: Any,
+    source: int,
+    by_domain: list[list[ImageRecord]],
+    looks: list[DomainLook | None],
+    truth_labels: bool,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """One image restyled to every domain: a row per target (see :func:`evaluate_transfer`)."""
+    truth = sample.labels if truth_labels else None
+    seg_original = segment_image(sample.image)
+    labels = truth if truth is not None else seg_original
+    gt_original = image_score(truth, seg_original) if truth is not None else np.nan
+    own = stylizer.encode_attribute(sample.image, source)
+    rows = []
+    for target in range(stylizer.n_domains):
+        row = _transfer_row(
+            stylizer, clusters, sample.image, labels, source, target, int(rng.integers(2**31)),
+            looks, seg_original, own if target == source else None,
+        )  # fmt: skip
+        seg_styled = row.pop("_styled")
+        others = [r for r in by_domain[target] if r.image_id != sample.image_id]
+        if others:
+            other = load_sample(others[int(rng.integers(len(others)))]).image
+            row.update(_unrelated(sample.image, labels, other, looks[target]))
+        look = looks[target]
+        row["phantoms_per_100_real"] = look.phantoms if look is not None else np.nan
+        row["gt_score_original"] = gt_original
+        row["gt_score_stylised"] = image_score(truth, seg_styled) if truth is not None else np.nan
+        rows.append({"source_domain": source, "target_domain": target, **row})
+    return rows
+
+
+def _pair_table(per_image: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """Means per (source, target) pair with their image counts, in :data:`EVALUATION_COLUMNS`."""
+    metrics = list(EVALUATION_COLUMNS[5:])
+    per_image = per_image.reindex(columns=["source_domain", "target_domain", *metrics])
+    pairs = per_image.groupby(["source_domain", "target_domain"])
+    result = pairs[metrics].mean().join(pairs.size().rename("n_images")).reset_index()
+    result["source_name"] = [names[d] for d in result["source_domain"]]
+    result["target_name"] = [names[d] for d in result["target_domain"]]
+    return result[list(EVALUATION_COLUMNS)]
+
+
+def _log_summary(result: pd.DataFrame, n_images: int) -> None:
     off = result[result.source_domain != result.target_domain]
     diagonal = result[result.source_domain == result.target_domain]
+    means = [
+        off[m].mean()
+        for m in (
+            "visibility_ratio",
+            "visibility_ratio_unrelated",
+            "phantoms_per_100",
+            "phantoms_per_100_unrelated",
+            "phantoms_per_100_real",
+            "style_hit",
+        )
+    ]
     log.info(
         "style transfer on %d images, off-diagonal means over pairs: visibility %.2f of the "
         "target domain's (unrelated image %.2f), phantoms %.1f per 100 nuclei (unrelated "
         "image %.1f, real images %.1f), style_hit %.2f (chance %.2f), fg_iou %.3f; "
         "self-reconstruction keeps %.2f of the visibility",
-        len(per_image) // max(1, stylizer.n_domains),
-        *(
-            off[m].mean()
-            for m in (
-                "visibility_ratio",
-                "visibility_ratio_unrelated",
-                "phantoms_per_100",
-                "phantoms_per_100_unrelated",
-                "phantoms_per_100_real",
-                "style_hit",
-            )
-        ),
-        1 / stylizer.n_domains,
+        n_images,
+        *means,
+        1 / max(1, result.source_domain.nunique()),
         off["fg_iou"].mean(),
         diagonal["visibility_kept"].mean(),
     )
-    return result
+
+
+def _reference_row(
+    original: np.ndarray,
+    truth: np.ndarray,
+    seg_original: np.ndarray,
+    styled: np.ndarray,
+    unrelated: np.ndarray,
+    look: DomainLook | None,
+) -> dict[str, float]:
+    """The measures of a perfect transfer ``styled`` and an ``unrelated`` image of the target."""
+    seg_styled = segment_image(styled)
+    row = {
+        "seg_score": image_score(seg_original, seg_styled),
+        "fg_iou": threshold_iou(styled, truth),
+        "fg_iou_unrelated": threshold_iou(unrelated, truth),
+        "edge_corr": edge_similarity(original, styled),
+        "gt_score_stylised": image_score(truth, seg_styled),
+    }
+    if look is not None:
+        quality = copy_quality(styled, truth, look)
+        row["visibility_ratio"] = quality["visibility_ratio"]
+        row["phantoms_per_100"] = quality["phantoms_per_100"]
+        row.update(_unrelated(original, truth, unrelated, look))
+    return row
 
 
 def perfect_transfer(
@@ -536,23 +580,8 @@ def perfect_transfer(
                     continue
                 styled, _ = draw(source, target, [seed, i, k])
                 unrelated, _ = draw(target, target, [seed + 1, i, k])
-                seg_styled = segment_image(styled)
-                row = {
-                    "source_name": source,
-                    "target_name": target,
-                    "seg_score": image_score(seg_original, seg_styled),
-                    "fg_iou": threshold_iou(styled, truth),
-                    "fg_iou_unrelated": threshold_iou(unrelated, truth),
-                    "edge_corr": edge_similarity(original, styled),
-                    "gt_score_stylised": image_score(truth, seg_styled),
-                }
-                look = looks[j]
-                if look is not None:
-                    quality = copy_quality(styled, truth, look)
-                    row["visibility_ratio"] = quality["visibility_ratio"]
-                    row["phantoms_per_100"] = quality["phantoms_per_100"]
-                    row.update(_unrelated(original, truth, unrelated, look))
-                rows.append(row)
+                row = _reference_row(original, truth, seg_original, styled, unrelated, looks[j])
+                rows.append({"source_name": source, "target_name": target, **row})
     per_image = pd.DataFrame(rows)
     groups = per_image.groupby(["source_name", "target_name"], sort=False)
     return groups.mean().join(groups.size().rename("n_images")).reset_index()

@@ -159,13 +159,15 @@ def domain_look(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> D
 def _levels(
     image: np.ndarray, labels: np.ndarray, plane: int, polarity: int
 ) -> tuple[np.ndarray, float, float]:
-    """The smoothed plane in ``polarity``, the median of the nuclei and of the background
-    (pixels more than 2 px from any nucleus; the nuclei's median when there are none)."""
+    """The smoothed plane in ``polarity``, the median of the nuclei and the level of the
+    background: the lower quartile of the pixels more than 2 px from any nucleus (robust to
+    what else stands out there, unannotated nuclei included; the nuclei's median when there are
+    none)."""
     fg = np.asarray(labels) > 0
     values = polarity * ndi.gaussian_filter(_planes(image)[plane], SIGMA)
     near = ndi.binary_dilation(fg, iterations=NEAR)
     nuclei = float(np.median(values[fg]))
-    ground = float(np.median(values[~near])) if not near.all() else nuclei
+    ground = float(np.quantile(values[~near], 0.25)) if not near.all() else nuclei
     return values, nuclei, ground
 
 
@@ -179,8 +181,8 @@ def phantom_objects(image: np.ndarray, labels: np.ndarray, look: DomainLook) -> 
 
     A fixed detector for the target domain: the image's plane ``look.plane`` is smoothed
     (Gaussian, 1 px), turned to the domain's polarity, and what stands at least ``look.gap``
-    grey levels from the image's background (its median more than 2 px from any nucleus) is
-    foreground, as a typical nucleus of the domain does. An object (connected component) is a
+    grey levels from the image's background (the lower quartile of what lies more than 2 px from
+    any nucleus) is foreground, as a typical nucleus of the domain does. An object (connected component) is a
     phantom when less than half of it lies within 2 px of an inherited nucleus; it counts as
     its area in median nucleus areas (at least one; objects under a quarter of that are noise),
     so that a large false region weighs like the nuclei it could hide.
