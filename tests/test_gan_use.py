@@ -26,6 +26,7 @@ from nucleistyle.gan.evaluate import (
 )
 from nucleistyle.gan.stylize import image_seed, load_stylizer, pad_to_multiple, stylize_folder
 from nucleistyle.report.gan import plot_augmented_gallery, plot_figure3
+from nucleistyle.segment.dataset import attach_variants, list_training_records, load_items
 
 
 @pytest.fixture(autouse=True)
@@ -318,6 +319,9 @@ def test_the_quality_gate_keeps_only_copies_that_pass_and_redraws_the_others(
     assert (gated["visibility_ratio"] >= best).all() and len(gated) < len(ungated)
     shut = run("shut", min_visibility=1.5)  # no copy can be clearer than 1
     assert shut.empty and not any((tmp_path / "shut").iterdir())
+    items = load_items(list_training_records([trained["images"]]), fill_holes=False, workers=1)
+    attached, n_copies = attach_variants(items, [tmp_path / "shut"], [tmp_path / "shut.csv"])
+    assert n_copies == 0 and all(not item.variants for item in attached)  # style arm = originals
 
     # a copy refused twice is kept at its third draw
     calls = {"n": 0}

@@ -183,6 +183,11 @@ def augment_dataset(
             outputs.file(manifest_csv), index=False, lineterminator="\n", float_format="%.4f"
         )
     _log_summary(manifest, len(records), out_dir, config)
+    if manifest.empty and records:
+        log.warning(
+            "the quality gate kept no copy: the style arm trains on the originals alone "
+            "(augment.gate, augment.min_visibility)"
+        )
     return manifest
 
 

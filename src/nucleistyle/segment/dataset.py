@@ -270,6 +270,8 @@ def attach_variants(
                 f"{manifest}: expected columns ImageId and source_ImageId, found "
                 f"{list(table.columns)}"
             )
+        if table.empty:  # the quality gate may keep no copy: the arm trains on the originals
+            continue
         records = {record.image_id: record for record in list_images(folder)}
         for new_id, source_id in zip(table["ImageId"], table["source_ImageId"], strict=True):
             if source_id in skipped:
