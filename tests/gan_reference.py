@@ -34,6 +34,7 @@ from nucleistyle.gan.networks import (
     CONTENT_D_MIN,
     AttributeEncoder,
     ResBlock,
+    _BasicBlock,
     discriminator_depth,
     tile,
 )
@@ -84,19 +85,12 @@ class _LayerNorm(nn.Module):
         return F.layer_norm(x, shape, self.weight.expand(shape), self.bias.expand(shape), self.eps)
 
 
-class _BasicBlock(nn.Module):
-    """E_a block: [LReLU .2, conv3, LReLU .2, conv3, avgpool2] + [avgpool2, conv1]."""
+class _PlainBasicBlock(_BasicBlock):
+    """E_a block: [LReLU .2, conv3, LReLU .2, conv3, avgpool2] + [avgpool2, conv1], run as
+    written (the library fuses the last conv with the pooling)."""
 
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.main = nn.Sequential(
-            nn.LeakyReLU(0.2),
-            _conv(cin, cin, 3, 1, 1),
-            nn.LeakyReLU(0.2, inplace=True),
-            _conv(cin, cout, 3, 1, 1),
-            nn.AvgPool2d(2),
-        )
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1))
+        super().__init__(cin, cout, conv=_conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.shortcut(x)
@@ -123,7 +117,7 @@ class PlainAttributeEncoder(AttributeEncoder):
     """E_a on the concatenated input [x; tile(c)] -> (μ, clamped log σ²), float32."""
 
     conv = staticmethod(_conv)
-    block = _BasicBlock
+    block = _PlainBasicBlock
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.layers(torch.cat([x, tile(domain, x)], dim=1)).float()

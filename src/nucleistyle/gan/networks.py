@@ -241,13 +241,14 @@ class ContentEncoder(nn.Module):
 class _BasicBlock(nn.Module):
     """E_a block: [LReLU .2, conv3 (in->in), LReLU .2, conv3 (in->out), avgpool2] + shortcut."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, conv: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
+        conv = conv or _conv  # the layer-by-layer reference passes its plain padded conv
         self.main = nn.Sequential(
             nn.LeakyReLU(0.2),
-            _conv(cin, cin, 3, 1, 1),
+            conv(cin, cin, 3, 1, 1),
             nn.LeakyReLU(0.2, inplace=True),
-            _conv(cin, cout, 3, 1, 1),
+            conv(cin, cout, 3, 1, 1),
             nn.AvgPool2d(2),
         )
         self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1))
