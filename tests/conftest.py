@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +196,14 @@ def snakemake(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.
     return subprocess.run(
         [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+TIMINGS = ["sec_per_it", "wall_s", "cpu_s"]
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """A training history (history.tsv) without its timing columns, which differ between runs."""
+    return pd.read_csv(path, sep="\t").drop(columns=TIMINGS)
 
 
 def workflow_copy(tmp_path: Path) -> Path:

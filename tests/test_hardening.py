@@ -307,6 +307,8 @@ def test_outputs_published_together_are_restored_when_one_fails(tmp_path, monkey
 _SLOW_CLASSICAL = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
+for signum in (signal.SIGTERM, signal.SIGHUP):  # as in a terminal, even when pytest runs under nohup
+    signal.signal(signum, signal.SIG_DFL)
 import nucleistyle.classical as c
 real = c.segment_image
 def slow(image, cfg=None):

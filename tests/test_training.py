@@ -13,8 +13,7 @@ import torch
 from nucleistyle.errors import NucleistyleError
 from nucleistyle.torchutils import LossHistory, TrainingDiverged, check_finite
 from nucleistyle.training import TrainingPlan, Window, train
-
-TIMINGS = ["sec_per_it", "wall_s", "cpu_s"]
+from tests.conftest import read_history
 
 
 class Toy:
@@ -71,10 +70,6 @@ def _plan(tmp_path: Path, budget: int = 7, **changes: Any) -> TrainingPlan:
     return TrainingPlan(**{**settings, **changes})
 
 
-def _history(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t").drop(columns=TIMINGS)
-
-
 def test_a_crashed_run_resumes_to_the_uninterrupted_weights_and_history(tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train(_plan(straight), lambda state: Toy(), straight / "m.pt", straight / "h.tsv")
@@ -89,7 +84,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights_and_history(tmp_path
     assert a["iteration"] == b["iteration"] == 7
     for key, value in a["net"].items():
         torch.testing.assert_close(b["net"][key], value, rtol=0, atol=0)
-    pd.testing.assert_frame_equal(_history(straight / "h.tsv"), _history(resumed / "h.tsv"))
+    pd.testing.assert_frame_equal(read_history(straight / "h.tsv"), read_history(resumed / "h.tsv"))
     history = pd.read_csv(straight / "h.tsv", sep="\t")
     losses = history.dropna(subset="loss")
     assert losses["iteration"].tolist() == [2, 4, 6, 7]

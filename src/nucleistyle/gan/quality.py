@@ -182,10 +182,10 @@ def phantom_objects(image: np.ndarray, labels: np.ndarray, look: DomainLook) -> 
     A fixed detector for the target domain: the image's plane ``look.plane`` is smoothed
     (Gaussian, 1 px), turned to the domain's polarity, and what stands at least ``look.gap``
     grey levels from the image's background (the lower quartile of what lies more than 2 px from
-    any nucleus) is foreground, as a typical nucleus of the domain does. An object (connected component) is a
-    phantom when less than half of it lies within 2 px of an inherited nucleus; it counts as
-    its area in median nucleus areas (at least one; objects under a quarter of that are noise),
-    so that a large false region weighs like the nuclei it could hide.
+    any nucleus) is foreground, as a typical nucleus of the domain does. An object (connected
+    component) is a phantom when less than half of it lies within 2 px of an inherited nucleus;
+    it counts as its area in median nucleus areas (at least one; objects under a quarter of that
+    are noise), so that a large false region weighs like the nuclei it could hide.
 
     Args:
         image: (H, W) or (H, W, 3) image, 0-255.
