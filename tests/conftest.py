@@ -203,7 +203,7 @@ TIMINGS = ["sec_per_it", "wall_s", "cpu_s"]
 
 def read_history(path: Path) -> pd.DataFrame:
     """A training history (history.tsv) without its timing columns, which differ between runs."""
-    return pd.read_csv(path, sep="\t").drop(columns=TIMINGS)
+    return pd.read_csv(path, sep="\t").drop(columns=TIMINGS, errors="ignore")
 
 
 def workflow_copy(tmp_path: Path) -> Path:

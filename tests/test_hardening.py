@@ -307,7 +307,7 @@ def test_outputs_published_together_are_restored_when_one_fails(tmp_path, monkey
 _SLOW_CLASSICAL = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
-for signum in (signal.SIGTERM, signal.SIGHUP):  # as in a terminal, even when pytest runs under nohup
+for signum in (signal.SIGTERM, signal.SIGHUP):  # as in a shell, even under nohup
     signal.signal(signum, signal.SIG_DFL)
 import nucleistyle.classical as c
 real = c.segment_image
@@ -319,7 +319,11 @@ if "--slow-cleanup" in sys.argv:  # the clean-up after a signal takes a minute
     sys.argv.remove("--slow-cleanup")
     import nucleistyle.outputs as u
     discard = u.OutputSet.discard
-    u.OutputSet.discard = lambda self: (time.sleep(60), discard(self))[1]
+    def slow_discard(self):
+        open("clean-up-began", "w").close()
+        time.sleep(60)
+        return discard(self)
+    u.OutputSet.discard = slow_discard
 from nucleistyle.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -432,12 +436,18 @@ def test_a_signal_to_the_pid_alone_leaves_no_worker_running_and_the_next_run_cle
 def test_a_second_ctrl_c_during_the_clean_up_ends_the_command_at_once(tmp_path):
     flat_folder(tmp_path / "flat", n=24)
     proc = _start_slow_classical(tmp_path, "2", "--slow-cleanup")
+    began = tmp_path / "clean-up-began"  # written by every discard (the output-path probe's too)
+    began.unlink(missing_ok=True)
     os.kill(proc.pid, signal.SIGINT)
-    time.sleep(1.0)  # the clean-up (made to take a minute) has begun
-    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not began.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)  # the clean-up (made to take a minute) has begun
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and err == "error: interrupted\n" and out == ""
     _wait_until_none_live(proc.pid)
+    began.unlink()
     argv = ["classical", tmp_path / "flat", tmp_path / "sub.csv", "--labels-dir",
             tmp_path / "labels", "--workers", "1"]  # fmt: skip
     assert run(argv)[0] == 0  # and the next run removes the staging left behind
