@@ -20,14 +20,17 @@ run: $(STAMP)
 	$(SNAKEMAKE) --profile profiles/demo --report results/report.zip
 	@echo "report: results/report.html (self-contained) and results/report.zip"
 
-## test: the test suite (unit, real-data, workflow lint/format/dry-run, tiny end-to-end run)
+## test: the test suite (unit, real-data, workflow lint/format/dry-run, tiny end-to-end runs,
+## SLURM, learning checks) in TEST_WORKERS processes, each test file in one of them
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-## check: the fast tier for iteration (no Snakemake runs, kill tests or learning checks; about
-## 1.5 minutes on 2 cores), slowest tests listed; `make test` runs everything
+## check: the fast tier for iteration (no Snakemake runs, kill tests, learning checks or the
+## `full` ones: mypy, every real image), slowest tests listed; `make test` runs everything
 check: $(STAMP)
-	$(BIN)/python -m pytest -m "not workflow and not kill and not learning" --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
+		-m "not workflow and not kill and not learning and not full" --durations=15
 
 ## bench: speed benchmarks, each a ratio against a baseline measured in the same run
 bench: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--gpu", action="store_true", help="run tests that need a CUDA device")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # two workers share two cores: one torch thread each (two would spin-wait on each other)
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# Files whose tests take minutes (the learning checks, runs through SLURM and of the workflow),
+# collected first: with the tests spread over two processes by file (`make test`), these start
+# at once and the short ones fill in around them.
+LONGEST_FIRST = ("test_learning.py", "test_slurm.py", "test_workflow.py")
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_file_rank)  # stable: the order within each file is kept
     for item in items:
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))

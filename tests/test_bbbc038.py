@@ -424,6 +424,7 @@ def test_iter_samples_relays_worker_warnings_and_errors(tmp_path, caplog):
 # --- real data --------------------------------------------------------------------------------
 
 
+@pytest.mark.full
 def test_real_samples_match_manifest_and_only_known_images_overlap(shared_bbbc038):
     manifest = pd.read_csv(shared_bbbc038 / "manifest.csv").set_index("ImageId")
     records = list_images(shared_bbbc038 / "stage1_train")

@@ -356,6 +356,7 @@ def test_gpu_smoke_without_cuda_says_so_in_one_line_and_succeeds() -> None:
     assert len(lines) == 1 and "no CUDA device" in lines[0]
 
 
+@pytest.mark.full
 def test_gpu_smoke_tiny_on_the_cpu_trains_and_predicts_every_stage() -> None:
     """The CUDA path's code (the library calls, the projections) at tiny size on the CPU."""
     result = _run("gpu_smoke.py", "--device", "cpu", "--tiny", "--precision", "fp32")

@@ -190,6 +190,7 @@ def test_segment_folder_rejects_bad_workers_and_missing_folder(tmp_path: Path) -
 # scores on real and synthetic data
 
 
+@pytest.mark.full
 def test_scores_on_real_images_per_group(shared_bbbc038: Path) -> None:
     manifest = pd.read_csv(shared_bbbc038 / "manifest.csv").sort_values("ImageId")
     records = {r.image_id: r for r in list_images(shared_bbbc038 / "stage1_train")}

@@ -78,10 +78,10 @@ OVERFIT = {
     "weights": "none",
     "device": "cpu",
     "precision": "fp32",
-    "iterations": 400,
+    "iterations": 300,
     "log_every": 50,
-    "val_every": 400,
-    "checkpoint_every": 400,
+    "val_every": 300,
+    "checkpoint_every": 300,
     "val_fraction": 0.0,
     "selection": "last",
     "optim": {"optimizer": "adam", "amsgrad": False, "lr": 1e-3, "warmup_iters": 20,
@@ -93,9 +93,9 @@ OVERFIT = {
               "box_batch_size_per_image": 128, "box_detections_per_img": 200,
               "box_score_thresh": 0.5},
 }  # fmt: skip
-PREP = {  # both at twice the crop: Deep Retina upscales small images, Mirzaev fits to its size
-    "deep_retina": {"size": 2 * CROP, "min_enlarge": 2.0, "zoom": 1.0},
-    "mirzaev": {"size": 2 * CROP, "crop_p": 0.0},
+PREP = {  # both at 1.5 x the crop: Deep Retina upscales small images, Mirzaev fits to its size
+    "deep_retina": {"size": 3 * CROP // 2, "min_enlarge": 1.5, "zoom": 1.0},
+    "mirzaev": {"size": 3 * CROP // 2, "crop_p": 0.0},
 }
 # The toy GAN's every training setting, pinned here rather than taken from GanConfig's defaults
 # (which may change): the check is of the training code, on a toy it is known to learn.
@@ -308,8 +308,8 @@ def _train_gan_toy(seed: int, out: Path, breakage: str | None = None) -> dict[st
 
 @pytest.fixture(scope="module")
 def learning_runs(shared_bbbc038, tmp_path_factory) -> dict:
-    """Both Mask R-CNN baselines, three GAN seeds and the broken GAN trainers (seed 0), trained
-    in two worker processes."""
+    """Both Mask R-CNN baselines, the GAN and the broken GAN trainers (seed 0), trained in two
+    worker processes (about 5 minutes on 2 cores)."""
     import concurrent.futures
     import multiprocessing
 
@@ -332,8 +332,8 @@ def learning_runs(shared_bbbc038, tmp_path_factory) -> dict:
     return results
 
 
-OVERFIT_SCORE = {"deep_retina": 0.6, "mirzaev": 0.65}
-"""The overfit check: each baseline's DSB score on its four training images after 400
+OVERFIT_SCORE = {"deep_retina": 0.55, "mirzaev": 0.65}
+"""The overfit check: each baseline's DSB score on its four training images after 300
 iterations (fp32) must be at least this. Set from three seeds per baseline on the project's
 2-core AMD EPYC: the lowest seed's score less twice the spread of the three, rounded down to
 0.05, so that a seed or a machine does not fail it while a broken model (below 0.1) cannot
