@@ -12,7 +12,7 @@ from nucleistyle.errors import NucleistyleError
 from nucleistyle.gan import losses as L
 from nucleistyle.gan.configs import GanConfig, lr_factor
 from nucleistyle.gan.data import DomainSampler, DomainSet, one_hot, to_tensor
-from nucleistyle.gan.engine import GanNets, GanTrainer
+from nucleistyle.gan.engine import GanNets, GanTrainer, inverted_domains
 from nucleistyle.gan.networks import (
     AttributeEncoder,
     ContentDiscriminator,
@@ -351,6 +351,32 @@ def test_the_structure_term_joins_the_generator_loss_with_masks() -> None:
     plain = GanTrainer(GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10),
                        torch.device("cpu"))  # fmt: skip
     assert "structure" not in plain.train_iteration(DomainSampler(_random_set([2, 2, 2]), 2, 36))
+
+
+def test_canonical_polarity_inverts_the_bright_nuclei_domains_for_the_nets_only() -> None:
+    """The nets see the inverted domains' images as 255 - x; the structure term measures the
+    fakes back in the real images' polarity (so its targets stay those of the real images)."""
+    bright, dark = DomainLook(0, 1, 3.0, 50.0, 0.0, 4), DomainLook(2, -1, 2.0, 40.0, 0.0, 4)
+    assert inverted_domains([bright, dark, None], "canonical") == [0]
+    assert inverted_domains([bright, dark, None], "as_is") == []
+    cfg = GanConfig(n_domains=3, crop=36, resize=40, base_channels=4, iterations=10,
+                    w_structure=1.0, polarity="canonical")  # fmt: skip
+    trainer = GanTrainer(cfg, torch.device("cpu"), looks=[bright, dark, dark], inverted=[0])
+    images = np.random.default_rng(0).integers(0, 256, (2, 36, 36, 3), dtype=np.uint8)
+    x, _ = trainer._inputs(images, np.array([0, 1]))
+    assert torch.equal(x[0], -to_tensor(images[:1])[0])  # 255 - v in [-1, 1]
+    assert torch.equal(x[1], to_tensor(images[1:])[0])
+    assert torch.allclose(to_tensor(255 - images[:1])[0], -to_tensor(images[:1])[0], atol=1e-6)
+    # fakes with bright nuclei in domain 0's real polarity: dark in the nets' space
+    mask = np.zeros((2, 36, 36), bool)
+    mask[:, 10:20, 10:20] = True
+    real = torch.where(torch.from_numpy(mask)[:, None], 0.8, -0.8).repeat(1, 3, 1, 1)
+    fakes = torch.cat([real, real, real]) * -1.0  # as the nets render domain 0
+    term = trainer._structure_term(fakes, mask, np.array([0, 0]))
+    assert term.item() == 0.0  # bright and clear once inverted back
+    plain = GanTrainer(GanConfig(**{**cfg.fingerprint(), "polarity": "as_is"}), torch.device("cpu"),
+                       looks=[bright, dark, dark])  # fmt: skip
+    assert plain._structure_term(fakes, mask, np.array([0, 0])).item() > 2  # inverted nuclei
 
 
 # -- the fast paths of networks.py compute the layers of docs/gan.md -----------------------------

@@ -171,6 +171,30 @@ def test_training_writes_a_weights_only_model_history_and_loss_figure(
     assert pd.read_csv(tmp_path / "h.tsv", sep="\t")["iteration"].tolist() == [2, 4, 6, 8]
 
 
+def test_canonical_polarity_records_the_domains_it_inverted(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Trained with gan.polarity canonical, the model file names the domains the GAN saw
+    inverted: those whose nuclei are bright in their training images."""
+    from nucleistyle.gan.data import load_domain_set
+    from nucleistyle.gan.quality import domain_looks
+
+    images, assignments = data
+    cfg = GanConfig(**{**TINY, "iterations": 2, "polarity": "canonical"})
+    model = torch.load(train_gan(images, assignments, tmp_path / "m.pt", cfg), weights_only=True)
+    domains = load_domain_set(images, assignments, 3, 40, 36, 1, with_labels=True)
+    labels = domains.labels
+    assert labels is not None
+    looks = domain_looks(
+        ((domains.images[i], labels[i], d) for d, m in enumerate(domains.members) for i in m), 3
+    )
+    bright = [d for d, look in enumerate(looks) if look is not None and look.polarity > 0]
+    assert model["inverted_domains"] == bright and 0 < len(bright) < 3
+    as_is = GanConfig(**{**TINY, "iterations": 2})
+    plain = torch.load(train_gan(images, assignments, tmp_path / "p.pt", as_is), weights_only=True)
+    assert plain["inverted_domains"] == []
+
+
 def test_a_checkpoint_beyond_the_budget_writes_its_model_with_a_warning(
     data: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -91,6 +91,51 @@ def test_stylize_rejects_bad_domain_and_attribute(trained: dict) -> None:
         stylizer.stylize(np.zeros((8, 8, 3), np.float32), 0)
 
 
+def _canonical(model: Path, tmp_path: Path, inverted: list[int]) -> Path:
+    """The model file as if trained with gan.polarity canonical, ``inverted`` seen inverted."""
+    state = torch.load(model, weights_only=True)
+    state["inverted_domains"] = inverted
+    torch.save(state, tmp_path / "canonical.pt")
+    return tmp_path / "canonical.pt"
+
+
+def test_a_canonical_model_inverts_inputs_from_and_outputs_into_its_inverted_domains(
+    trained: dict, tmp_path: Path
+) -> None:
+    plain = load_stylizer(trained["model"], "cpu")
+    canonical = load_stylizer(_canonical(trained["model"], tmp_path, [0]), "cpu")
+    image = read_image(list_images(trained["images"])[0].image_path)[0]
+    z = plain.sample_attributes(1, 1, seed=3)[0]
+    # from domain 0: the nets see the inverted image; into domain 1: the output as rendered
+    ours = canonical.stylize(image, 1, attribute=z, source_domain=0)[0]
+    assert np.array_equal(ours, plain.stylize(255 - image, 1, attribute=z)[0])
+    assert np.array_equal(ours, canonical.stylize(255 - image, 1, attribute=z, source_domain=2)[0])
+    # into domain 0: the rendering inverted back
+    z0 = plain.sample_attributes(1, 0, seed=3)[0]
+    into = canonical.stylize(image, 0, attribute=z0, source_domain=1)[0]
+    assert np.array_equal(into, 255 - plain.stylize(image, 0, attribute=z0)[0])
+    np.testing.assert_array_equal(
+        canonical.encode_attribute(image, 0), plain.encode_attribute(255 - image, 0)
+    )
+    same = canonical.encode_attribute(image, 1)
+    np.testing.assert_array_equal(same, plain.encode_attribute(image, 1))
+
+
+def test_a_canonical_model_needs_the_source_domain(trained: dict, tmp_path: Path) -> None:
+    model = _canonical(trained["model"], tmp_path, [0])
+    stylizer = load_stylizer(model, "cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(NucleistyleError, match=r"inverted .*source domain"):
+        stylizer.stylize(image, 1)
+    with pytest.raises(NucleistyleError, match="source domain must be an integer"):
+        stylizer.stylize(image, 1, source_domain=7)
+    folder = _flat_folder(tmp_path / "in", {"a": (8, 8, 3)})
+    with pytest.raises(NucleistyleError, match="--source-domain"):
+        stylize_folder(model, folder, tmp_path / "out", domain=1, device="cpu")
+    assert not (tmp_path / "out").exists()
+    assert stylize_folder(model, folder, tmp_path / "out", 1, device="cpu", source_domain=0) == 1
+
+
 def test_load_stylizer_rejects_a_training_checkpoint(trained: dict, tmp_path: Path) -> None:
     torch.save({"format": "other", "config": {}}, tmp_path / "x.pt")
     with pytest.raises(NucleistyleError, match=r"x\.pt is not a nucleistyle GAN model"):

@@ -411,6 +411,12 @@ def _segment(args: argparse.Namespace) -> int:
     _arg("out_dir", help="write <ImageId>.png here: RGB, the size of each input"),
     _arg("--domain", type=int, required=True, help="target domain (cluster index, 0..C-1)"),
     _arg(
+        "--source-domain",
+        type=int,
+        help="the images' own domain (cluster index); needed by a GAN trained with "
+        "gan.polarity: canonical",
+    ),
+    _arg(
         "--seed",
         type=_SEED,
         default=0,
@@ -439,6 +445,7 @@ def _stylize(args: argparse.Namespace) -> int:
         seed=args.seed,
         attribute_source=args.attribute,
         device=args.device,
+        source_domain=args.source_domain,
     )
     _status(f"stylized {n} images into domain {args.domain} -> {args.out_dir}")
     return 0

@@ -173,7 +173,7 @@ def augment_dataset(
             others = [d for d in range(stylizer.n_domains) if d != source]
             sample = load_sample(record)
             for _ in range(config.copies):
-                drawn = _draw_copy(stylizer, sample, others, looks, config, rng)
+                drawn = _draw_copy(stylizer, sample, source, others, looks, config, rng)
                 if drawn is None:
                     continue  # every draw failed the gate: one copy fewer
                 rows.append(_write_copy(tmp, record, source, drawn, stylizer))
@@ -241,6 +241,7 @@ def _log_summary(
 def _draw_copy(
     stylizer: Stylizer,
     sample: Sample,
+    source: int,
     others: list[int],
     looks: list[DomainLook | None],
     config: AugmentConfig,
@@ -252,7 +253,7 @@ def _draw_copy(
     target = int(rng.choice(others))
     for draws in range(1, (config.tries if config.gate else 1) + 1):
         image_seed = int(rng.integers(2**31))
-        styled = stylizer.stylize([sample.image], target, seed=image_seed)[0]
+        styled = stylizer.stylize([sample.image], target, seed=image_seed, source_domain=source)[0]
         quality = _quality(styled, sample.labels, looks[target])
         if config.passes(quality):
             return target, image_seed, styled, quality, draws

@@ -70,6 +70,9 @@ class GanConfig:
         warmup: The first ``warmup`` of the ``iterations`` are autoencoder updates: E_c, E_a
             and G on the self-reconstruction and KL terms only, the discriminators idle (not
             in the paper; docs/gan.md).
+        polarity: ``as_is`` (the paper) or ``canonical``: the bright-nuclei domains are inverted
+            for the GAN and back around it, so that every domain has dark nuclei in its
+            space (not in the paper; docs/gan.md).
         upsample: The generator's x2 upsampling, ``transpose`` (the paper's transposed
             convolution) or ``resize`` (nearest-neighbour, then a 3x3 convolution: no
             checkerboard pattern).
@@ -122,6 +125,7 @@ class GanConfig:
     w_structure: float = 0.0
     warmup: int = 0
     upsample: str = "transpose"
+    polarity: str = "as_is"
     latent_regression: str = "mdmm"
     w_kl: float = 0.01
     w_kl_content: float = 0.01

@@ -85,6 +85,7 @@ __all__ = [
     "GanTask",
     "GanTrainer",
     "attribute_statistics",
+    "inverted_domains",
     "train_gan",
 ]
 
@@ -144,6 +145,21 @@ def _reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
+def inverted_domains(looks: Sequence[DomainLook | None], polarity: str) -> list[int]:
+    """The domains the GAN sees inverted: with ``polarity`` ``canonical``, those whose nuclei
+    are brighter than their surroundings in their real images (``as_is``: none)."""
+    if polarity == "as_is":
+        return []
+    return [d for d, look in enumerate(looks) if look is not None and look.polarity > 0]
+
+
+def _signs(inverted: Sequence[int], n_domains: int) -> torch.Tensor:
+    """(C,) float: -1 for the inverted domains, +1 for the others."""
+    sign = torch.ones(n_domains)
+    sign[list(inverted)] = -1.0
+    return sign
+
+
 def _structure_targets(
     looks: Sequence[DomainLook | None], n_domains: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -191,6 +207,10 @@ class GanTrainer:
         looks: How each domain's nuclei look in its real images (from
             :func:`nucleistyle.gan.quality.domain_looks`; None for a domain without masks),
             the targets of the structure term when ``cfg.w_structure > 0``.
+        inverted: Domains whose images the nets see inverted (``gan.polarity: canonical``,
+            :func:`inverted_domains`): their real images are inverted before E_c, E_a and the
+            discriminators, and the fakes rendered into them are inverted back for the
+            structure term, which measures in the real images' polarity.
     """
 
     def __init__(
@@ -200,9 +220,11 @@ class GanTrainer:
         dtype: torch.dtype | None = None,
         checkpoint: PathLike | None = None,
         looks: Sequence[DomainLook | None] | None = None,
+        inverted: Sequence[int] = (),
     ) -> None:
         self.cfg = cfg
         self.structure = _structure_targets(looks, cfg.n_domains, device) if looks else None
+        self.sign = _signs(inverted, cfg.n_domains).to(device) if inverted else None
         self.device = device
         self.dtype = dtype
         self.checkpoint = checkpoint
@@ -233,6 +255,8 @@ class GanTrainer:
     def _inputs(self, images: np.ndarray, domains: np.ndarray) -> tuple[torch.Tensor, ...]:
         x = to_tensor(images).to(self.device, memory_format=self.memory_format)
         c = one_hot(domains, self.cfg.n_domains).to(self.device)
+        if self.sign is not None:  # in [-1, 1], 255 - v is -x
+            x = x * self.sign[torch.as_tensor(domains, device=self.device)].view(-1, 1, 1, 1)
         return x, c
 
     def _step(self, name: str, loss: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
@@ -371,6 +395,8 @@ class GanTrainer:
         own = torch.from_numpy(masks).to(self.device)[:, None].float()
         index = torch.as_tensor(domains, device=self.device)
         t = {k: v[index].repeat(3, *([1] * (v.dim() - 1))) for k, v in self.structure.items()}
+        if self.sign is not None:  # back to the real images' polarity
+            fakes = fakes * self.sign[index].repeat(3).view(-1, 1, 1, 1)
         return L.nucleus_visibility(
             fakes,
             torch.cat([_swap(own), own, _swap(own)]),
@@ -453,6 +479,7 @@ def attribute_statistics(
     dtype: torch.dtype | None = None,
     per_domain: int = 0,
     batch_size: int = 8,
+    inverted: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-domain mean and std of the attribute code of the training images.
 
@@ -468,6 +495,7 @@ def attribute_statistics(
         dtype: Autocast dtype.
         per_domain: Images used per domain, the first ones by ImageId (0: all).
         batch_size: Images per forward pass.
+        inverted: Domains whose images E_a sees inverted (see :class:`GanTrainer`).
 
     Returns:
         ``(mean, std)``, float32 tensors of shape (C, attribute_dim), on the CPU.
@@ -485,6 +513,8 @@ def attribute_statistics(
                     centre_crop(data.images[i], crop) for i in chosen[start : start + batch_size]
                 ]
                 x = to_tensor(batch).to(device)
+                if domain in inverted:
+                    x = -x
                 c = one_hot([domain] * len(batch), data.n_domains).to(device)
                 with autocast(device, dtype):
                     mu, logvar = enc_a(x, c)
@@ -497,7 +527,12 @@ def attribute_statistics(
 
 
 def _model_state(
-    trainer: GanTrainer, data: DomainSet, cfg: GanConfig, mean: torch.Tensor, std: torch.Tensor
+    trainer: GanTrainer,
+    data: DomainSet,
+    cfg: GanConfig,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    inverted: Sequence[int],
 ) -> dict[str, Any]:
     nets = {
         name: {
@@ -515,6 +550,7 @@ def _model_state(
         "attribute_std": std,
         "domain_names": list(data.names),
         "cluster_ids": list(range(data.n_domains)),
+        "inverted_domains": list(inverted),
         "data_fingerprint": data.fingerprint,
     }
 
@@ -526,6 +562,7 @@ def _monitor(
     cfg: GanConfig,
     device: torch.device,
     dtype: torch.dtype | None,
+    inverted: Sequence[int],
 ) -> dict[str, float]:
     """Run ``monitor`` on the current weights (attribute statistics from a few images).
 
@@ -536,9 +573,10 @@ def _monitor(
     rng = get_rng_state()
     try:
         mean, std = attribute_statistics(
-            trainer.nets.enc_a, data, cfg.crop, device, dtype, MONITOR_STATS_IMAGES
-        )
-        values = dict(monitor(_model_state(trainer, data, cfg, mean, std), data))
+            trainer.nets.enc_a, data, cfg.crop, device, dtype, MONITOR_STATS_IMAGES,
+            inverted=inverted,
+        )  # fmt: skip
+        values = dict(monitor(_model_state(trainer, data, cfg, mean, std, inverted), data))
     finally:
         set_rng_state(rng)
     log.info(
@@ -582,7 +620,7 @@ class GanTask:
         runtime: Device and precision.
         data: The training set.
         checkpoint: Named in a divergence message.
-        looks: The structure term's targets (see :class:`GanTrainer`).
+        looks: How each domain's nuclei look (see :class:`GanTrainer`).
         monitor: See :func:`train_gan` (None: no evaluation rows).
     """
 
@@ -596,7 +634,14 @@ class GanTask:
         monitor: Callable[[dict[str, Any], DomainSet], Mapping[str, float]] | None,
     ) -> None:
         self.cfg, self.runtime, self.data, self.monitor = cfg, runtime, data, monitor
-        self.trainer = GanTrainer(cfg, runtime.device, runtime.dtype, checkpoint, looks)
+        self.inverted = inverted_domains(looks or [], cfg.polarity)
+        if self.inverted:
+            names = ", ".join(data.names[d] for d in self.inverted)
+            log.info("gan.polarity canonical: the GAN sees %s inverted (bright nuclei)", names)
+        structure = looks if cfg.w_structure > 0 else None
+        self.trainer = GanTrainer(
+            cfg, runtime.device, runtime.dtype, checkpoint, structure, self.inverted
+        )
         self.sampler = DomainSampler(data, cfg.batch_size, cfg.crop, cfg.flip, cfg.seed)
 
     def step(self, iteration: int) -> dict[str, float]:
@@ -606,7 +651,9 @@ class GanTask:
         if self.monitor is None:
             return {}
         rt = self.runtime
-        return _monitor(self.monitor, self.trainer, self.data, self.cfg, rt.device, rt.dtype)
+        return _monitor(
+            self.monitor, self.trainer, self.data, self.cfg, rt.device, rt.dtype, self.inverted
+        )
 
     def state(self) -> dict[str, Any]:
         return {**self.trainer.state(), "sampler": self.sampler.state()}
@@ -619,9 +666,10 @@ class GanTask:
         """E_c, E_a and G with the per-domain attribute statistics of the training images."""
         cfg, rt = self.cfg, self.runtime
         mean, std = attribute_statistics(
-            self.trainer.nets.enc_a, self.data, cfg.crop, rt.device, rt.dtype, cfg.stats_images
-        )
-        return _model_state(self.trainer, self.data, cfg, mean, std)
+            self.trainer.nets.enc_a, self.data, cfg.crop, rt.device, rt.dtype, cfg.stats_images,
+            inverted=self.inverted,
+        )  # fmt: skip
+        return _model_state(self.trainer, self.data, cfg, mean, std, self.inverted)
 
 
 def train_gan(
@@ -665,11 +713,11 @@ def train_gan(
         TrainingDiverged: A loss became NaN or infinite.
     """
     runtime = Runtime.select(cfg.device, cfg.precision, cfg.seed, "gan")
-    structure = cfg.w_structure > 0
+    needs_masks = cfg.w_structure > 0 or cfg.polarity == "canonical"
     data = load_domain_set(
-        images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers, structure
+        images_dir, assignments_csv, cfg.n_domains, cfg.resize, cfg.crop, cfg.workers, needs_masks
     )
-    looks = _training_looks(data) if structure else None  # before the seed, as it always was
+    looks = _training_looks(data) if needs_masks else None  # before the seed, as it always was
     plan = TrainingPlan(
         budget=cfg.iterations,
         budget_key="gan.iterations",

@@ -189,7 +189,7 @@ def _transfer_row(
 ) -> dict[str, Any]:
     """Structure and style measures of one image restyled to ``target`` (and, as ``_styled``,
     the segmentation of the restyled image); ``labels`` are the nuclei it inherits."""
-    styled = stylizer.stylize([image], target, attribute, seed=seed)[0]
+    styled = stylizer.stylize([image], target, attribute, seed=seed, source_domain=source)[0]
     seg_styled = segment_image(styled)
     features = pd.DataFrame([hsv_features(styled)], columns=list(FEATURE_NAMES))
     assigned = int(clusters.assign(features)[0])

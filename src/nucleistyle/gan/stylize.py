@@ -99,6 +99,9 @@ class Stylizer:
         cluster_ids: Cluster id of each domain.
         attribute_source: Default attribute sampling, ``prior`` or ``domain_stats``.
         attribute_mean: (C, A) per-domain attribute means; ``attribute_std`` likewise.
+        inverted: Domains the nets see inverted (``gan.polarity: canonical``): an image from
+            one of them is inverted (255 - x) before encoding, an output into one of them after
+            rendering, so that callers see every domain in its real polarity.
     """
 
     def __init__(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype | None):
@@ -112,6 +115,7 @@ class Stylizer:
         self.attribute_source = str(cfg["attribute_source"])
         self.attribute_mean = state["attribute_mean"].float()
         self.attribute_std = state["attribute_std"].float()
+        self.inverted = frozenset(int(d) for d in state.get("inverted_domains", ()))
         b = int(cfg["base_channels"])
         self.enc_c = ContentEncoder(b)
         self.enc_a = AttributeEncoder(self.n_domains, b, self.attribute_dim, cfg["logvar_clamp"])
@@ -123,16 +127,28 @@ class Stylizer:
             net.load_state_dict(state["nets"][name])
             net.to(device).eval().requires_grad_(False)
 
-    def _check_domain(self, domain: int) -> int:
+    def _check_domain(self, domain: int, what: str = "target domain") -> int:
         if (
             isinstance(domain, bool)
             or not isinstance(domain, int | np.integer)
             or not (0 <= domain < self.n_domains)
         ):
             raise NucleistyleError(
-                f"target domain must be an integer in 0..{self.n_domains - 1}, got {domain!r}"
+                f"{what} must be an integer in 0..{self.n_domains - 1}, got {domain!r}"
             )
         return int(domain)
+
+    def _source_sign(self, source_domain: int | None) -> bool:
+        """Whether images of ``source_domain`` are inverted before encoding."""
+        if not self.inverted:
+            return False
+        if source_domain is None:
+            names = ", ".join(self.domain_names[d] for d in sorted(self.inverted))
+            raise NucleistyleError(
+                f"this GAN sees {names} inverted (gan.polarity: canonical): give the source "
+                "domain of the images (source_domain; --source-domain)"
+            )
+        return self._check_domain(source_domain, "source domain") in self.inverted
 
     def sample_attributes(
         self, n: int, target_domain: int, seed: int = 0, source: str | None = None
@@ -164,6 +180,8 @@ class Stylizer:
         """The attribute mean μ = E_a(x, c) of ``image`` in its own ``domain``, float32 (A,)."""
         (image,) = _as_rgb_list([image])
         c = one_hot([self._check_domain(domain)], self.n_domains).to(self.device)
+        if domain in self.inverted:
+            image = 255 - image
         with autocast(self.device, self.dtype):
             mu, _ = self.enc_a(self._tensor(image), c)
         return mu[0].float().cpu().numpy()
@@ -175,6 +193,7 @@ class Stylizer:
         target_domain: int,
         attribute: np.ndarray | None = None,
         seed: int = 0,
+        source_domain: int | None = None,
     ) -> list[np.ndarray]:
         """Render each image in ``target_domain``, keeping its content.
 
@@ -185,15 +204,19 @@ class Stylizer:
             attribute: (A,) for all images or (N, A) per image; None: drawn per image with
                 :meth:`sample_attributes` (``seed``, the model's attribute source).
             seed: Seed of the attribute draw.
+            source_domain: The images' own domain; needed (and used) only by a model that
+                sees some domains inverted (:attr:`inverted`).
 
         Returns:
             One uint8 (H, W, 3) image per input, each the size of its input.
 
         Raises:
-            NucleistyleError: A bad image, domain or attribute shape.
+            NucleistyleError: A bad image, domain or attribute shape; no source domain where
+                the model needs one.
         """
         images = _as_rgb_list(images)
         domain = self._check_domain(target_domain)
+        invert_in, invert_out = self._source_sign(source_domain), domain in self.inverted
         if attribute is None:
             attributes = self.sample_attributes(len(images), domain, seed)
         else:
@@ -210,10 +233,11 @@ class Stylizer:
         for image, z in zip(images, attributes, strict=True):
             z_a = torch.as_tensor(np.array(z, np.float32), device=self.device)[None]
             with autocast(self.device, self.dtype):
-                y = self.gen(self.enc_c(self._tensor(image)), z_a, c)
+                y = self.gen(self.enc_c(self._tensor(255 - image if invert_in else image)), z_a, c)
             h, w = image.shape[:2]
             y = y[0, :, :h, :w].float().add(1.0).mul(127.5).round().clamp(0, 255)
-            out.append(y.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+            styled = y.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            out.append(255 - styled if invert_out else styled)
         return out
 
 
@@ -277,6 +301,7 @@ def stylize_folder(
     seed: int = 0,
     attribute_source: str | None = None,
     device: str = "auto",
+    source_domain: int | None = None,
 ) -> int:
     """Render every image of a folder in the target ``domain``: ``<out_dir>/<ImageId>.png``.
 
@@ -300,6 +325,8 @@ def stylize_folder(
         attribute_source: ``prior`` (N(0, I)) or ``domain_stats`` (the target domain's
             training statistics); None: the model's ``attribute_source``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        source_domain: The images' own domain (every image of the folder); needed by a model
+            trained with ``gan.polarity: canonical``.
 
     Returns:
         The number of images written.
@@ -315,6 +342,7 @@ def stylize_folder(
         raise NucleistyleError(f"output folder {out} is the image folder; choose another")
     stylizer = load_stylizer(model_path, device)
     domain = _check_domain(domain, stylizer, model_path)
+    stylizer._source_sign(source_domain)  # refuse a missing or bad source before any work
     source = stylizer.attribute_source if attribute_source is None else attribute_source
     log.info(
         "stylizing %d images of %s into domain %d (%s), attribute %s, seed %d, on %s",
@@ -333,7 +361,7 @@ def stylize_folder(
             z = stylizer.sample_attributes(
                 1, domain, seed=image_seed(int(seed), record.image_id), source=source
             )
-            styled = stylizer.stylize([image], domain, attribute=z)[0]
+            styled = stylizer.stylize([image], domain, attribute=z, source_domain=source_domain)[0]
             Image.fromarray(styled, "RGB").save(staging / f"{record.image_id}.png", format="PNG")
             progress.update()
     log.info("wrote %d stylized images to %s", len(records), out)

@@ -121,7 +121,8 @@ def plot_figure3(
         axes[d, 0].imshow(image)
         for t in range(c):
             attribute = stylizer.encode_attribute(image, d) if t == d else None
-            styled = stylizer.stylize([image], t, attribute, seed=int(rng.integers(2**31)))[0]
+            seed = int(rng.integers(2**31))
+            styled = stylizer.stylize([image], t, attribute, seed=seed, source_domain=d)[0]
             ax = axes[d, t + 1]
             ax.imshow(styled)
             before, own = np.nan, looks[d]
