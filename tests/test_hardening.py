@@ -431,6 +431,39 @@ def test_a_signal_to_the_pid_alone_leaves_no_worker_running_and_the_next_run_cle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "labels", "sub.csv"]
 
 
+_HELPER_THREAD = """
+import signal, sys, threading
+from nucleistyle import cli
+
+def run_failing_thread():
+    def fail():
+        raise RuntimeError("helper thread failed")
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join()
+    print("--", file=sys.stderr, flush=True)
+
+with cli._stop_signals():
+    run_failing_thread()
+    try:
+        cli._stop(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pass
+    run_failing_thread()
+run_failing_thread()
+"""
+
+
+def test_after_a_stop_signal_a_failing_helper_thread_prints_nothing():
+    """A worker pool's manager thread can fail while Ctrl-C's clean-up kills the pool; the
+    command's output stays its one line. Before a stop, and after the command, thread errors
+    are printed as usual."""
+    run = subprocess.run([sys.executable, "-c", _HELPER_THREAD], capture_output=True, text=True)
+    before, during, after, _ = run.stderr.split("--\n")
+    assert "helper thread failed" in before and "helper thread failed" in after
+    assert during == ""
+
+
 @pytest.mark.kill
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_a_second_ctrl_c_during_the_clean_up_ends_the_command_at_once(tmp_path):

@@ -795,10 +795,16 @@ def _exit_now(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def _quiet_thread_error(args: threading.ExceptHookArgs) -> None:
+    """After a stop signal, helper threads (a worker pool's manager) may fail as the pool's
+    processes are killed; the command's one line already says what happened."""
+
+
 def _stop(signum: int, frame: object) -> None:
     for other in _STOP_SIGNALS:
         if signal.getsignal(other) not in (signal.SIG_IGN, None):
             signal.signal(other, _exit_now)
+    threading.excepthook = _quiet_thread_error
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise _Terminated(signum)
@@ -813,12 +819,14 @@ def _stop_signals() -> Iterator[None]:
         yield
         return
     saved = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    thread_errors = threading.excepthook
     for signum, handler in saved.items():
         if handler not in (signal.SIG_IGN, None):
             signal.signal(signum, _stop)
     try:
         yield
     finally:
+        threading.excepthook = thread_errors
         for signum, handler in saved.items():
             if handler is not None:
                 signal.signal(signum, handler)
